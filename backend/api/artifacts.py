@@ -1,0 +1,44 @@
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
+from backend.models import Artifact
+from backend.schemas import ArtifactOut
+from backend.services.artifacts import LocalArtifactStore
+
+router = APIRouter(prefix="/jobs", tags=["artifacts"])
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(job_id: int, session: SessionDep) -> list[ArtifactOut]:
+    get_job_or_404(session, job_id)
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.step))
+    return [ArtifactOut.model_validate(a) for a in rows]
+
+
+@router.get(
+    "/{job_id}/artifacts/{artifact_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file (safetensors)"}},
+)
+def download_artifact(
+    job_id: int,
+    artifact_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FileResponse:
+    get_job_or_404(session, job_id)
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None or artifact.job_id != job_id:
+        raise HTTPException(404, detail=f"artifact {artifact_id} not found in job {job_id}")
+    path = LocalArtifactStore(settings.artifact_dir).path(artifact.id)
+    if not path.is_file():
+        raise HTTPException(404, detail=f"artifact {artifact_id} is missing from the store")
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"job{job_id}-{artifact.kind}-step{artifact.step}.safetensors",
+    )

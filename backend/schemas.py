@@ -1,0 +1,84 @@
+"""Response bodies of the REST API."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer, computed_field
+
+from backend.models import utcnow
+
+UTCTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(timespec="milliseconds") + "Z", return_type=str)]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    status: str
+    progress: float
+    stage: str
+    step: int
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    error: str | None
+    worker_host: str | None
+    device: str | None
+    created_at: UTCTime
+    started_at: UTCTime | None
+    finished_at: UTCTime | None
+    heartbeat_at: UTCTime | None
+    spec: dict[str, Any]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class SeriesOut(BaseModel):
+    name: str
+    steps: list[int]
+    values: list[float | None]
+    total_points: int
+
+
+class MetricsOut(BaseModel):
+    job_id: int
+    max_points: int
+    series: list[SeriesOut]
+
+
+class ResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    data: dict[str, Any]
+    created_at: UTCTime
+
+
+class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    step: int
+    size: int
+    sha256: str
+    created_at: UTCTime
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    version: str

@@ -1,0 +1,169 @@
+"""Job lifecycle: the only place that moves a job between states.
+
+Every transition is a conditional UPDATE on the row, so two workers, a reaper and a cancel racing on the
+same job cannot both win.
+"""
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from backend.models import Artifact, Job, JobStatus, MetricChunk, Result, utcnow
+from backend.services.artifacts import ArtifactStore
+from backend.spec import JobSpec
+
+S = JobStatus
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    S.queued: frozenset({S.running, S.cancelled, S.failed}),
+    # running → queued is the reaper handing a lost worker's job to another worker.
+    S.running: frozenset({S.queued, S.succeeded, S.failed, S.cancelled, S.diverged}),
+    S.succeeded: frozenset(),
+    S.failed: frozenset(),
+    S.cancelled: frozenset(),
+    S.diverged: frozenset(),
+}
+
+
+class TransitionError(RuntimeError):
+    pass
+
+
+def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:
+    if JobStatus(new) not in ALLOWED[JobStatus(old)]:
+        raise TransitionError(f"a job cannot go from {old} to {new}")
+
+
+def _sources(new: JobStatus) -> list[str]:
+    return [old.value for old, targets in ALLOWED.items() if new in targets]
+
+
+def transition(
+    session: Session, job_id: int, new: JobStatus, *conditions, only_from: list[str] | None = None, **values
+) -> bool:
+    """Move a job to `new` if its current state allows it (and `conditions` hold); True if this call did."""
+    sources = only_from if only_from is not None else _sources(new)
+    for old in sources:
+        check_transition(old, new)
+    now = utcnow()
+    values = {"status": new.value, "updated_at": now, **values}
+    if new.terminal:
+        values.setdefault("finished_at", now)
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(sources), *conditions).values(**values)
+    )
+    return result.rowcount == 1
+
+
+def create_job(session: Session, spec: JobSpec, max_attempts: int) -> Job:
+    job = Job(
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status=JobStatus.queued.value,
+        stage="queued",
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def list_jobs(
+    session: Session, *, status: list[str] | None, q: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if status:
+        query = query.where(Job.status.in_(status))
+    if q:
+        query = query.where(func.lower(Job.name).contains(q.lower(), autoescape=True))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def request_cancel(session: Session, job: Job) -> str | None:
+    """Cancel a queued job at once, or flag a running one for its worker. Returns a task id to revoke."""
+    if transition(session, job.id, S.cancelled, only_from=[S.queued.value], stage="cancelled before start"):
+        return job.celery_task_id
+    session.execute(
+        update(Job).where(Job.id == job.id, Job.status == S.running.value).values(cancel_requested=True)
+    )
+    return None
+
+
+def claim_job(session: Session, job_id: int, *, worker_host: str, device: str, stale_before: datetime) -> Job | None:
+    """Start an attempt if the job is queued (or running with a dead worker). None: not ours to run."""
+    claimed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status == S.queued.value,
+                (Job.status == S.running.value) & (Job.heartbeat_at < stale_before),
+            ),
+        )
+        .values(
+            status=S.running.value,
+            attempts=Job.attempts + 1,
+            heartbeat_at=utcnow(),
+            started_at=func.coalesce(Job.started_at, utcnow()),
+            worker_host=worker_host,
+            device=device,
+            stage="starting",
+            error=None,
+        )
+    ).rowcount
+    if claimed != 1:
+        return None
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def clear_outputs(session: Session, job_id: int, store: ArtifactStore) -> None:
+    """Drop what an earlier attempt recorded, so a rerun from step 0 leaves no duplicate steps."""
+    session.execute(delete(MetricChunk).where(MetricChunk.job_id == job_id))
+    session.execute(delete(Result).where(Result.job_id == job_id))
+    for artifact_id in session.scalars(select(Artifact.id).where(Artifact.job_id == job_id)).all():
+        store.delete(artifact_id)
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+
+
+def reap_stale_jobs(session: Session, timeout: float) -> list[int]:
+    """Requeue running jobs whose worker stopped beating; fail those past their attempt cap.
+
+    Returns the ids to send to the queue again (after the caller commits).
+    """
+    cutoff = utcnow() - timedelta(seconds=timeout)
+    stale = session.scalars(
+        select(Job).where(Job.status == S.running.value, or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
+    ).all()
+    requeue: list[int] = []
+    for job in stale:
+        guard = [S.running.value]
+        # The heartbeat is checked again in the UPDATE: a worker that beat since the SELECT keeps its job.
+        still_stale = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
+        if job.attempts >= job.max_attempts:
+            transition(
+                session,
+                job.id,
+                S.failed,
+                still_stale,
+                only_from=guard,
+                error=f"worker lost {job.attempts} times (attempt cap {job.max_attempts})",
+                stage="failed",
+            )
+        elif transition(
+            session, job.id, S.queued, still_stale, only_from=guard, stage=f"requeued: worker {job.worker_host} lost"
+        ):
+            requeue.append(job.id)
+    return requeue
+
+
+def recover_after_restart(session: Session) -> list[int]:
+    """Embedded mode only (its one worker is gone): running jobs go back to the queue.
+
+    Returns every queued job's id, to be sent again; a second delivery of a job is harmless (claim_job).
+    """
+    for job_id in session.scalars(select(Job.id).where(Job.status == S.running.value)).all():
+        transition(session, job_id, S.queued, only_from=[S.running.value], stage="requeued after restart")
+    return list(session.scalars(select(Job.id).where(Job.status == S.queued.value).order_by(Job.id)))

@@ -1,0 +1,89 @@
+"""The job spec: the contract between the API, the dashboard and the worker.
+
+Every model is strict (unknown keys are errors) so that a typo never silently trains the wrong thing.
+"""
+
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MLPModel(StrictModel):
+    kind: Literal["mlp"]
+    widths: Annotated[list[Annotated[int, Field(gt=0, le=65536)]], Field(min_length=1, max_length=64)] = [
+        128,
+        128,
+    ]
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+
+class DigitsData(StrictModel):
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), shipped inside the package."""
+
+    kind: Literal["digits"]
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class SGDOptimizer(StrictModel):
+    kind: Literal["sgd"]
+    lr: float = Field(gt=0.0, le=1e3)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "SGDOptimizer":
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(gt=0, le=10_000_000)
+    batch_size: int = Field(128, gt=0, le=1_000_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    eval_every: int = Field(50, gt=0, description="Steps between validation evaluations (and the last step).")
+
+
+class Probes(StrictModel):
+    """Analyses run during training. Each probe lands with its own issue; none is accepted yet."""
+
+
+class JobSpec(StrictModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+    model: MLPModel
+    data: DigitsData
+    optimizer: SGDOptimizer
+    train: TrainConfig
+    probes: Probes = Probes()
+
+
+EXAMPLE_SPEC_YAML = """\
+name: digits-mlp-lr0.5
+model: {kind: mlp, widths: [128, 128]}
+data: {kind: digits, val_fraction: 0.2}
+optimizer: {kind: sgd, lr: 0.5, momentum: 0.0}
+train: {steps: 2000, batch_size: 128, seed: 0, eval_every: 50}
+"""
+
+
+class SpecParseError(ValueError):
+    """The text is not valid YAML/JSON, or not a mapping."""
+
+
+def parse_spec_text(text: str) -> dict:
+    """Parse a YAML or JSON document (JSON is YAML) into the raw mapping JobSpec validates."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecParseError(f"not valid YAML or JSON{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SpecParseError("the spec must be a mapping (an object with name, model, data, optimizer, train)")
+    return data

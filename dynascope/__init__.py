@@ -1,0 +1,1 @@
+"""The `dynascope` command: serve, worker, submit, jobs, cancel."""

