@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
-from backend.api import artifacts, events, health, jobs, metrics, results
+from backend.api import artifacts, events, health, jobs, metrics, results, specs
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.services.jobs import reap_stale_jobs
@@ -114,8 +114,8 @@ def create_app() -> FastAPI:
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for router in (health.router, jobs.router, metrics.router, results.router, artifacts.router, events.router):
-        app.include_router(router, prefix=API_PREFIX)
+    for module in (health, specs, jobs, metrics, results, artifacts, events):
+        app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"
 

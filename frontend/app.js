@@ -1,0 +1,260 @@
+// Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
+const API = "/api/v1";
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "diverged"]);
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
+const view = document.getElementById("view");
+let cleanup = () => {};
+
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmtDuration = (s) => (s == null ? "" : s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
+const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+
+async function api(path, options = {}) {
+  const response = await fetch(API + path, options);
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
+  if (!response.ok) throw Object.assign(new Error(`HTTP ${response.status}`), { status: response.status, body });
+  return body;
+}
+
+// ---- job list ------------------------------------------------------------------------------------------
+function renderJobs(params) {
+  const state = { status: params.get("status") || "", q: params.get("q") || "", offset: Number(params.get("offset") || 0), limit: 25 };
+  view.innerHTML = `
+    <h1>Jobs</h1>
+    <div class="toolbar">
+      <label>Status <select id="status-filter"><option value="">all</option>
+        ${STATUSES.map((s) => `<option ${s === state.status ? "selected" : ""}>${s}</option>`).join("")}</select></label>
+      <label>Search <input id="search" type="search" placeholder="name" value="${esc(state.q)}"></label>
+      <span id="jobs-count" class="muted"></span>
+      <button id="prev-page">Previous</button><button id="next-page">Next</button>
+    </div>
+    <table id="jobs-table"><thead><tr><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th></tr></thead>
+    <tbody></tbody></table>`;
+  const setHash = () => {
+    const p = new URLSearchParams();
+    if (state.status) p.set("status", state.status);
+    if (state.q) p.set("q", state.q);
+    if (state.offset) p.set("offset", state.offset);
+    history.replaceState(null, "", `#/jobs${p.size ? "?" + p : ""}`);
+  };
+  let timer;
+  const load = async () => {
+    const p = new URLSearchParams({ limit: state.limit, offset: state.offset });
+    if (state.status) p.set("status", state.status);
+    if (state.q) p.set("q", state.q);
+    const page = await api(`/jobs?${p}`);
+    view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +
+      (page.total > state.limit ? `, ${state.offset + 1}–${Math.min(state.offset + state.limit, page.total)}` : "");
+    view.querySelector("#prev-page").disabled = state.offset === 0;
+    view.querySelector("#next-page").disabled = state.offset + state.limit >= page.total;
+    view.querySelector("#jobs-table tbody").innerHTML = page.items.map((j) => `
+      <tr class="job-row" data-id="${j.id}" tabindex="0">
+        <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>
+        <td class="status ${j.status}">${j.status}</td>
+        <td><progress max="1" value="${j.progress}" aria-label="progress of job ${j.id}"></progress></td>
+        <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td></tr>`).join("");
+  };
+  const refresh = () => { setHash(); load().catch(console.error); };
+  view.querySelector("#status-filter").addEventListener("change", (e) => { state.status = e.target.value; state.offset = 0; refresh(); });
+  let debounce;
+  view.querySelector("#search").addEventListener("input", (e) => {
+    clearTimeout(debounce);
+    debounce = setTimeout(() => { state.q = e.target.value.trim(); state.offset = 0; refresh(); }, 250);
+  });
+  view.querySelector("#prev-page").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); refresh(); });
+  view.querySelector("#next-page").addEventListener("click", () => { state.offset += state.limit; refresh(); });
+  view.querySelector("#jobs-table tbody").addEventListener("click", (e) => {
+    const row = e.target.closest("tr.job-row");
+    if (row) location.hash = `#/jobs/${row.dataset.id}`;
+  });
+  load().catch(console.error);
+  timer = setInterval(() => load().catch(console.error), 3000);
+  return () => clearInterval(timer);
+}
+
+// ---- spec editor ---------------------------------------------------------------------------------------
+function lineOf(text, loc) {
+  // The line that holds the deepest key of an error's location, for pointing at it in the editor.
+  const keys = loc.filter((k) => typeof k === "string" && k !== "body");
+  const lines = text.split("\n");
+  for (let depth = keys.length; depth > 0; depth--) {
+    const key = keys[depth - 1];
+    const re = new RegExp(`(^|[\\s{,"])${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"?\\s*:`);
+    const i = lines.findIndex((l) => re.test(l));
+    if (i >= 0) return i;
+  }
+  return null;
+}
+
+function renderNew(params) {
+  view.innerHTML = `
+    <h1>New job</h1>
+    <div class="editor">
+      <div>
+        <label for="spec-editor">Job spec (YAML or JSON)</label>
+        <textarea id="spec-editor" spellcheck="false" aria-describedby="spec-errors"></textarea>
+        <div class="toolbar">
+          <label>Format <select id="spec-format"><option value="application/yaml">YAML</option><option value="application/json">JSON</option></select></label>
+          <button id="submit-job">Submit</button><span id="submit-state" class="muted"></span>
+        </div>
+      </div>
+      <div><h2>Problems</h2><ul id="spec-errors" class="errors" aria-live="assertive"><li class="muted" style="border:0;color:inherit">none yet</li></ul></div>
+    </div>`;
+  const editor = view.querySelector("#spec-editor");
+  const clone = sessionStorage.getItem("dynascope.clone");
+  if (clone) { editor.value = clone; sessionStorage.removeItem("dynascope.clone"); }
+  else api("/specs/example").then((ex) => { if (!editor.value) editor.value = ex.yaml; });
+  const errors = view.querySelector("#spec-errors");
+  view.querySelector("#submit-job").addEventListener("click", async () => {
+    const text = editor.value;
+    const format = view.querySelector("#spec-format").value;
+    view.querySelector("#submit-state").textContent = "submitting…";
+    try {
+      const job = await api("/jobs", { method: "POST", headers: { "content-type": format }, body: text });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (err) {
+      view.querySelector("#submit-state").textContent = "";
+      const detail = err.body?.detail;
+      const items = Array.isArray(detail) ? detail : [{ loc: ["body"], msg: typeof detail === "string" ? detail : String(err) }];
+      errors.innerHTML = items.map((e, i) => {
+        const field = e.loc.filter((k) => k !== "body").join(".") || "spec";
+        const line = lineOf(text, e.loc);
+        return `<li data-line="${line ?? ""}" data-field="${esc(field)}" tabindex="0"><code>${esc(field)}</code>${line != null ? ` <span class="muted">(line ${line + 1})</span>` : ""}: ${esc(e.msg)}</li>`;
+      }).join("");
+    }
+  });
+  errors.addEventListener("click", (e) => {
+    const li = e.target.closest("li[data-line]");
+    if (!li || li.dataset.line === "") return;
+    const lines = editor.value.split("\n");
+    const n = Number(li.dataset.line);
+    const start = lines.slice(0, n).reduce((a, l) => a + l.length + 1, 0);
+    editor.focus();
+    editor.setSelectionRange(start, start + lines[n].length);
+  });
+  return () => {};
+}
+
+// ---- one job -------------------------------------------------------------------------------------------
+const MAX_POINTS = 2000;
+const CHARTS = {
+  "loss-plot": { title: "Loss", series: ["train/loss", "val/loss"], ylog: true },
+  "acc-plot": { title: "Accuracy", series: ["train/accuracy", "val/accuracy"], ylog: false },
+};
+
+function plotLayout(title, ylog) {
+  const dark = matchMedia("(prefers-color-scheme: dark)").matches;
+  return {
+    title: { text: title }, margin: { t: 40, r: 10, b: 40, l: 55 }, xaxis: { title: { text: "step" } },
+    yaxis: { type: ylog ? "log" : "linear" }, legend: { orientation: "h", y: -0.2 },
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { color: dark ? "#e6edf3" : "#1b1f24" },
+  };
+}
+
+function renderJob(id) {
+  view.innerHTML = `
+    <h1 id="job-title">Job ${id}</h1>
+    <div class="toolbar">
+      <span>Status: <span id="job-status" class="status"></span></span>
+      <button id="cancel-job" class="danger">Cancel</button>
+      <button id="clone-job">Clone and edit</button>
+    </div>
+    <progress id="progress-bar" max="1" value="0" aria-label="progress"></progress>
+    <p id="job-stage" class="muted"></p>
+    <p id="job-error" class="error-text"></p>
+    <div class="plots">${Object.keys(CHARTS).map((k) => `<div id="${k}" class="plot" role="img" aria-label="${CHARTS[k].title} over steps"></div>`).join("")}</div>
+    <h2>Details</h2><dl class="facts" id="job-facts"></dl>
+    <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
+  let job = null;
+  const lastStep = {};
+  const pending = [];
+  let drawn = false;
+
+  const showJob = (j) => {
+    job = { ...job, ...j };
+    view.querySelector("#job-title").textContent = `Job ${job.id}: ${job.name}`;
+    const st = view.querySelector("#job-status");
+    st.textContent = job.status; st.className = `status ${job.status}`;
+    view.querySelector("#progress-bar").value = job.progress;
+    view.querySelector("#job-stage").textContent = `${(job.progress * 100).toFixed(1)} % · step ${job.step} · ${job.stage}`;
+    view.querySelector("#job-error").textContent = job.error || "";
+    view.querySelector("#cancel-job").disabled = TERMINAL.has(job.status) || job.cancel_requested;
+    const facts = { attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
+      created: fmtTime(job.created_at), started: fmtTime(job.started_at), finished: fmtTime(job.finished_at) };
+    view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
+  };
+
+  let redrawing = false;
+  const appendPoints = (points) => {
+    let longest = 0;
+    for (const [div, chart] of Object.entries(CHARTS)) {
+      const el = view.querySelector(`#${div}`);
+      chart.series.forEach((name, i) => {
+        const p = points[name];
+        if (!p) return;
+        const keep = p.steps.map((s, k) => k).filter((k) => p.steps[k] > (lastStep[name] ?? -1));
+        if (!keep.length) return;
+        Plotly.extendTraces(el, { x: [keep.map((k) => p.steps[k])], y: [keep.map((k) => p.values[k])] }, [i]);
+        lastStep[name] = p.steps[keep[keep.length - 1]];
+        longest = Math.max(longest, el.data[i].x.length);
+      });
+    }
+    // Live points pile up; past a few times the budget, redraw from the server's spike-keeping downsample.
+    if (longest > 4 * MAX_POINTS && !redrawing) {
+      redrawing = true;
+      drawAll().catch(console.error).finally(() => { redrawing = false; });
+    }
+  };
+
+  const drawAll = async () => {
+    drawn = false;
+    const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}`);
+    const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
+    for (const [div, chart] of Object.entries(CHARTS)) {
+      const traces = chart.series.map((name) => {
+        const s = byName[name] || { steps: [], values: [] };
+        if (s.steps.length) lastStep[name] = s.steps[s.steps.length - 1];
+        return { name, x: s.steps, y: s.values, mode: name.startsWith("val/") ? "lines+markers" : "lines", connectgaps: false };
+      });
+      await Plotly.newPlot(view.querySelector(`#${div}`), traces, plotLayout(chart.title, chart.ylog), { responsive: true, displaylogo: false });
+    }
+    drawn = true;
+    pending.splice(0).forEach(appendPoints);
+  };
+
+  api(`/jobs/${id}`).then((j) => {
+    showJob(j);
+    view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
+  }).catch((err) => { view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`; });
+
+  const source = new EventSource(`${API}/jobs/${id}/events`);
+  source.addEventListener("hello", () => drawAll().catch(console.error));
+  source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
+  source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
+  source.addEventListener("end", () => source.close());
+
+  view.querySelector("#cancel-job").addEventListener("click", async () => {
+    view.querySelector("#cancel-job").disabled = true;
+    showJob(await api(`/jobs/${id}/cancel`, { method: "POST" }));
+  });
+  view.querySelector("#clone-job").addEventListener("click", () => {
+    if (!job?.spec) return;
+    sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
+    location.hash = "#/new";
+  });
+  return () => source.close();
+}
+
+// ---- router --------------------------------------------------------------------------------------------
+function route() {
+  cleanup();
+  const [path, query] = (location.hash.slice(1) || "/jobs").split("?");
+  const params = new URLSearchParams(query || "");
+  const jobMatch = path.match(/^\/jobs\/(\d+)$/);
+  if (jobMatch) cleanup = renderJob(jobMatch[1]);
+  else if (path === "/new") cleanup = renderNew(params);
+  else cleanup = renderJobs(params);
+  document.title = `Dynascope · ${path.slice(1) || "jobs"}`;
+}
+window.addEventListener("hashchange", route);
+route();
