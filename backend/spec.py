@@ -48,6 +48,9 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(128, gt=0, le=1_000_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     eval_every: int = Field(50, gt=0, description="Steps between validation evaluations (and the last step).")
+    divergence_factor: float | None = Field(
+        1000.0, gt=1.0, description="End as diverged when the loss exceeds this multiple of the first loss (null: off)."
+    )
 
 
 class Probes(StrictModel):

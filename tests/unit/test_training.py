@@ -1,0 +1,104 @@
+"""The training loop through its Recorder interface (the database recorder is covered by integration tests)."""
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from backend.spec import JobSpec
+from tests.conftest import spec
+from worker.training.loop import Outcome, train
+
+
+class ListRecorder:
+    """Keeps what the loop reports in lists; can ask the loop to stop after a number of steps."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.points: list[tuple[int, str, float]] = []
+        self.checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.results: list[tuple[str, int, dict[str, Any]]] = []
+        self.last_progress: tuple[int, int, str] | None = None
+        self.stop_after = stop_after
+
+    def log(self, step, metrics):
+        self.points += [(step, k, v) for k, v in metrics.items()]
+
+    def progress(self, step, total, stage):
+        self.last_progress = (step, total, stage)
+
+    def should_stop(self):
+        return self.stop_after is not None and self.last_progress is not None and self.last_progress[0] >= self.stop_after
+
+    def save_checkpoint(self, step, tensors):
+        self.checkpoints.append((step, tensors))
+
+    def result(self, kind, step, payload):
+        self.results.append((kind, step, payload))
+
+    def series(self, name: str) -> list[float]:
+        return [v for _, k, v in self.points if k == name]
+
+
+def run(raw: dict, **kw) -> tuple[Outcome, ListRecorder]:
+    recorder = ListRecorder(**kw)
+    return train(JobSpec.model_validate(raw), recorder, torch.device("cpu")), recorder
+
+
+def test_trains_and_learns():
+    outcome, rec = run(spec(steps=300))
+    assert outcome is Outcome.finished
+    assert len(rec.series("train/loss")) == 300
+    assert rec.series("val/loss")[-1] < 0.5 * rec.series("val/loss")[0]
+    assert rec.series("val/accuracy")[-1] > 0.85
+    [(step, tensors)] = rec.checkpoints
+    assert step == 300 and set(tensors) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert rec.results[0][2]["parameters"] == 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
+
+
+def test_same_seed_gives_identical_metrics():
+    _, a = run(spec(steps=120))
+    _, b = run(spec(steps=120))
+    assert a.points == b.points
+
+
+def test_other_seed_differs():
+    _, a = run(spec(steps=50))
+    _, b = run(spec(steps=50, seed=1))
+    assert a.series("train/loss") != b.series("train/loss")
+
+
+def diverging(lr: float, activation: str, **train: Any) -> dict:
+    raw = spec(steps=500, lr=lr, **train)
+    raw["model"]["activation"] = activation
+    return raw
+
+
+def test_non_finite_loss_ends_as_diverged_with_history_kept():
+    outcome, rec = run(diverging(1000.0, "gelu", divergence_factor=None))
+    assert outcome is Outcome.diverged
+    losses = rec.series("train/loss")
+    assert not math.isfinite(losses[-1])
+    assert all(math.isfinite(x) for x in losses[:-1]) and len(losses) >= 2
+    assert rec.checkpoints == []
+
+
+def test_loss_past_the_factor_is_divergence_and_the_factor_can_be_switched_off():
+    outcome, rec = run(diverging(100.0, "tanh", divergence_factor=50.0))
+    losses = rec.series("train/loss")
+    assert outcome is Outcome.diverged
+    assert losses[-1] > 50 * losses[0] and max(losses[:-1]) <= 50 * losses[0]
+    outcome, rec = run(diverging(100.0, "tanh", divergence_factor=None))
+    assert outcome is Outcome.finished and max(rec.series("train/loss")) > 50 * rec.series("train/loss")[0]
+
+
+def test_stop_request_ends_between_steps():
+    outcome, rec = run(spec(steps=1000), stop_after=40)
+    assert outcome is Outcome.stopped
+    assert len(rec.series("train/loss")) == 40
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_runs_on_cuda():
+    recorder = ListRecorder()
+    assert train(JobSpec.model_validate(spec(steps=50)), recorder, torch.device("cuda")) is Outcome.finished
