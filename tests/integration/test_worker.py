@@ -102,3 +102,62 @@ def test_diverging_run_ends_diverged_with_history(stack: Stack):
     loss = metric(stack, job["id"], "train/loss")
     assert len(loss["steps"]) >= 2 and loss["values"][-1] > 50 * loss["values"][0]
     assert stack.client.get(f"/jobs/{job['id']}/artifacts").json() == []
+
+
+def read_events(stack: Stack, job_id: int, timeout: float = 120) -> list[tuple[str, dict]]:
+    """The whole SSE stream of a job, until its `end` event."""
+    import json
+
+    events, kind = [], None
+    with stack.client.stream("GET", f"/jobs/{job_id}/events", timeout=timeout) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind:
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+                if kind == "end":
+                    break
+    return events
+
+
+def test_events_stream_progress_and_every_point(stack: Stack):
+    job = stack.submit(spec(steps=10_000, name="streamed"))
+    stack.start_worker()
+    events = read_events(stack, job["id"])
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "hello" and kinds[-1] == "end" and events[-1][1]["status"] == "succeeded"
+    states = [e["status"] for k, e in events if k == "job"]
+    assert states[0] == "queued" and "running" in states and states[-1] == "succeeded"
+    progress = [e["progress"] for k, e in events if k == "job"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    streamed = [s for k, e in events if k == "metrics" for s in e.get("train/loss", {}).get("steps", [])]
+    assert streamed == list(range(10_000)), "every point arrives once, in order"
+    assert sum(1 for k in kinds if k == "metrics") >= 2, "points came in several pushes, live"
+
+
+def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**stack.env, "DYNASCOPE_URL": stack.url}
+    cli = [sys.executable, "-m", "dynascope.cli"]
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec(steps=200, name="from-cli")))
+    stack.start_worker()
+    done = subprocess.run([*cli, "submit", str(spec_file), "--watch"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout
+    listed = subprocess.run([*cli, "jobs", "-q", "from-cli"], env=env, capture_output=True, text=True, timeout=60)
+    assert "from-cli" in listed.stdout and "succeeded" in listed.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**spec(), "optimizer": {"kind": "sgd", "lr": -1}}))
+    refused = subprocess.run([*cli, "submit", str(bad)], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "optimizer.lr" in refused.stdout
+    job = stack.submit(spec(steps=2_000_000, name="cli-cancel"))
+    stack.wait_job(job["id"], lambda j: j["status"] == "running", 60)
+    cancelled = subprocess.run([*cli, "cancel", str(job["id"])], env=env, capture_output=True, text=True, timeout=60)
+    assert cancelled.returncode == 0 and "stopping" in cancelled.stdout
+    assert stack.wait_job(job["id"], lambda j: j["status"] in TERMINAL, 10)["status"] == "cancelled"
