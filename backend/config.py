@@ -1,6 +1,7 @@
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path(".dynascope")
@@ -32,6 +33,15 @@ class Settings(BaseSettings):
     # Worker: torch threads per process (0: let torch decide); device "auto" takes the GPU when there is one.
     torch_threads: int = 0
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> "Settings":
+        # Redis redelivers an unacked job after the visibility timeout: it must outlast any job.
+        if not self.job_soft_time_limit < self.job_hard_time_limit < self.visibility_timeout:
+            raise ValueError("need job_soft_time_limit < job_hard_time_limit < visibility_timeout")
+        if self.heartbeat_interval * 2 > self.heartbeat_timeout:
+            raise ValueError("heartbeat_timeout must be at least twice heartbeat_interval")
+        return self
 
 
 @lru_cache

@@ -66,11 +66,12 @@ class _TooLarge(Exception):
 
 
 def _reap_once(timeout: float) -> None:
+    # Sent before the commit: if the broker is down, the rollback leaves the job stale and the next pass
+    # retries; a message that beats the commit still finds a claimable (stale) job.
     with session_scope() as session:
-        requeue = reap_stale_jobs(session, timeout)
-    for job_id in requeue:
-        log.warning("job %s lost its worker; requeued", job_id)
-        queue.enqueue_job(job_id)
+        for job_id in reap_stale_jobs(session, timeout):
+            log.warning("job %s lost its worker; requeued", job_id)
+            queue.enqueue_job(job_id)
 
 
 async def _reaper_loop(timeout: float) -> None:

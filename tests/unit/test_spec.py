@@ -72,3 +72,4 @@ def test_malformed_text_says_where(text):
 def test_parse_error_reports_line():
     with pytest.raises(SpecParseError, match="line 2, column 18"):
         parse_spec_text("name: ok\nmodel: [kind: mlp}\n")
+

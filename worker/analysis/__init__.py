@@ -1,1 +1,0 @@
-"""Pure PyTorch numerics (Hessian, landscapes, signals, gradient statistics): no web, queue, DB or spec."""
