@@ -1,0 +1,118 @@
+"""Hessian-vector products of a model's mean loss over fixed data, without touching the model.
+
+The operator works on detached copies of the parameters and buffers: the model's weights, BatchNorm
+statistics and `.grad` are never changed. Its forward runs once per batch in a chosen mode (`eval` by
+default; `train` uses batch statistics and one dropout mask per batch, fixed for the whole computation, so
+the operator stays symmetric), and the first-order graph is kept so each product costs one double backward.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> mean loss
+Mode = Literal["eval", "train"]
+
+
+@contextmanager
+def module_mode(model: nn.Module, mode: Mode) -> Iterator[None]:
+    """Put every submodule in `mode` for the duration, then restore each one's own flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class HessianOperator:
+    """v ↦ H v for L(θ) = Σ_b (n_b / N) · loss(model(x_b; θ), y_b), at the model's current θ.
+
+    `params` restricts θ to the named parameters (a block of the Hessian, e.g. one layer); the others stay
+    fixed. Vectors are flat, in the order of `names`; products are returned in float64.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Batch],
+        *,
+        mode: Mode = "eval",
+        params: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.names = list(params) if params is not None else list(named)
+        unknown = set(self.names) - set(named)
+        if unknown:
+            raise ValueError(f"no trainable parameters named {sorted(unknown)}")
+        self.params = [named[n].detach().clone().requires_grad_(True) for n in self.names]
+        fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
+        self.shapes = [p.shape for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.n = sum(self.sizes)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.mode = mode
+        self.hvps = 0
+        self.examples = sum(len(y) for _, y in batches)
+        # One forward per batch with fixed randomness: train-mode dropout masks are drawn once.
+        self._grads: list[tuple[float, list[Tensor]]] = []
+        self._loss = 0.0
+        devices = [self.device] if self.device.type == "cuda" else []
+        for i, (x, y) in enumerate(batches):
+            buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+            with module_mode(model, mode), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed + i)
+                out = functional_call(model, {**fixed, **dict(zip(self.names, self.params)), **buffers}, (x,))
+            loss = loss_fn(out, y)
+            weight = len(y) / self.examples
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            self._grads.append((weight, list(grads)))
+            self._loss += weight * float(loss.detach())
+
+    @property
+    def loss(self) -> float:
+        return self._loss
+
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def split(self, v: Tensor) -> list[Tensor]:
+        return [chunk.view(shape) for chunk, shape in zip(torch.split(v, self.sizes), self.shapes, strict=True)]
+
+    def gradient(self) -> Tensor:
+        return self.flatten([sum(w * g[i].detach() for w, g in self._grads) for i in range(len(self.params))]).double()
+
+    def parameters(self) -> Tensor:
+        """θ as a flat float64 vector."""
+        return self.flatten([p.detach() for p in self.params]).double()
+
+    def matvec(self, v: Tensor) -> Tensor:
+        pieces = self.split(v.to(self.dtype))
+        total: list[Tensor] | None = None
+        for weight, grads in self._grads:
+            dot = sum((g * p).sum() for g, p in zip(grads, pieces, strict=True))
+            hv = torch.autograd.grad(dot, self.params, retain_graph=True)
+            total = [weight * h for h in hv] if total is None else [t + weight * h for t, h in zip(total, hv, strict=True)]
+        self.hvps += 1
+        assert total is not None
+        return self.flatten(total).double()
+
+    __call__ = matvec
+
+
+def layer_blocks(model: nn.Module) -> dict[str, list[str]]:
+    """Trainable parameter names grouped by the module that owns them ('0.weight', '0.bias' → '0')."""
+    blocks: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            blocks.setdefault(name.rpartition(".")[0] or name, []).append(name)
+    return blocks
