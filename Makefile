@@ -27,7 +27,9 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
+# The anchors are old packages pinned without their dependencies (which would pull another torch).
 bench: $(STAMP)
+	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5
 	$(BIN)/python -m bench
 
 clean:
