@@ -53,8 +53,46 @@ class TrainConfig(StrictModel):
     )
 
 
+class Schedule(StrictModel):
+    """When a probe runs: every N steps, and/or at listed steps; `end` is after the last update.
+
+    A probe at step s sees the weights before update s (step 0: at initialization).
+    """
+
+    every: int | None = Field(None, gt=0)
+    at: list[Annotated[int, Field(ge=0)] | Literal["end"]] = []
+
+    @model_validator(mode="after")
+    def _needs_a_time(self) -> "Schedule":
+        if self.every is None and not self.at:
+            raise ValueError("give `every: N` and/or `at: [steps or end]`")
+        return self
+
+    def due(self, step: int, total: int) -> bool:
+        if self.every is not None and step % self.every == 0:
+            return True
+        return step in self.at or (step == total and "end" in self.at)
+
+
+class HessianProbe(Schedule):
+    """The Hessian's spectrum of the training loss on a fixed sample of the training set."""
+
+    top_k: int = Field(5, ge=1, le=100, description="largest eigenvalues (with eigenvectors and residuals)")
+    negative: int = Field(0, ge=0, le=20, description="most negative eigenvalues too (0: none)")
+    tol: float = Field(1e-3, gt=0.0, lt=1.0, description="stop when every ‖Hv − λv‖ ≤ tol·|λ|")
+    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the fixed sample (capped at the train set)")
+    mode: Literal["eval", "train"] = "eval"
+    trace: bool = False
+    density: bool = False
+    density_probes: int = Field(10, ge=2, le=100)
+    density_steps: int = Field(50, ge=5, le=500)
+    layerwise: bool = False
+
+
 class Probes(StrictModel):
-    """Analyses run during training. Each probe lands with its own issue; none is accepted yet."""
+    """Analyses run during training, each on its own schedule."""
+
+    hessian: HessianProbe | None = None
 
 
 class JobSpec(StrictModel):
@@ -64,6 +102,15 @@ class JobSpec(StrictModel):
     optimizer: SGDOptimizer
     train: TrainConfig
     probes: Probes = Probes()
+
+    @model_validator(mode="after")
+    def _steps_in_range(self) -> "JobSpec":
+        for name in Probes.model_fields:
+            probe = getattr(self.probes, name)
+            late = [s for s in probe.at if s != "end" and s > self.train.steps] if probe else []
+            if late:
+                raise ValueError(f"probes.{name}.at has steps after the last ({self.train.steps}): {late}")
+        return self
 
 
 EXAMPLE_SPEC_YAML = """\

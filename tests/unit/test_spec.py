@@ -44,11 +44,11 @@ def test_unknown_keys_are_errors_at_every_level():
     raw = spec()
     raw["optimiser"] = {"kind": "sgd"}
     raw["train"]["stpes"] = 10
-    raw["probes"] = {"hessian": {"every": 10}}
+    raw["probes"] = {"hessain": {"every": 10}}
     locs = error_locs(raw)
     assert ("optimiser",) in locs
     assert ("train", "stpes") in locs
-    assert ("probes", "hessian") in locs
+    assert ("probes", "hessain") in locs
 
 
 def test_missing_sections_are_named():
@@ -73,3 +73,26 @@ def test_parse_error_reports_line():
     with pytest.raises(SpecParseError, match="line 2, column 18"):
         parse_spec_text("name: ok\nmodel: [kind: mlp}\n")
 
+
+
+def test_probe_schedules():
+    probe = JobSpec.model_validate({**spec(steps=100), "probes": {"hessian": {"every": 30, "at": [5, "end"]}}})
+    hessian = probe.probes.hessian
+    assert [s for s in range(101) if hessian.due(s, 100)] == [0, 5, 30, 60, 90, 100]
+    only_end = JobSpec.model_validate({**spec(steps=100), "probes": {"hessian": {"at": ["end"]}}}).probes.hessian
+    assert [s for s in range(101) if only_end.due(s, 100)] == [100]
+
+
+@pytest.mark.parametrize(
+    ("probe", "loc"),
+    [({}, ("probes", "hessian")), ({"every": 0}, ("probes", "hessian", "every")),
+     ({"every": 5, "top_k": 0}, ("probes", "hessian", "top_k")), ({"at": ["start"]}, ("probes", "hessian", "at", 0, "literal['end']")),
+     ({"every": 5, "tol": 2}, ("probes", "hessian", "tol"))],
+)  # fmt: skip
+def test_bad_probe_settings_name_their_field(probe, loc):
+    assert loc in error_locs({**spec(), "probes": {"hessian": probe}})
+
+
+def test_probe_steps_after_the_end_are_refused():
+    with pytest.raises(ValidationError, match=r"probes.hessian.at has steps after the last \(300\): \[400\]"):
+        JobSpec.model_validate({**spec(steps=300), "probes": {"hessian": {"at": [10, 400]}}})

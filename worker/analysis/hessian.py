@@ -312,3 +312,13 @@ def layerwise_top_eigenvalues(
         op = HessianOperator(model, loss_fn, batches, mode=mode, params=names)
         out[layer] = float(eigenpairs(op, op.n, 1, tol=tol, device=op.device).values[0])
     return out
+
+
+def bulk_edge(density: SpectralDensity, n: int) -> float:
+    """The right end of the bulk: where the density, followed right from its peak, first holds less than
+    half an eigenvalue's worth (one eigenvalue adds a Gaussian of mass 1/n and height 1/(n·σ·√(2π))).
+    """
+    floor = 0.5 / (n * density.sigma * np.sqrt(2 * np.pi))
+    peak = int(np.argmax(density.density))
+    below = np.nonzero(density.density[peak:] < floor)[0]
+    return float(density.grid[peak + below[0]] if len(below) else density.grid[-1])

@@ -11,6 +11,7 @@ from torch import nn
 
 from backend.spec import JobSpec
 from worker.training import data, models
+from worker.training.probes import Probe, ProbeContext, build_probes
 
 
 class Recorder(Protocol):
@@ -37,6 +38,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, accuracy
 
 
+def _run_probes(
+    probes: list[Probe], step: int, total: int, ctx: ProbeContext, recorder: Recorder, spent: dict[str, float]
+) -> None:
+    for probe in probes:
+        if not probe.schedule.due(step, total):
+            continue
+        recorder.progress(step, total, f"probe {probe.name} at step {step}")
+        started = time.perf_counter()
+        output = probe(step, ctx)
+        seconds = time.perf_counter() - started
+        spent[probe.name] = spent.get(probe.name, 0.0) + seconds
+        recorder.log(step, {**output.metrics, f"time/{probe.name}_seconds": seconds})
+        if output.result is not None:
+            recorder.result(probe.name, step, {**output.result, "seconds": seconds})
+
+
 def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     """Train the spec's model with SGD; step s logs the batch loss at the weights before update s."""
     cfg = spec.train
@@ -47,6 +64,11 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
     )
+    probes = build_probes(spec)
+    ctx = ProbeContext(
+        model, nn.functional.cross_entropy, split.x_train, split.y_train, split.n_classes, opt.lr, opt.momentum, cfg.seed
+    )
+    spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
     batch_size = min(cfg.batch_size, n_train)
@@ -57,10 +79,12 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         0,
         {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val)},
     )
-    started = time.perf_counter()
+    train_seconds = 0.0
     for step in range(cfg.steps):
         if recorder.should_stop():
             return Outcome.stopped
+        _run_probes(probes, step, cfg.steps, ctx, recorder, spent)
+        started = time.perf_counter()
         if cursor + batch_size > n_train:
             order, cursor = torch.randperm(n_train, generator=batches), 0
         idx = order[cursor : cursor + batch_size].to(device)
@@ -83,15 +107,22 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        train_seconds += time.perf_counter() - started
         recorder.progress(step + 1, cfg.steps, "training")
     val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
     recorder.log(cfg.steps, {"val/loss": val_loss, "val/accuracy": val_acc})
+    _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)
     recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
     recorder.save_checkpoint(cfg.steps, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    elapsed = time.perf_counter() - started
     recorder.result(
         "summary",
         cfg.steps,
-        {"val_loss": val_loss, "val_accuracy": val_acc, "seconds": elapsed, "steps_per_second": cfg.steps / elapsed},
+        {
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "train_seconds": train_seconds,
+            "steps_per_second": cfg.steps / train_seconds,
+            "probe_seconds": spent,
+        },
     )
     return Outcome.finished

@@ -1,0 +1,77 @@
+"""Probes inside the training loop: schedule, warm-started tracking, and numbers checked independently."""
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from backend.spec import JobSpec
+from tests.conftest import spec
+from tests.unit.test_training import ListRecorder
+from worker.training import data, models
+from worker.training.loop import Outcome, train
+
+
+def run_with_hessian(steps: int, **probe) -> ListRecorder:
+    raw = spec(steps=steps, lr=0.3)
+    raw["model"]["widths"] = [16]
+    raw["probes"] = {"hessian": probe}
+    recorder = ListRecorder()
+    assert train(JobSpec.model_validate(raw), recorder, torch.device("cpu")) is Outcome.finished
+    return recorder
+
+
+def exact_spectrum(weights: dict[str, torch.Tensor]) -> np.ndarray:
+    """The dense float64 Hessian of the mean cross-entropy over the whole training split at `weights`."""
+    split = data.digits(0.2, 0)
+    model = models.mlp(64, [16], 10, "relu").double()
+    names = list(weights)
+    shapes = [weights[n].shape for n in names]
+    theta = torch.cat([weights[n].double().reshape(-1) for n in names])
+
+    def loss(flat):
+        parts = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        params = {n: p.view(s) for n, p, s in zip(names, parts, shapes)}
+        return nn.functional.cross_entropy(functional_call(model, params, (split.x_train.double(),)), split.y_train)
+
+    return np.linalg.eigvalsh(torch.func.hessian(loss)(theta).numpy())[::-1]
+
+
+def test_hessian_probe_runs_on_schedule_and_matches_the_dense_hessian():
+    rec = run_with_hessian(120, every=50, at=["end"], top_k=3, tol=1e-5, examples=100_000, negative=1, trace=True, density=True)
+    results = [(step, payload) for kind, step, payload in rec.results if kind == "hessian"]
+    assert [step for step, _ in results] == [0, 50, 100, 120]
+    final = results[-1][1]
+    [(_, weights)] = rec.checkpoints
+    exact = exact_spectrum(weights)
+    assert np.allclose(final["eigenvalues"], exact[:3], rtol=1e-3), (final["eigenvalues"], exact[:3])
+    assert np.isclose(final["negative_eigenvalues"][0], exact[-1], rtol=1e-2, atol=1e-5)
+    assert abs(final["trace"]["value"] - exact.sum()) <= 4 * final["trace"]["stderr"] + 1e-3 * abs(exact.sum())
+    assert final["examples"] == 1437 and final["mode"] == "eval" and final["converged"]
+    density = final["density"]
+    assert len(density["grid"]) == len(density["density"]) == 200
+    assert density["bulk_edge"] < final["eigenvalues"][0], "the top eigenvalue stands out of the bulk"
+    assert final["threshold"] == 2 / 0.3
+    assert rec.series("hessian/threshold") == [2 / 0.3] * 4
+    assert rec.series("hessian/lambda_1") == [r["eigenvalues"][0] for _, r in results]
+    assert len(rec.series("time/hessian_seconds")) == 4
+    summary = [p for k, s, p in rec.results if k == "summary"][-1]
+    assert summary["probe_seconds"]["hessian"] > 0
+
+
+def test_tracking_is_warm_started():
+    rec = run_with_hessian(400, every=20, top_k=1, tol=1e-4, examples=500)
+    hvps = rec.series("hessian/hvps")
+    assert len(hvps) == 21, "steps 0, 20, …, 400 (the end is a multiple of 20)"
+    assert np.median(hvps[5:]) < hvps[0], hvps
+    assert np.median(hvps[5:]) <= 8
+
+
+def test_probe_leaves_training_unchanged():
+    plain = ListRecorder()
+    raw = spec(steps=60)
+    train(JobSpec.model_validate(raw), plain, torch.device("cpu"))
+    probed = ListRecorder()
+    raw["probes"] = {"hessian": {"every": 10, "top_k": 2, "mode": "train"}}
+    train(JobSpec.model_validate(raw), probed, torch.device("cpu"))
+    assert plain.series("train/loss") == probed.series("train/loss"), "bit-identical training with the probe on"

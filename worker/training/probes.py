@@ -1,0 +1,128 @@
+"""Probes: registered analyses the training loop runs on their schedules.
+
+A probe sees the model and data through a ProbeContext and returns metrics (drawn as series) and a result
+document; it never changes the model. The loop times each call.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from backend.spec import HessianProbe, JobSpec, Schedule
+from worker.analysis import hessian as hs
+from worker.analysis.hvp import HessianOperator
+
+DENSITY_POINTS = 200
+
+
+@dataclass
+class ProbeContext:
+    model: nn.Module
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    x_train: Tensor
+    y_train: Tensor
+    n_classes: int
+    lr: float
+    momentum: float
+    seed: int
+
+
+@dataclass
+class ProbeOutput:
+    metrics: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+
+class Probe(Protocol):
+    name: str
+    schedule: Schedule
+
+    def __call__(self, step: int, ctx: ProbeContext) -> ProbeOutput: ...
+
+
+def _fixed_sample(ctx: ProbeContext, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    n = len(ctx.y_train)
+    if size >= n:
+        return ctx.x_train, ctx.y_train
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].to(ctx.x_train.device)
+    return ctx.x_train[idx], ctx.y_train[idx]
+
+
+class HessianTracker:
+    """Top-k (and most negative) eigenvalues, optionally trace, density and layer blocks, at each due step.
+
+    Each call starts Lanczos from the previous call's top eigenvectors, so tracking λmax through training
+    costs a few products per point instead of a cold start.
+    """
+
+    name = "hessian"
+
+    def __init__(self, cfg: HessianProbe) -> None:
+        self.schedule = self.cfg = cfg
+        self.previous: Tensor | None = None
+
+    def __call__(self, step: int, ctx: ProbeContext) -> ProbeOutput:
+        cfg = self.cfg
+        x, y = _fixed_sample(ctx, cfg.examples, ctx.seed + 1)
+        op = HessianOperator(ctx.model, ctx.loss_fn, [(x, y)], mode=cfg.mode, seed=ctx.seed)
+        v0 = self.previous.sum(dim=1) if self.previous is not None else None
+        top = hs.eigenpairs(op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=ctx.seed + step, device=op.device)
+        self.previous = top.vectors
+        threshold = 2 * (1 + ctx.momentum) / ctx.lr
+        metrics = {f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.values)}
+        metrics["hessian/threshold"] = threshold
+        metrics["hessian/hvps"] = float(top.hvps)
+        result: dict[str, Any] = {
+            "eigenvalues": top.values.tolist(),
+            "residuals": top.residuals.tolist(),
+            "converged": bool(top.converged),
+            "hvps_top": top.hvps,
+            "threshold": threshold,
+            "threshold_rule": "2(1+momentum)/lr" if ctx.momentum else "2/lr",
+            "examples": len(y),
+            "mode": cfg.mode,
+            "loss": op.loss,
+            "parameters": op.n,
+            "n_classes": ctx.n_classes,
+        }
+        if cfg.negative:
+            bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=ctx.seed, device=op.device)
+            result["negative_eigenvalues"] = bottom.values.tolist()
+            result["negative_residuals"] = bottom.residuals.tolist()
+            metrics["hessian/lambda_min"] = float(bottom.values[0])
+        if cfg.trace:
+            trace = hs.hutchpp_trace(op, op.n, seed=ctx.seed, device=op.device)
+            result["trace"] = {"value": trace.value, "stderr": trace.stderr, "method": trace.method, "hvps": trace.hvps}
+            metrics["hessian/trace"] = trace.value
+        if cfg.density:
+            density = hs.spectral_density(
+                op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=ctx.seed, device=op.device
+            )
+            edge = hs.bulk_edge(density, op.n)
+            keep = np.linspace(0, len(density.grid) - 1, DENSITY_POINTS).astype(int)
+            result["density"] = {
+                "grid": density.grid[keep].tolist(),
+                "density": density.density[keep].tolist(),
+                "sigma": density.sigma,
+                "probes": cfg.density_probes,
+                "steps": cfg.density_steps,
+                "bulk_edge": edge,
+                "outliers": int(np.sum(top.values > edge)),
+                "moments": {k: list(v) for k, v in density.moments.items()},
+            }
+            metrics["hessian/outliers"] = float(result["density"]["outliers"])
+        if cfg.layerwise:
+            result["layerwise_lambda_max"] = hs.layerwise_top_eigenvalues(ctx.model, ctx.loss_fn, [(x, y)], tol=cfg.tol, mode=cfg.mode)
+        result["hvps"] = op.hvps
+        return ProbeOutput(metrics, result)
+
+
+def build_probes(spec: JobSpec) -> list[Probe]:
+    probes: list[Probe] = []
+    if spec.probes.hessian is not None:
+        probes.append(HessianTracker(spec.probes.hessian))
+    return probes
