@@ -137,18 +137,68 @@ function renderNew(params) {
 
 // ---- one job -------------------------------------------------------------------------------------------
 const MAX_POINTS = 2000;
-const CHARTS = {
+const TRAINING_CHARTS = {
   "loss-plot": { title: "Loss", series: ["train/loss", "val/loss"], ylog: true },
   "acc-plot": { title: "Accuracy", series: ["train/accuracy", "val/accuracy"], ylog: false },
 };
+
+// The charts a job has follow from its spec: each probe adds its own views.
+function chartsFor(spec) {
+  const charts = { ...TRAINING_CHARTS };
+  const hessian = spec?.probes?.hessian;
+  if (hessian) {
+    const lambdas = Array.from({ length: hessian.top_k }, (_, i) => `hessian/lambda_${i + 1}`);
+    charts["sharpness-plot"] = { title: "Sharpness: top Hessian eigenvalues and the stability threshold", series: [...lambdas, "hessian/threshold"],
+      ylog: false, markers: true, threshold: "hessian/threshold" };
+  }
+  return charts;
+}
 
 function plotLayout(title, ylog) {
   const dark = matchMedia("(prefers-color-scheme: dark)").matches;
   return {
     title: { text: title }, margin: { t: 40, r: 10, b: 40, l: 55 }, xaxis: { title: { text: "step" } },
-    yaxis: { type: ylog ? "log" : "linear" }, legend: { orientation: "h", y: -0.2 },
+    yaxis: { type: ylog ? "log" : "linear" }, legend: { orientation: "h", y: -0.28 },
     paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { color: dark ? "#e6edf3" : "#1b1f24" },
   };
+}
+
+function thresholdCrossing(el, chart) {
+  // The first step where λ1 reaches the threshold (the edge of stability), marked on the chart.
+  const lam = el.data[0];
+  const thr = el.data[chart.series.indexOf(chart.threshold)];
+  if (!lam || !thr || !thr.y.length) return null;
+  const limit = new Map(thr.x.map((x, i) => [x, thr.y[i]]));
+  for (let i = 0; i < lam.x.length; i++) {
+    const t = limit.get(lam.x[i]);
+    if (t != null && lam.y[i] != null && lam.y[i] >= t) return lam.x[i];
+  }
+  return null;
+}
+
+function markCrossing(el, chart) {
+  const step = thresholdCrossing(el, chart);
+  const shapes = step == null ? [] : [{ type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#cf222e" } }];
+  const annotations = step == null ? [] : [{ x: step, yref: "paper", y: 1, text: `λ1 ≥ threshold at step ${step}`, showarrow: false, yanchor: "bottom", font: { color: "#cf222e" } }];
+  el.dataset.crossing = step ?? "";
+  Plotly.relayout(el, { shapes, annotations });
+}
+
+async function drawDensity(id, el) {
+  const [latest] = await api(`/jobs/${id}/results/hessian?last=1`);
+  if (!latest?.data?.density) return;
+  const r = latest.data, d = r.density;
+  const floor = Math.max(...d.density) * 1e-8;
+  const traces = [
+    { name: "density", x: d.grid, y: d.density.map((v) => Math.max(v, floor)), mode: "lines", fill: "tozeroy" },
+    { name: `top-${r.eigenvalues.length} eigenvalues`, x: r.eigenvalues, y: r.eigenvalues.map(() => floor * 10), mode: "markers", marker: { symbol: "triangle-down", size: 10 } },
+  ];
+  const layout = plotLayout(`Spectral density at step ${latest.step}: ≈${d.outliers} outliers beyond the bulk edge · ${r.n_classes} classes`, true);
+  layout.xaxis.title = { text: "eigenvalue" };
+  layout.shapes = [{ type: "line", x0: d.bulk_edge, x1: d.bulk_edge, yref: "paper", y0: 0, y1: 1, line: { dash: "dash" } }];
+  layout.annotations = [{ x: d.bulk_edge, yref: "paper", y: 1, text: "bulk edge", showarrow: false, yanchor: "bottom" }];
+  el.dataset.step = latest.step;
+  await Plotly.react(el, traces, layout, { responsive: true, displaylogo: false });
 }
 
 function renderJob(id) {
@@ -162,13 +212,15 @@ function renderJob(id) {
     <progress id="progress-bar" max="1" value="0" aria-label="progress"></progress>
     <p id="job-stage" class="muted"></p>
     <p id="job-error" class="error-text"></p>
-    <div class="plots">${Object.keys(CHARTS).map((k) => `<div id="${k}" class="plot" role="img" aria-label="${CHARTS[k].title} over steps"></div>`).join("")}</div>
+    <div class="plots" id="plots"></div>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
   let job = null;
+  let charts = {};
   const lastStep = {};
   const pending = [];
   let drawn = false;
+  let densityTimer = null;
 
   const showJob = (j) => {
     job = { ...job, ...j };
@@ -184,11 +236,18 @@ function renderJob(id) {
     view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
   };
 
+  const scheduleDensity = () => {
+    const el = view.querySelector("#density-plot");
+    if (!el || densityTimer) return;
+    densityTimer = setTimeout(() => { densityTimer = null; drawDensity(id, el).catch(console.error); }, 1000);
+  };
+
   let redrawing = false;
   const appendPoints = (points) => {
     let longest = 0;
-    for (const [div, chart] of Object.entries(CHARTS)) {
+    for (const [div, chart] of Object.entries(charts)) {
       const el = view.querySelector(`#${div}`);
+      let grew = false;
       chart.series.forEach((name, i) => {
         const p = points[name];
         if (!p) return;
@@ -197,8 +256,11 @@ function renderJob(id) {
         Plotly.extendTraces(el, { x: [keep.map((k) => p.steps[k])], y: [keep.map((k) => p.values[k])] }, [i]);
         lastStep[name] = p.steps[keep[keep.length - 1]];
         longest = Math.max(longest, el.data[i].x.length);
+        grew = true;
       });
+      if (grew && chart.threshold) markCrossing(el, chart);
     }
+    if (points["hessian/lambda_1"]) scheduleDensity();
     // Live points pile up; past a few times the budget, redraw from the server's spike-keeping downsample.
     if (longest > 4 * MAX_POINTS && !redrawing) {
       redrawing = true;
@@ -210,28 +272,40 @@ function renderJob(id) {
     drawn = false;
     const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}`);
     const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
-    for (const [div, chart] of Object.entries(CHARTS)) {
+    for (const [div, chart] of Object.entries(charts)) {
       const traces = chart.series.map((name) => {
         const s = byName[name] || { steps: [], values: [] };
         if (s.steps.length) lastStep[name] = s.steps[s.steps.length - 1];
-        return { name, x: s.steps, y: s.values, mode: name.startsWith("val/") ? "lines+markers" : "lines", connectgaps: false };
+        const isThreshold = name === chart.threshold;
+        return { name: isThreshold ? "stability threshold 2(1+β)/lr" : name, x: s.steps, y: s.values, connectgaps: false,
+          mode: isThreshold ? "lines" : (chart.markers || name.startsWith("val/")) ? "lines+markers" : "lines",
+          line: isThreshold ? { dash: "dash", color: "#cf222e" } : undefined };
       });
-      await Plotly.newPlot(view.querySelector(`#${div}`), traces, plotLayout(chart.title, chart.ylog), { responsive: true, displaylogo: false });
+      const el = view.querySelector(`#${div}`);
+      await Plotly.newPlot(el, traces, plotLayout(chart.title, chart.ylog), { responsive: true, displaylogo: false });
+      if (chart.threshold) markCrossing(el, chart);
     }
+    if (view.querySelector("#density-plot")) await drawDensity(id, view.querySelector("#density-plot"));
     drawn = true;
     pending.splice(0).forEach(appendPoints);
   };
 
-  api(`/jobs/${id}`).then((j) => {
+  const source = new EventSource(`${API}/jobs/${id}/events`);
+  const ready = api(`/jobs/${id}`).then((j) => {
     showJob(j);
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
-  }).catch((err) => { view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`; });
-
-  const source = new EventSource(`${API}/jobs/${id}/events`);
-  source.addEventListener("hello", () => drawAll().catch(console.error));
+    charts = chartsFor(j.spec);
+    const divs = Object.entries(charts).map(([k, c]) => `<div id="${k}" class="plot" role="img" aria-label="${esc(c.title)} over steps"></div>`);
+    if (j.spec?.probes?.hessian?.density) divs.push(`<div id="density-plot" class="plot" role="img" aria-label="Hessian spectral density"></div>`);
+    view.querySelector("#plots").innerHTML = divs.join("");
+  }).catch((err) => {
+    source.close();
+    view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
+  });
+  source.addEventListener("hello", () => ready.then(drawAll).catch(console.error));
   source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-  source.addEventListener("end", () => source.close());
+  source.addEventListener("end", () => { source.close(); scheduleDensity(); });
 
   view.querySelector("#cancel-job").addEventListener("click", async () => {
     view.querySelector("#cancel-job").disabled = true;
@@ -242,7 +316,7 @@ function renderJob(id) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => source.close();
+  return () => { source.close(); clearTimeout(densityTimer); };
 }
 
 // ---- router --------------------------------------------------------------------------------------------

@@ -90,3 +90,29 @@ def test_job_list_filters_and_searches(page, served: Serve):
     page.click("tr.job-row >> text=beta-one")
     page.wait_for_url("**/#/jobs/*")
     page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'")
+
+
+def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve):
+    raw = spec(steps=400, lr=0.5, name="e2e-hessian")
+    raw["model"]["activation"] = "tanh"
+    raw["probes"] = {"hessian": {"every": 50, "top_k": 3, "density": True, "examples": 600}}
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=180_000)
+    # The density follows the newest result: the one at the end of training, once the job is over.
+    page.wait_for_function("document.getElementById('density-plot')?.dataset.step === '400'", timeout=30_000)
+    api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "hessian/lambda_1,hessian/threshold"}).json()
+    lam, thr = api["series"]
+    drawn = trace(page, "sharpness-plot", 0)
+    assert drawn["x"] == lam["steps"] == list(range(0, 401, 50))
+    assert drawn["y"] == lam["values"]
+    threshold = trace(page, "sharpness-plot", 3)
+    assert threshold["y"] == thr["values"] == [4.0] * 9
+    crossing = page.evaluate("document.getElementById('sharpness-plot').dataset.crossing")
+    expected = next((s for s, v in zip(lam["steps"], lam["values"]) if v >= 4.0), None)
+    assert crossing == ("" if expected is None else str(expected))
+    [latest] = served.client.get(f"/jobs/{job['id']}/results/hessian", params={"last": 1}).json()
+    density = trace(page, "density-plot", 0)
+    assert latest["step"] == 400 and len(density["x"]) == len(latest["data"]["density"]["grid"])
+    assert trace(page, "density-plot", 1)["x"] == latest["data"]["eigenvalues"]
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "hessian-views.png"), full_page=True)

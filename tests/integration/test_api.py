@@ -210,3 +210,18 @@ def test_dashboard_and_plotly_are_served_locally(client):
     bundle = client.get("/static/vendor/plotly.min.js")
     assert bundle.status_code == 200 and len(bundle.content) > 1_000_000
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_results_last_n_in_step_order(client):
+    from backend.models import Result
+
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    with session_scope() as session:
+        for step in (0, 50, 100, 150):
+            session.add(Result(job_id=job["id"], kind="hessian", step=step, data={"eigenvalues": [step / 10]}))
+    all_ = client.get(f"/api/v1/jobs/{job['id']}/results/hessian").json()
+    assert [r["step"] for r in all_] == [0, 50, 100, 150]
+    last = client.get(f"/api/v1/jobs/{job['id']}/results/hessian", params={"last": 2}).json()
+    assert [r["step"] for r in last] == [100, 150] and last[-1]["data"]["eigenvalues"] == [15.0]
+    assert client.get(f"/api/v1/jobs/{job['id']}/results/Bad-Kind").status_code == 422
+    assert client.get(f"/api/v1/jobs/{job['id']}/results/hessian", params={"last": 0}).status_code == 422

@@ -201,7 +201,7 @@ def hutchpp_trace(
 
 @dataclass
 class SpectralDensity:
-    grid: np.ndarray
+    grid: np.ndarray  # evenly spaced points plus every quadrature node
     density: np.ndarray  # integrates to 1 over the grid (up to the tails cut off)
     nodes: np.ndarray  # (probes, steps) Ritz values
     weights: np.ndarray  # (probes, steps) quadrature weights, each row sums to 1
@@ -216,7 +216,7 @@ def spectral_density(
     *,
     probes: int = 10,
     steps: int = 50,
-    grid_points: int = 1000,
+    grid_points: int = 400,
     sigma: float | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -244,16 +244,14 @@ def spectral_density(
         theta, s = _tridiagonal_eigh(run.alpha, run.beta)
         m = len(theta)
         nodes[p, :m], weights[p, :m] = theta, s[0] ** 2
-    lo, hi = nodes.min(), nodes.max()
-    span = max(hi - lo, 1e-12)
-    sigma = sigma if sigma is not None else span / steps
-    grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, grid_points)
-    density = np.zeros(grid_points)
-    for p in range(probes):
-        for theta, w in zip(nodes[p], weights[p], strict=True):
-            if w > 0:
-                density += w * np.exp(-0.5 * ((grid - theta) / sigma) ** 2)
-    density /= probes * sigma * np.sqrt(2 * np.pi)
+    lo, hi = nodes[weights > 0].min(), nodes[weights > 0].max()
+    if sigma is None:
+        # Outliers far out make the span, and a span-scaled broadening would smear the bulk over them;
+        # so broaden once coarsely to find the bulk's edge, then again at the bulk's own scale.
+        coarse = max(hi - lo, 1e-12) / steps
+        edge = _edge(*_broaden(nodes, weights, lo, hi, coarse, grid_points), coarse, n)
+        sigma = max(edge - lo, 1e-6 * max(hi - lo, 1e-12)) / steps
+    grid, density = _broaden(nodes, weights, lo, hi, sigma, grid_points)
     m1 = (weights * nodes).sum(1)
     m2 = (weights * nodes**2).sum(1)
     se = lambda a: float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")  # noqa: E731
@@ -314,11 +312,31 @@ def layerwise_top_eigenvalues(
     return out
 
 
+def _broaden(
+    nodes: np.ndarray, weights: np.ndarray, lo: float, hi: float, sigma: float, points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    keep = weights > 0
+    theta, w = nodes[keep], weights[keep]
+    # The nodes themselves are grid points: a narrow peak (an outlier) is never stepped over.
+    grid = np.unique(np.concatenate([np.linspace(lo - 3 * sigma, hi + 3 * sigma, points), theta]))
+    density = (w[None, :] * np.exp(-0.5 * ((grid[:, None] - theta[None, :]) / sigma) ** 2)).sum(1)
+    return grid, density / (len(nodes) * sigma * np.sqrt(2 * np.pi))
+
+
+def _edge(grid: np.ndarray, density: np.ndarray, sigma: float, n: int) -> float:
+    floor = 0.5 / (n * sigma * np.sqrt(2 * np.pi))
+    peak = int(np.argmax(density))
+    below = np.nonzero(density[peak:] < floor)[0]
+    return float(grid[peak + below[0]] if len(below) else grid[-1])
+
+
 def bulk_edge(density: SpectralDensity, n: int) -> float:
     """The right end of the bulk: where the density, followed right from its peak, first holds less than
     half an eigenvalue's worth (one eigenvalue adds a Gaussian of mass 1/n and height 1/(n·σ·√(2π))).
     """
-    floor = 0.5 / (n * density.sigma * np.sqrt(2 * np.pi))
-    peak = int(np.argmax(density.density))
-    below = np.nonzero(density.density[peak:] < floor)[0]
-    return float(density.grid[peak + below[0]] if len(below) else density.grid[-1])
+    return _edge(density.grid, density.density, density.sigma, n)
+
+
+def count_beyond(density: SpectralDensity, n: int, edge: float) -> float:
+    """Estimated number of eigenvalues above `edge`: n times the quadrature mass beyond it."""
+    return float(n * np.mean(np.sum(np.where(density.nodes > edge, density.weights, 0.0), axis=1)))

@@ -16,9 +16,6 @@ from backend.spec import HessianProbe, JobSpec, Schedule
 from worker.analysis import hessian as hs
 from worker.analysis.hvp import HessianOperator
 
-DENSITY_POINTS = 200
-
-
 @dataclass
 class ProbeContext:
     model: nn.Module
@@ -103,15 +100,15 @@ class HessianTracker:
                 op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=ctx.seed, device=op.device
             )
             edge = hs.bulk_edge(density, op.n)
-            keep = np.linspace(0, len(density.grid) - 1, DENSITY_POINTS).astype(int)
             result["density"] = {
-                "grid": density.grid[keep].tolist(),
-                "density": density.density[keep].tolist(),
+                "grid": density.grid.tolist(),
+                "density": density.density.tolist(),
                 "sigma": density.sigma,
                 "probes": cfg.density_probes,
                 "steps": cfg.density_steps,
                 "bulk_edge": edge,
-                "outliers": int(np.sum(top.values > edge)),
+                "outliers": round(hs.count_beyond(density, op.n, edge)),
+                "top_k_beyond_edge": int(np.sum(top.values > edge)),
                 "moments": {k: list(v) for k, v in density.moments.items()},
             }
             metrics["hessian/outliers"] = float(result["density"]["outliers"])
