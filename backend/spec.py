@@ -87,6 +87,7 @@ class HessianProbe(Schedule):
     density_probes: int = Field(10, ge=2, le=100)
     density_steps: int = Field(50, ge=5, le=500)
     layerwise: bool = False
+    save_eigenvectors: bool = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
 
 
 class Probes(StrictModel):

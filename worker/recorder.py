@@ -84,13 +84,13 @@ class DbRecorder:
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.lost.is_set()
 
-    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
-        stored = self.store.put(safetensors_bytes(tensors))
+    def save_tensors(
+        self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> None:
+        stored = self.store.put(safetensors_bytes(tensors, metadata=metadata))
         with session_scope() as session:
             session.add(
-                Artifact(
-                    id=stored.id, job_id=self.job_id, kind="checkpoint", step=step, size=stored.size, sha256=stored.sha256
-                )
+                Artifact(id=stored.id, job_id=self.job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256)
             )
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:

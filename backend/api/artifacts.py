@@ -40,5 +40,5 @@ def download_artifact(
     return FileResponse(
         path,
         media_type="application/octet-stream",
-        filename=f"job{job_id}-{artifact.kind}-step{artifact.step}.safetensors",
+        filename=f"job{job_id}-{artifact.kind}-step{artifact.step}.safetensors",  # kind and step are ours
     )

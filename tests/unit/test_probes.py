@@ -1,6 +1,7 @@
 """Probes inside the training loop: schedule, warm-started tracking, and numbers checked independently."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -76,3 +77,42 @@ def test_probe_leaves_training_unchanged():
     raw["probes"] = {"hessian": {"every": 10, "top_k": 2, "mode": "train"}}
     train(JobSpec.model_validate(raw), probed, torch.device("cpu"))
     assert plain.series("train/loss") == probed.series("train/loss"), "bit-identical training with the probe on"
+
+
+def test_eigenvectors_are_saved_with_their_layout():
+    import json
+
+    rec = run_with_hessian(40, at=[20], top_k=2, tol=1e-6)
+    [(kind, step, tensors, meta)] = rec.artifacts
+    assert kind == "hessian-eigenvectors" and step == 20
+    vectors = tensors["eigenvectors"].double()
+    assert vectors.shape == (2, 64 * 16 + 16 + 16 * 10 + 10)
+    assert torch.allclose(vectors @ vectors.T, torch.eye(2, dtype=torch.float64), atol=1e-6)
+    [(_, _, result)] = [r for r in rec.results if r[0] == "hessian"]
+    assert tensors["eigenvalues"].tolist() == pytest.approx(result["eigenvalues"], rel=1e-6)
+    assert json.loads(meta["parameters"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert json.loads(meta["shapes"]) == [[16, 64], [16], [10, 16], [10]]
+    off = run_with_hessian(40, at=[20], top_k=2, save_eigenvectors=False)
+    assert off.artifacts == []
+
+
+def test_a_long_probe_reports_progress_and_stops_when_asked():
+    class StopInProbe(ListRecorder):
+        def __init__(self):
+            super().__init__()
+            self.stages: list[str] = []
+
+        def progress(self, step, total, stage):
+            super().progress(step, total, stage)
+            self.stages.append(stage)
+
+        def should_stop(self):
+            return any("Hessian-vector products" in s for s in self.stages)
+
+    raw = spec(steps=50)
+    raw["probes"] = {"hessian": {"at": [10], "top_k": 2, "density": True, "density_probes": 50, "density_steps": 200}}
+    rec = StopInProbe()
+    assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.stopped
+    assert any(s.startswith("probe hessian at step 10: hessian") for s in rec.stages)
+    assert [r for r in rec.results if r[0] == "hessian"] == [], "a stopped probe records nothing half-done"
+    assert len(rec.series("train/loss")) == 10

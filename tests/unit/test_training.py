@@ -17,6 +17,7 @@ class ListRecorder:
     def __init__(self, stop_after: int | None = None) -> None:
         self.points: list[tuple[int, str, float]] = []
         self.checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.artifacts: list[tuple[str, int, dict[str, torch.Tensor], dict[str, str] | None]] = []
         self.results: list[tuple[str, int, dict[str, Any]]] = []
         self.last_progress: tuple[int, int, str] | None = None
         self.stop_after = stop_after
@@ -30,8 +31,11 @@ class ListRecorder:
     def should_stop(self):
         return self.stop_after is not None and self.last_progress is not None and self.last_progress[0] >= self.stop_after
 
-    def save_checkpoint(self, step, tensors):
-        self.checkpoints.append((step, tensors))
+    def save_tensors(self, kind, step, tensors, metadata=None):
+        if kind == "checkpoint":
+            self.checkpoints.append((step, tensors))
+        else:
+            self.artifacts.append((kind, step, tensors, metadata))
 
     def result(self, kind, step, payload):
         self.results.append((kind, step, payload))

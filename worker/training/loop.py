@@ -11,14 +11,16 @@ from torch import nn
 
 from backend.spec import JobSpec
 from worker.training import data, models
-from worker.training.probes import Probe, ProbeContext, build_probes
+from worker.training.probes import Probe, ProbeContext, ProbeStopped, build_probes
 
 
 class Recorder(Protocol):
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
     def progress(self, step: int, total: int, stage: str) -> None: ...
     def should_stop(self) -> bool: ...
-    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor]) -> None: ...
+    def save_tensors(
+        self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> None: ...
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None: ...
 
 
@@ -45,6 +47,7 @@ def _run_probes(
         if not probe.schedule.due(step, total):
             continue
         recorder.progress(step, total, f"probe {probe.name} at step {step}")
+        ctx.report = lambda stage, name=probe.name: recorder.progress(step, total, f"probe {name} at step {step}: {stage}")
         started = time.perf_counter()
         output = probe(step, ctx)
         seconds = time.perf_counter() - started
@@ -52,10 +55,19 @@ def _run_probes(
         recorder.log(step, {**output.metrics, f"time/{probe.name}_seconds": seconds})
         if output.result is not None:
             recorder.result(probe.name, step, {**output.result, "seconds": seconds})
+        for kind, (tensors, metadata) in output.artifacts.items():
+            recorder.save_tensors(kind, step, tensors, metadata)
 
 
 def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     """Train the spec's model with SGD; step s logs the batch loss at the weights before update s."""
+    try:
+        return _train(spec, recorder, device)
+    except ProbeStopped:
+        return Outcome.stopped
+
+
+def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     cfg = spec.train
     torch.manual_seed(cfg.seed)
     split = data.digits(spec.data.val_fraction, cfg.seed).to(device)
@@ -66,8 +78,9 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     )
     probes = build_probes(spec)
     ctx = ProbeContext(
-        model, nn.functional.cross_entropy, split.x_train, split.y_train, split.n_classes, opt.lr, opt.momentum, cfg.seed
-    )
+        model, nn.functional.cross_entropy, split.x_train, split.y_train, split.n_classes, opt.lr, opt.momentum, cfg.seed,
+        should_stop=recorder.should_stop,
+    )  # fmt: skip
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
@@ -113,7 +126,7 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     recorder.log(cfg.steps, {"val/loss": val_loss, "val/accuracy": val_acc})
     _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)
     recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
-    recorder.save_checkpoint(cfg.steps, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    recorder.save_tensors("checkpoint", cfg.steps, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     recorder.result(
         "summary",
         cfg.steps,

@@ -4,6 +4,8 @@ A probe sees the model and data through a ProbeContext and returns metrics (draw
 document; it never changes the model. The loop times each call.
 """
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,12 +28,35 @@ class ProbeContext:
     lr: float
     momentum: float
     seed: int
+    # Long probes report progress and stop when asked (ProbeStopped), between two products.
+    report: Callable[[str], None] = lambda _: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+class ProbeStopped(Exception):
+    """The job was cancelled (or taken away) in the middle of a probe."""
+
+
+def _ticker(ctx: ProbeContext, what: str) -> Callable[[int, int], None]:
+    last = [0.0]
+
+    def tick(done: int, budget: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.5:
+            last[0] = now
+            ctx.report(f"{what}: {done}/{budget} Hessian-vector products")
+            if ctx.should_stop():
+                raise ProbeStopped
+
+    return tick
 
 
 @dataclass
 class ProbeOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] | None = None
+    # kind -> (tensors, metadata), saved as safetensors artifacts
+    artifacts: dict[str, tuple[dict[str, Tensor], dict[str, str]]] = field(default_factory=dict)
 
 
 class Probe(Protocol):
@@ -67,7 +92,10 @@ class HessianTracker:
         x, y = _fixed_sample(ctx, cfg.examples, ctx.seed + 1)
         op = HessianOperator(ctx.model, ctx.loss_fn, [(x, y)], mode=cfg.mode, seed=ctx.seed)
         v0 = self.previous.sum(dim=1) if self.previous is not None else None
-        top = hs.eigenpairs(op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=ctx.seed + step, device=op.device)
+        top = hs.eigenpairs(
+            op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=ctx.seed + step, device=op.device,
+            progress=_ticker(ctx, f"hessian top-{cfg.top_k}"),
+        )  # fmt: skip
         self.previous = top.vectors
         threshold = 2 * (1 + ctx.momentum) / ctx.lr
         metrics = {f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.values)}
@@ -97,8 +125,9 @@ class HessianTracker:
             metrics["hessian/trace"] = trace.value
         if cfg.density:
             density = hs.spectral_density(
-                op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=ctx.seed, device=op.device
-            )
+                op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=ctx.seed, device=op.device,
+                progress=_ticker(ctx, "hessian density"),
+            )  # fmt: skip
             edge = hs.bulk_edge(density, op.n)
             result["density"] = {
                 "grid": density.grid.tolist(),
@@ -115,7 +144,13 @@ class HessianTracker:
         if cfg.layerwise:
             result["layerwise_lambda_max"] = hs.layerwise_top_eigenvalues(ctx.model, ctx.loss_fn, [(x, y)], tol=cfg.tol, mode=cfg.mode)
         result["hvps"] = op.hvps
-        return ProbeOutput(metrics, result)
+        artifacts = {}
+        if cfg.save_eigenvectors:
+            vectors = {"eigenvalues": torch.tensor(top.values, dtype=torch.float32),
+                       "eigenvectors": top.vectors.T.float().cpu().contiguous()}  # fmt: skip
+            layout = {"parameters": json.dumps(op.names), "shapes": json.dumps([list(s) for s in op.shapes])}
+            artifacts["hessian-eigenvectors"] = (vectors, {**layout, "mode": cfg.mode, "examples": str(len(y))})
+        return ProbeOutput(metrics, result, artifacts)
 
 
 def build_probes(spec: JobSpec) -> list[Probe]:
