@@ -13,9 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import hessian_topk, train_loop
+from bench import hessian_topk, hessian_tracking, train_loop
 
-BENCHMARKS = {"train_loop": train_loop.run, "hessian_topk": hessian_topk.run}
+BENCHMARKS = {"train_loop": train_loop.run, "hessian_topk": hessian_topk.run, "hessian_tracking": hessian_tracking.run}
 
 
 def main(names: list[str]) -> None:
