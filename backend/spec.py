@@ -3,10 +3,10 @@
 Every model is strict (unknown keys are errors) so that a typo never silently trains the wrong thing.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class StrictModel(BaseModel):
@@ -43,11 +43,53 @@ class SGDOptimizer(StrictModel):
         return self
 
 
+class AdamOptimizer(StrictModel):
+    """Adam, or AdamW (decoupled weight decay)."""
+
+    kind: Literal["adam", "adamw"]
+    lr: float = Field(gt=0.0, le=1e3)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class SAMOptimizer(StrictModel):
+    """Sharpness-aware minimization (Foret et al. 2021) around a base optimizer: two gradients per step."""
+
+    kind: Literal["sam"]
+    rho: float = Field(0.05, gt=0.0, le=10.0)
+    base: Annotated[SGDOptimizer | AdamOptimizer, Field(discriminator="kind")]
+
+    @property
+    def lr(self) -> float:
+        return self.base.lr
+
+
+Optimizer = Annotated[SGDOptimizer | AdamOptimizer | SAMOptimizer, Field(discriminator="kind")]
+
+
+class LRSchedule(StrictModel):
+    """Multiplies the optimizer's lr. `cosine`: linear warm-up then cosine to min_fraction; `linear`: warm-up
+    then linear to min_fraction; `step`: × gamma every step_size steps; `constant`: after any warm-up, 1."""
+
+    kind: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    step_size: int = Field(1000, gt=0)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
 class TrainConfig(StrictModel):
     steps: int = Field(gt=0, le=10_000_000)
-    batch_size: int = Field(128, gt=0, le=1_000_000)
+    batch_size: int = Field(128, gt=0, le=1_000_000, description="capped at the training set (full batch: GD)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     eval_every: int = Field(50, gt=0, description="Steps between validation evaluations (and the last step).")
+    loss: Literal["cross_entropy", "mse"] = Field(
+        "cross_entropy", description="mse on classes: mean squared error against one-hot targets"
+    )
+    schedule: LRSchedule = LRSchedule()
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm (null: off)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on a GPU (fp32 on a CPU)")
     divergence_factor: float | None = Field(
         1000.0, gt=1.0, description="End as diverged when the loss exceeds this multiple of the first loss (null: off)."
     )
@@ -100,7 +142,7 @@ class JobSpec(StrictModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
     model: MLPModel
     data: DigitsData
-    optimizer: SGDOptimizer
+    optimizer: Optimizer
     train: TrainConfig
     probes: Probes = Probes()
 
@@ -121,6 +163,25 @@ data: {kind: digits, val_fraction: 0.2}
 optimizer: {kind: sgd, lr: 0.5, momentum: 0.0}
 train: {steps: 2000, batch_size: 128, seed: 0, eval_every: 50}
 """
+
+
+def field_errors(exc: ValidationError, raw: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors with the locations a user wrote: union tags (`optimizer.sgd.lr`) are dropped."""
+    out = []
+    for err in exc.errors(include_url=False):
+        node, loc = raw, []
+        for part in err["loc"]:
+            if isinstance(node, dict) and node.get("kind") == part and part not in node:
+                continue  # pydantic's tag for the member of a discriminated union
+            loc.append(part)
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
+        out.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
+    return out
 
 
 class SpecParseError(ValueError):

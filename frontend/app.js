@@ -147,9 +147,12 @@ function chartsFor(spec) {
   const charts = { ...TRAINING_CHARTS };
   const hessian = spec?.probes?.hessian;
   if (hessian) {
-    const lambdas = Array.from({ length: hessian.top_k }, (_, i) => `hessian/lambda_${i + 1}`);
-    charts["sharpness-plot"] = { title: "Sharpness: top Hessian eigenvalues and the stability threshold", series: [...lambdas, "hessian/threshold"],
-      ylog: false, markers: true, threshold: "hessian/threshold" };
+    // SGD: the sharpness is λ1 itself. Adam: it is λmax(P⁻¹H), drawn beside the raw λ1..k.
+    const adaptive = ["adam", "adamw"].includes(spec.optimizer.kind === "sam" ? spec.optimizer.base.kind : spec.optimizer.kind);
+    const lambdas = Array.from({ length: hessian.top_k }, (_, i) => `hessian/lambda_${i + 1}`).slice(adaptive ? 0 : 1);
+    charts["sharpness-plot"] = { title: "Sharpness: top Hessian eigenvalues and the stability threshold",
+      series: ["hessian/sharpness", ...lambdas, "hessian/threshold"], ylog: false, markers: true, threshold: "hessian/threshold",
+      labels: { "hessian/sharpness": adaptive ? "sharpness λmax(P⁻¹H)" : "sharpness λ1", "hessian/threshold": adaptive ? "threshold (2+2β1)/((1−β1)·lr)" : "threshold 2(1+β)/lr" } };
   }
   return charts;
 }
@@ -277,7 +280,7 @@ function renderJob(id) {
         const s = byName[name] || { steps: [], values: [] };
         if (s.steps.length) lastStep[name] = s.steps[s.steps.length - 1];
         const isThreshold = name === chart.threshold;
-        return { name: isThreshold ? "stability threshold 2(1+β)/lr" : name, x: s.steps, y: s.values, connectgaps: false,
+        return { name: chart.labels?.[name] ?? name, x: s.steps, y: s.values, connectgaps: false,
           mode: isThreshold ? "lines" : (chart.markers || name.startsWith("val/")) ? "lines+markers" : "lines",
           line: isThreshold ? { dash: "dash", color: "#cf222e" } : undefined };
       });

@@ -1,6 +1,6 @@
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,20 +11,13 @@ from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
 from backend.models import JobStatus
 from backend.schemas import JobOut, JobPage
 from backend.services import jobs as job_service
-from backend.spec import JobSpec, SpecParseError, parse_spec_text
+from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
-
-
-def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False)
-    ]
 
 
 async def spec_from_body(request: Request) -> JobSpec:
@@ -48,7 +41,7 @@ async def spec_from_body(request: Request) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError(_validation_errors(exc))
+        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, data)])
 
 
 _SPEC_BODY = {

@@ -1,14 +1,14 @@
 import pytest
 from pydantic import ValidationError
 
-from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, SpecParseError, parse_spec_text
+from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, SpecParseError, field_errors, parse_spec_text
 from tests.conftest import spec
 
 
 def error_locs(raw: dict) -> list[tuple]:
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate(raw)
-    return [tuple(e["loc"]) for e in info.value.errors()]
+    return [tuple(e["loc"]) for e in field_errors(info.value, raw)]
 
 
 def test_example_spec_is_valid():

@@ -4,13 +4,23 @@ import enum
 import math
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from backend.spec import JobSpec
+from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer
 from worker.training import data, models
+from worker.training.optim import (
+    SAM,
+    adam_preconditioner,
+    base_config,
+    lr_factor,
+    make_loss,
+    make_optimizer,
+    stability_threshold,
+)
 from worker.training.probes import Probe, ProbeContext, ProbeStopped, build_probes
 
 
@@ -31,13 +41,14 @@ class Outcome(enum.StrEnum):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # type: ignore[no-untyped-def]
     model.eval()
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(1) == y).float().mean().item()
+    out = model(x)
+    metrics = {"loss": loss_fn(out, y).item()}
+    if not y.is_floating_point():
+        metrics["accuracy"] = (out.argmax(1) == y).float().mean().item()
     model.train()
-    return loss, accuracy
+    return metrics
 
 
 def _run_probes(
@@ -60,7 +71,7 @@ def _run_probes(
 
 
 def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
-    """Train the spec's model with SGD; step s logs the batch loss at the weights before update s."""
+    """Train the spec's model; step s logs the batch loss at the weights before update s."""
     try:
         return _train(spec, recorder, device)
     except ProbeStopped:
@@ -72,13 +83,23 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     torch.manual_seed(cfg.seed)
     split = data.digits(spec.data.val_fraction, cfg.seed).to(device)
     model = models.mlp(split.x_train.shape[1], spec.model.widths, split.n_classes, spec.model.activation).to(device)
-    opt = spec.optimizer
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = make_loss(cfg.loss, split.n_classes)
+    optimizer = make_optimizer(spec.optimizer, params)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    sam = SAM(spec.optimizer.rho) if isinstance(spec.optimizer, SAMOptimizer) else None
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if cfg.precision == "bf16" and device.type == "cuda"
+        else nullcontext()
     )
+    current_lr = lambda: optimizer.param_groups[0]["lr"]  # noqa: E731
     probes = build_probes(spec)
     ctx = ProbeContext(
-        model, nn.functional.cross_entropy, split.x_train, split.y_train, split.n_classes, opt.lr, opt.momentum, cfg.seed,
+        model, loss_fn, split.x_train, split.y_train, split.n_classes, cfg.seed,
+        threshold=lambda: stability_threshold(spec.optimizer, current_lr()),
+        preconditioner=lambda: adam_preconditioner(optimizer, params, spec.optimizer),
+        adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
         should_stop=recorder.should_stop,
     )  # fmt: skip
     spent: dict[str, float] = {}
@@ -93,9 +114,13 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val)},
     )
     train_seconds = 0.0
+    first_loss = math.nan
     for step in range(cfg.steps):
         if recorder.should_stop():
             return Outcome.stopped
+        factor = lr_factor(cfg.schedule, step, cfg.steps)
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * factor
         _run_probes(probes, step, cfg.steps, ctx, recorder, spent)
         started = time.perf_counter()
         if cursor + batch_size > n_train:
@@ -103,27 +128,39 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         idx = order[cursor : cursor + batch_size].to(device)
         cursor += batch_size
         if step % cfg.eval_every == 0:
-            val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
-            recorder.log(step, {"val/loss": val_loss, "val/accuracy": val_acc})
-        logits = model(split.x_train[idx])
-        loss = nn.functional.cross_entropy(logits, split.y_train[idx])
+            recorder.log(step, {f"val/{k}": v for k, v in evaluate(model, loss_fn, split.x_val, split.y_val).items()})
+        x, y = split.x_train[idx], split.y_train[idx]
+        with autocast:
+            out = model(x)
+            loss = loss_fn(out.float(), y)
         loss_value = loss.item()
-        accuracy = (logits.argmax(1) == split.y_train[idx]).float().mean().item()
-        recorder.log(step, {"train/loss": loss_value, "train/accuracy": accuracy, "lr": opt.lr})
+        metrics = {"train/loss": loss_value, "lr": current_lr()}
+        if not y.is_floating_point():
+            metrics["train/accuracy"] = (out.argmax(1) == y).float().mean().item()
         if step == 0:
             first_loss = loss_value
         if not math.isfinite(loss_value) or (
             cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * first_loss
         ):
+            recorder.log(step, metrics)
             recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value:.4g}")
             return Outcome.diverged
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sam is not None:
+            shifts = sam.ascend(params)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss_fn(model(x).float(), y).backward()
+            sam.descend(params, shifts)
+        if cfg.grad_clip is not None:
+            metrics["train/grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         optimizer.step()
+        recorder.log(step, metrics)
         train_seconds += time.perf_counter() - started
         recorder.progress(step + 1, cfg.steps, "training")
-    val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
-    recorder.log(cfg.steps, {"val/loss": val_loss, "val/accuracy": val_acc})
+    final = evaluate(model, loss_fn, split.x_val, split.y_val)
+    recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})
     _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)
     recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
     recorder.save_tensors("checkpoint", cfg.steps, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
@@ -131,10 +168,9 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
         "summary",
         cfg.steps,
         {
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
+            **{f"val_{k}": v for k, v in final.items()},
             "train_seconds": train_seconds,
-            "steps_per_second": cfg.steps / train_seconds,
+            "steps_per_second": cfg.steps / train_seconds if train_seconds else None,
             "probe_seconds": spent,
         },
     )

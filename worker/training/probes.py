@@ -25,9 +25,10 @@ class ProbeContext:
     x_train: Tensor
     y_train: Tensor
     n_classes: int
-    lr: float
-    momentum: float
     seed: int
+    threshold: Callable[[], tuple[float, str]]  # the stability threshold now, and its rule
+    preconditioner: Callable[[], Tensor | None]  # Adam's diagonal P now (None for SGD, or before Adam's 1st step)
+    adaptive: bool = False  # Adam: the threshold applies to λmax(P⁻¹H), not λmax(H)
     # Long probes report progress and stop when asked (ProbeStopped), between two products.
     report: Callable[[str], None] = lambda _: None
     should_stop: Callable[[], bool] = lambda: False
@@ -97,8 +98,10 @@ class HessianTracker:
             progress=_ticker(ctx, f"hessian top-{cfg.top_k}"),
         )  # fmt: skip
         self.previous = top.vectors
-        threshold = 2 * (1 + ctx.momentum) / ctx.lr
+        threshold, rule = ctx.threshold()
         metrics = {f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.values)}
+        if not ctx.adaptive:
+            metrics["hessian/sharpness"] = float(top.values[0])
         metrics["hessian/threshold"] = threshold
         metrics["hessian/hvps"] = float(top.hvps)
         result: dict[str, Any] = {
@@ -107,13 +110,20 @@ class HessianTracker:
             "converged": bool(top.converged),
             "hvps_top": top.hvps,
             "threshold": threshold,
-            "threshold_rule": "2(1+momentum)/lr" if ctx.momentum else "2/lr",
+            "threshold_rule": rule,
             "examples": len(y),
             "mode": cfg.mode,
             "loss": op.loss,
             "parameters": op.n,
             "n_classes": ctx.n_classes,
         }
+        precond = ctx.preconditioner()
+        if precond is not None:
+            # λmax(P⁻¹H) = λmax(D H D) with D = P^(-1/2): a symmetric operator, so Lanczos applies.
+            d = precond.rsqrt().to(op.device)
+            pre = hs.eigenpairs(lambda v: d * op(d * v), op.n, 1, tol=cfg.tol, seed=ctx.seed + step, device=op.device)
+            metrics["hessian/sharpness"] = float(pre.values[0])
+            result["preconditioned_sharpness"] = float(pre.values[0])
         if cfg.negative:
             bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=ctx.seed, device=op.device)
             result["negative_eigenvalues"] = bottom.values.tolist()

@@ -1,0 +1,96 @@
+"""Optimizers, learning-rate schedules, losses, and what the probes need to know of them."""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from backend.spec import AdamOptimizer, LRSchedule, Optimizer, SAMOptimizer, SGDOptimizer
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def make_loss(kind: str, n_classes: int | None) -> LossFn:
+    """Mean loss over a batch. `mse` with classes compares the outputs with one-hot targets."""
+    if kind == "cross_entropy":
+        return nn.functional.cross_entropy
+    if n_classes is None:
+        return lambda out, target: nn.functional.mse_loss(out.reshape(target.shape), target)
+    return lambda out, target: nn.functional.mse_loss(out, nn.functional.one_hot(target, n_classes).to(out.dtype))
+
+
+def base_config(cfg: Optimizer) -> SGDOptimizer | AdamOptimizer:
+    return cfg.base if isinstance(cfg, SAMOptimizer) else cfg
+
+
+def make_optimizer(cfg: Optimizer, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+    base = base_config(cfg)
+    if isinstance(base, SGDOptimizer):
+        return torch.optim.SGD(
+            params, lr=base.lr, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay
+        )
+    cls = torch.optim.AdamW if base.kind == "adamw" else torch.optim.Adam
+    return cls(params, lr=base.lr, betas=base.betas, eps=base.eps, weight_decay=base.weight_decay)
+
+
+def lr_factor(schedule: LRSchedule, step: int, total: int) -> float:
+    if schedule.warmup_steps and step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.kind == "step":
+        return schedule.gamma ** (step // schedule.step_size)
+    if schedule.kind == "constant":
+        return 1.0
+    done = (step - schedule.warmup_steps) / max(1, total - schedule.warmup_steps)
+    shape = 0.5 * (1 + math.cos(math.pi * done)) if schedule.kind == "cosine" else 1 - done
+    return schedule.min_fraction + (1 - schedule.min_fraction) * shape
+
+
+class SAM:
+    """One SAM step: the gradient at w + ρ·g/‖g‖ drives the base optimizer's update of w."""
+
+    def __init__(self, rho: float) -> None:
+        self.rho = rho
+
+    @torch.no_grad()
+    def ascend(self, params: list[Tensor]) -> list[Tensor]:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).clamp_min(1e-12)
+        shifts = [self.rho * g / norm for g in grads]
+        for p, e in zip(params, shifts, strict=True):
+            p.add_(e)
+        return shifts
+
+    @torch.no_grad()
+    def descend(self, params: list[Tensor], shifts: list[Tensor]) -> None:
+        for p, e in zip(params, shifts, strict=True):
+            p.sub_(e)
+
+
+def stability_threshold(cfg: Optimizer, lr: float) -> tuple[float, str]:
+    """The sharpness at which the update stops being stable (edge of stability), and the rule used.
+
+    SGD with heavy-ball momentum β: 2(1+β)/lr. Adam: (2+2β1)/((1−β1)·lr) for the preconditioned sharpness
+    λmax(P⁻¹H) (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
+    """
+    base = base_config(cfg)
+    if isinstance(base, SGDOptimizer):
+        return 2 * (1 + base.momentum) / lr, "2(1+momentum)/lr" if base.momentum else "2/lr"
+    b1 = base.betas[0]
+    return (2 + 2 * b1) / ((1 - b1) * lr), "(2+2β1)/((1−β1)·lr) on λmax(P⁻¹H)"
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[Tensor], cfg: Optimizer) -> Tensor | None:
+    """Adam's diagonal P = (1−β1^t)·(√v̂_t + ε) as one flat vector, or None before the first step / for SGD."""
+    base = base_config(cfg)
+    if not isinstance(base, AdamOptimizer):
+        return None
+    pieces = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            return None
+        t = float(state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - base.betas[1] ** t)
+        pieces.append(((1 - base.betas[0] ** t) * (v_hat.sqrt() + base.eps)).reshape(-1))
+    return torch.cat(pieces).double()
