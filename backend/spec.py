@@ -89,6 +89,9 @@ class TrainConfig(StrictModel):
     )
     schedule: LRSchedule = LRSchedule()
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm (null: off)")
+    checkpoint_every: int | None = Field(
+        1000, gt=0, description="keep the whole training state every N steps: a lost worker resumes there"
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on a GPU (fp32 on a CPU)")
     divergence_factor: float | None = Field(
         1000.0, gt=1.0, description="End as diverged when the loss exceeds this multiple of the first loss (null: off)."

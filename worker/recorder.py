@@ -87,6 +87,11 @@ class DbRecorder:
     def save_tensors(
         self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> None:
+        if kind == "checkpoint":
+            # Every point before the checkpoint is written first: a resume from it leaves no gap.
+            self.flush()
+            if self.lost.is_set():
+                return
         stored = self.store.put(safetensors_bytes(tensors, metadata=metadata))
         with session_scope() as session:
             session.add(

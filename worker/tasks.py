@@ -8,6 +8,9 @@ from datetime import timedelta
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from safetensors import safe_open
+from safetensors.torch import load_file
+from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db import session_scope
@@ -17,6 +20,7 @@ from backend.services import jobs as job_service
 from backend.services.artifacts import LocalArtifactStore
 from backend.spec import JobSpec
 from worker.recorder import DbRecorder
+from worker.training.checkpoint import TrainState, unpack
 from worker.training.loop import Outcome, train
 from worker.training.models import pick_device
 
@@ -31,6 +35,21 @@ def _pin_threads(**_: object) -> None:
     threads = get_settings().torch_threads
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def _resume_state(session: Session, job_id: int, store: LocalArtifactStore) -> TrainState | None:
+    """The newest checkpoint an earlier attempt left, read back (safetensors: no code is ever loaded)."""
+    artifact = job_service.latest_checkpoint(session, job_id)
+    if artifact is None:
+        return None
+    path = store.path(artifact.id)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    try:
+        return unpack(load_file(str(path)), metadata)
+    except (ValueError, KeyError):
+        log.warning("job %s: checkpoint %s is not resumable; starting over", job_id, artifact.id)
+        return None
 
 
 @celery_app.task(name=RUN_JOB_TASK)
@@ -53,13 +72,16 @@ def run_job(job_id: int) -> str:
             job_service.transition(session, job_id, JobStatus.failed, error=f"attempt cap {claimed.max_attempts} reached")
             return "failed"
         spec = JobSpec.model_validate(claimed.spec)
-        job_service.clear_outputs(session, job_id, store)
-    log.info("job %s attempt %s on %s", job_id, attempt, device)
+        resume = _resume_state(session, job_id, store)
+        job_service.rewind_outputs(session, job_id, store, resume.step if resume else 0)
+    log.info("job %s attempt %s on %s from step %s", job_id, attempt, device, resume.step if resume else 0)
 
     recorder = DbRecorder(job_id, attempt, store, settings.heartbeat_interval)
+    if resume is not None:
+        recorder.result("resume", resume.step, {"attempt": attempt, "from_step": resume.step})
     error: str | None = None
     try:
-        outcome = train(spec, recorder, device)
+        outcome = train(spec, recorder, device, resume)
     except SoftTimeLimitExceeded:
         outcome, error = None, f"time limit of {settings.job_soft_time_limit} s reached"
     except Exception:

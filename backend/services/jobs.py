@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Job, JobStatus, MetricChunk, Result, utcnow
+from backend.models import Artifact, Job, JobStatus, Result, utcnow
 from backend.services.artifacts import ArtifactStore
+from backend.services.series import truncate_series
 from backend.spec import JobSpec
 
 S = JobStatus
@@ -119,13 +120,28 @@ def claim_job(session: Session, job_id: int, *, worker_host: str, device: str, s
     return session.get(Job, job_id, populate_existing=True)
 
 
-def clear_outputs(session: Session, job_id: int, store: ArtifactStore) -> None:
-    """Drop what an earlier attempt recorded, so a rerun from step 0 leaves no duplicate steps."""
-    session.execute(delete(MetricChunk).where(MetricChunk.job_id == job_id))
-    session.execute(delete(Result).where(Result.job_id == job_id))
-    for artifact_id in session.scalars(select(Artifact.id).where(Artifact.job_id == job_id)).all():
-        store.delete(artifact_id)
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+def latest_checkpoint(session: Session, job_id: int) -> Artifact | None:
+    return session.scalars(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").order_by(Artifact.step.desc())
+    ).first()
+
+
+def rewind_outputs(session: Session, job_id: int, store: ArtifactStore, to_step: int) -> None:
+    """Drop what an earlier attempt recorded at or after `to_step` (0: everything), keeping the checkpoint
+    at `to_step` that the new attempt resumes from: the series then have no gap and no duplicate step.
+    """
+    truncate_series(session, job_id, to_step)
+    session.execute(delete(Result).where(Result.job_id == job_id, Result.step >= to_step))
+    stale = session.scalars(
+        select(Artifact).where(
+            Artifact.job_id == job_id,
+            Artifact.step >= to_step,
+            ~((Artifact.kind == "checkpoint") & (Artifact.step == to_step) & (Artifact.step > 0)),
+        )
+    ).all()
+    for artifact in stale:
+        store.delete(artifact.id)
+        session.delete(artifact)
 
 
 def reap_stale_jobs(session: Session, timeout: float) -> list[int]:

@@ -75,3 +75,18 @@ def read_series(
             steps, values = steps[keep], values[keep]
         out[name] = (steps, values)
     return out
+
+
+def truncate_series(session: Session, job_id: int, from_step: int) -> None:
+    """Drop every point at or after `from_step` (a resumed attempt writes them again)."""
+    for chunk in session.scalars(
+        select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.last_step >= from_step)
+    ).all():
+        steps = np.frombuffer(chunk.steps, _STEP_DTYPE)
+        keep = int(np.searchsorted(steps, from_step))
+        if keep == 0:
+            session.delete(chunk)
+            continue
+        chunk.steps = steps[:keep].tobytes()
+        chunk.values = np.frombuffer(chunk.values, _VALUE_DTYPE)[:keep].tobytes()
+        chunk.count, chunk.last_step = keep, int(steps[keep - 1])

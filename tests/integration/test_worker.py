@@ -44,18 +44,27 @@ def test_job_succeeds_with_metrics_and_checkpoint(stack: Stack, tmp_path):
     assert summary[-1]["step"] == 400 and summary[-1]["data"]["val_accuracy"] == val["values"][-1]
 
 
-def test_killed_worker_job_is_picked_up_again(stack: Stack):
+def test_killed_worker_job_resumes_from_its_checkpoint(stack: Stack):
     steps = 40_000
+    raw = spec(steps=steps, name="survives-kill-9", checkpoint_every=2000)
     first = stack.start_worker("first")
-    job = stack.submit(spec(steps=steps, name="survives-kill-9"))
-    stack.wait_job(job["id"], lambda j: j["status"] == "running" and j["step"] > 500, 120)
+    job = stack.submit(raw)
+    stack.wait_job(job["id"], lambda j: j["status"] == "running" and j["step"] > 4500, 120)
     Stack.kill(first)  # kill -9 the worker and its pool child
     stack.start_worker("second")
     done = stack.wait_job(job["id"], lambda j: j["status"] in TERMINAL, 240)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
+    [resume] = stack.client.get(f"/jobs/{job['id']}/results/resume").json()
+    assert resume["data"]["from_step"] >= 4000 and resume["data"]["from_step"] % 2000 == 0, "not from step 0"
     loss = metric(stack, job["id"], "train/loss")
-    assert loss["steps"] == list(range(steps)), "the rerun left no duplicate or missing step"
+    assert loss["steps"] == list(range(steps)), "no gap and no duplicate step"
+    # The resumed run is the run that was never interrupted, bit for bit.
+    again = stack.submit({**raw, "name": "uninterrupted"})
+    stack.wait_job(again["id"], lambda j: j["status"] in TERMINAL, 240)
+    assert metric(stack, again["id"], "train/loss")["values"] == loss["values"]
+    checkpoints = [a["step"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
+    assert checkpoints == list(range(2000, steps + 1, 2000))
 
 
 def test_attempt_cap_fails_the_job(make_stack, pg_url, redis_url):

@@ -217,12 +217,12 @@ def test_bulk_edge_and_outlier_count_on_a_planted_spectrum():
     from worker.analysis.hessian import bulk_edge, count_beyond, spectral_density
 
     spectrum = np.concatenate([[50.0, 20.0, 10.0, 5.0], np.linspace(-0.5, 1.0, 996)])
-    a = torch.tensor(Quadratic(spectrum).a)
+    a = Quadratic(spectrum).a
     density = spectral_density(lambda v: a @ v, 1000, probes=30, steps=60, seed=0)
     edge = bulk_edge(density, 1000)
     assert 1.0 <= edge < 5.0, edge
     assert round(count_beyond(density, 1000, edge)) == 4
     # Without the outliers, the edge moves to the end of the bulk and nothing lies beyond it.
-    bulk_only = torch.tensor(Quadratic(np.linspace(-0.5, 1.0, 1000)).a)
+    bulk_only = Quadratic(np.linspace(-0.5, 1.0, 1000)).a
     plain = spectral_density(lambda v: bulk_only @ v, 1000, probes=30, steps=60, seed=0)
     assert count_beyond(plain, 1000, bulk_edge(plain, 1000)) < 0.5

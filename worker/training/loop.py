@@ -12,6 +12,7 @@ from torch import nn
 
 from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer
 from worker.training import data, models
+from worker.training.checkpoint import TrainState, pack
 from worker.training.optim import (
     SAM,
     adam_preconditioner,
@@ -70,15 +71,19 @@ def _run_probes(
             recorder.save_tensors(kind, step, tensors, metadata)
 
 
-def train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
-    """Train the spec's model; step s logs the batch loss at the weights before update s."""
+def train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None = None) -> Outcome:
+    """Train the spec's model; step s logs the batch loss at the weights before update s.
+
+    With `resume`, the run continues from that state exactly as if it had never stopped (on CPU, the same
+    numbers bit for bit).
+    """
     try:
-        return _train(spec, recorder, device)
+        return _train(spec, recorder, device, resume)
     except ProbeStopped:
         return Outcome.stopped
 
 
-def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
+def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None) -> Outcome:
     cfg = spec.train
     torch.manual_seed(cfg.seed)
     split = data.digits(spec.data.val_fraction, cfg.seed).to(device)
@@ -108,16 +113,32 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     batch_size = min(cfg.batch_size, n_train)
     order = torch.randperm(n_train, generator=batches)
     cursor = 0
-    recorder.result(
-        "summary",
-        0,
-        {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val)},
-    )
-    train_seconds = 0.0
-    first_loss = math.nan
-    for step in range(cfg.steps):
+    train_seconds, first_loss, start = 0.0, math.nan, 0
+    if resume is None:
+        recorder.result(
+            "summary",
+            0,
+            {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val)},
+        )
+    else:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        torch.set_rng_state(resume.torch_rng)
+        batches.set_state(resume.batch_rng)
+        order, cursor, first_loss = resume.order, resume.cursor, resume.first_loss
+        train_seconds, spent, start = resume.train_seconds, dict(resume.probe_seconds), resume.step
+
+    def state(step: int) -> TrainState:
+        return TrainState(
+            step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), batches.get_state(), order,
+            cursor, first_loss, train_seconds, spent,
+        )  # fmt: skip
+
+    for step in range(start, cfg.steps):
         if recorder.should_stop():
             return Outcome.stopped
+        if cfg.checkpoint_every and step > start and step % cfg.checkpoint_every == 0:
+            recorder.save_tensors("checkpoint", step, *pack(state(step)))
         factor = lr_factor(cfg.schedule, step, cfg.steps)
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * factor
@@ -162,8 +183,9 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device) -> Outcome:
     final = evaluate(model, loss_fn, split.x_val, split.y_val)
     recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})
     _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)
-    recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
-    recorder.save_tensors("checkpoint", cfg.steps, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    if start < cfg.steps:  # (a resumed run that had already finished keeps its final checkpoint)
+        recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
+        recorder.save_tensors("checkpoint", cfg.steps, *pack(state(cfg.steps)))
     recorder.result(
         "summary",
         cfg.steps,
