@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     max_steps: int = 10_000_000
     max_attempts: int = 3
+    max_sweep_jobs: int = 1000
     # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 60.0

@@ -69,6 +69,18 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class Sweep(Base):
+    """A grid of jobs from one spec: `sweep` maps dotted spec paths to the values each takes."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Job(Base):
     """The single source of truth for a job; the queue carries only its id."""
 
@@ -78,6 +90,9 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
     creator_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    # The values this job takes in its sweep ({"optimizer.lr": 0.1, ...}); null outside a sweep.
+    sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     name: Mapped[str] = mapped_column(String(200), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)

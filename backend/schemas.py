@@ -30,6 +30,8 @@ class JobOut(BaseModel):
     finished_at: UTCTime | None
     heartbeat_at: UTCTime | None
     spec: dict[str, Any]
+    sweep_id: int | None = None
+    sweep_params: dict[str, Any] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -44,6 +46,16 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class SweepOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    created_at: UTCTime
+    grid: dict[str, list[Any]]
+    jobs: list[JobOut]
 
 
 class SeriesOut(BaseModel):

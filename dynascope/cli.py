@@ -151,19 +151,33 @@ def submit(
     watch: Annotated[bool, typer.Option("--watch", help="show a progress bar until the job ends")] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Submit a job spec."""
+    """Submit a job spec (a spec with `sweep:` submits the whole grid)."""
+    import yaml
+
     ctype = "application/json" if spec.suffix == ".json" else "application/yaml"
+    text = spec.read_bytes()
+    try:
+        is_sweep = "sweep" in (yaml.safe_load(text) or {})
+    except (yaml.YAMLError, TypeError):
+        is_sweep = False  # the server says what is wrong with it
     with _client(url) as client:
-        response = client.post("/jobs", content=spec.read_bytes(), headers={"content-type": ctype})
+        response = client.post("/sweeps" if is_sweep else "/jobs", content=text, headers={"content-type": ctype})
         if response.status_code != 201:
             _fail(response)
-        job = response.json()
-        console.print(f"job [bold]{job['id']}[/] ({job['name']}) queued")
+        body = response.json()
+        jobs = body["jobs"] if is_sweep else [body]
+        if is_sweep:
+            console.print(f"sweep [bold]{body['id']}[/] ({body['name']}): {len(jobs)} jobs queued")
+        for job in jobs:
+            console.print(f"job [bold]{job['id']}[/] ({job['name']}) queued")
         if watch:
-            job = _watch(client, job["id"])
-            color = "green" if job["status"] == "succeeded" else "red"
-            console.print(f"job {job['id']} [{color}]{job['status']}[/]" + (f": {job['error']}" if job["error"] else ""))
-            if job["status"] != "succeeded":
+            failed = False
+            for job in jobs:
+                job = _watch(client, job["id"])
+                color = "green" if job["status"] == "succeeded" else "red"
+                console.print(f"job {job['id']} [{color}]{job['status']}[/]" + (f": {job['error']}" if job["error"] else ""))
+                failed |= job["status"] != "succeeded"
+            if failed:
                 raise typer.Exit(1)
 
 

@@ -18,9 +18,10 @@ async function api(path, options = {}) {
 
 // ---- job list ------------------------------------------------------------------------------------------
 function renderJobs(params) {
-  const state = { status: params.get("status") || "", q: params.get("q") || "", offset: Number(params.get("offset") || 0), limit: 25 };
+  const state = { status: params.get("status") || "", q: params.get("q") || "", sweep: params.get("sweep") || "",
+    offset: Number(params.get("offset") || 0), limit: 25 };
   view.innerHTML = `
-    <h1>Jobs</h1>
+    <h1>Jobs${state.sweep ? ` of sweep ${esc(state.sweep)} <a href="#/jobs" class="muted" style="font-size:1rem">(all jobs)</a>` : ""}</h1>
     <div class="toolbar">
       <label>Status <select id="status-filter"><option value="">all</option>
         ${STATUSES.map((s) => `<option ${s === state.status ? "selected" : ""}>${s}</option>`).join("")}</select></label>
@@ -28,12 +29,13 @@ function renderJobs(params) {
       <span id="jobs-count" class="muted"></span>
       <button id="prev-page">Previous</button><button id="next-page">Next</button>
     </div>
-    <table id="jobs-table"><thead><tr><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th></tr></thead>
+    <table id="jobs-table"><thead><tr><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
   const setHash = () => {
     const p = new URLSearchParams();
     if (state.status) p.set("status", state.status);
     if (state.q) p.set("q", state.q);
+    if (state.sweep) p.set("sweep", state.sweep);
     if (state.offset) p.set("offset", state.offset);
     history.replaceState(null, "", `#/jobs${p.size ? "?" + p : ""}`);
   };
@@ -42,6 +44,7 @@ function renderJobs(params) {
     const p = new URLSearchParams({ limit: state.limit, offset: state.offset });
     if (state.status) p.set("status", state.status);
     if (state.q) p.set("q", state.q);
+    if (state.sweep) p.set("sweep_id", state.sweep);
     const page = await api(`/jobs?${p}`);
     view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +
       (page.total > state.limit ? `, ${state.offset + 1}–${Math.min(state.offset + state.limit, page.total)}` : "");
@@ -52,7 +55,8 @@ function renderJobs(params) {
         <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>
         <td class="status ${j.status}">${j.status}</td>
         <td><progress max="1" value="${j.progress}" aria-label="progress of job ${j.id}"></progress></td>
-        <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td></tr>`).join("");
+        <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td>
+        <td>${j.sweep_id ? `<a href="#/jobs?sweep=${j.sweep_id}">${j.sweep_id}</a>` : ""}</td></tr>`).join("");
   };
   const refresh = () => { setHash(); load().catch(console.error); };
   view.querySelector("#status-filter").addEventListener("change", (e) => { state.status = e.target.value; state.offset = 0; refresh(); });
@@ -109,9 +113,11 @@ function renderNew(params) {
     const text = editor.value;
     const format = view.querySelector("#spec-format").value;
     view.querySelector("#submit-state").textContent = "submitting…";
+    // A spec with a top-level `sweep` submits the whole grid; the list then shows that sweep's jobs.
+    const isSweep = /^sweep\s*:/m.test(text) || /^\s*\{[\s\S]*"sweep"\s*:/.test(text);
     try {
-      const job = await api("/jobs", { method: "POST", headers: { "content-type": format }, body: text });
-      location.hash = `#/jobs/${job.id}`;
+      const made = await api(isSweep ? "/sweeps" : "/jobs", { method: "POST", headers: { "content-type": format }, body: text });
+      location.hash = isSweep ? `#/jobs?sweep=${made.id}` : `#/jobs/${made.id}`;
     } catch (err) {
       view.querySelector("#submit-state").textContent = "";
       const detail = err.body?.detail;

@@ -8,7 +8,9 @@ from pydantic import ValidationError
 
 from backend import queue
 from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
-from backend.models import JobStatus
+from sqlalchemy.orm import Session
+
+from backend.models import Job, JobStatus
 from backend.schemas import JobOut, JobPage
 from backend.services import jobs as job_service
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
@@ -20,8 +22,8 @@ JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
 
 
-async def spec_from_body(request: Request) -> JobSpec:
-    """The spec as JSON or YAML (by Content-Type), validated; any problem is a 422 naming the field."""
+async def raw_spec_from_body(request: Request) -> dict:
+    """The body parsed as JSON or YAML (by Content-Type) into a mapping; malformed text is a 422."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES | YAML_TYPES:
         raise HTTPException(415, detail=f"send the spec as application/json or application/yaml, not {ctype}")
@@ -38,6 +40,15 @@ async def spec_from_body(request: Request) -> JobSpec:
         raise RequestValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
     except SpecParseError as exc:
         raise RequestValidationError([{"loc": ["body"], "msg": str(exc), "type": "spec_invalid"}])
+    return data
+
+
+async def spec_from_body(request: Request) -> JobSpec:
+    """The spec, validated; any problem is a 422 naming the field."""
+    data = await raw_spec_from_body(request)
+    if "sweep" in data:
+        msg = "a spec with `sweep` expands into several jobs: send it to POST /api/v1/sweeps"
+        raise RequestValidationError([{"loc": ["body", "sweep"], "msg": msg, "type": "sweep_here"}])
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -62,16 +73,22 @@ def create_job(
     """Validate a spec, record the job, and queue its id."""
     job = job_service.create_job(session, spec, settings.max_attempts)
     session.commit()
+    enqueue_or_undo(session, [job], undo=job)
+    return JobOut.model_validate(job)
+
+
+def enqueue_or_undo(session: Session, jobs: list[Job], undo: object) -> None:
+    """Queue each job's id; if the broker is down, delete `undo` (the job, or its sweep) and answer 503."""
     try:
-        task_id = queue.enqueue_job(job.id)
-    except Exception as exc:  # the broker is down: leave nothing behind
-        log.exception("could not queue job %s", job.id)
-        session.delete(job)
+        for job in jobs:
+            job.celery_task_id = queue.enqueue_job(job.id)
+    except Exception as exc:  # leave nothing behind; a message already sent finds no row and is skipped
+        log.exception("could not queue jobs %s", [j.id for j in jobs])
+        session.rollback()
+        session.delete(undo)
         session.commit()
         raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
-    job.celery_task_id = task_id
     session.commit()
-    return JobOut.model_validate(job)
 
 
 @router.get("", response_model=JobPage)
@@ -79,11 +96,12 @@ def list_jobs(
     session: SessionDep,
     status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
     q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
+    sweep_id: Annotated[int | None, Query(description="only the jobs of this sweep")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
     rows, total = job_service.list_jobs(
-        session, status=[s.value for s in status] if status else None, q=q, limit=limit, offset=offset
+        session, status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, limit=limit, offset=offset
     )
     return JobPage(items=[JobOut.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Job, JobStatus, Result, utcnow
+from backend.models import Artifact, Job, JobStatus, Result, Sweep, utcnow
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -56,13 +56,17 @@ def transition(
     return result.rowcount == 1
 
 
-def create_job(session: Session, spec: JobSpec, max_attempts: int) -> Job:
+def create_job(
+    session: Session, spec: JobSpec, max_attempts: int, sweep: Sweep | None = None, params: dict | None = None
+) -> Job:
     job = Job(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         status=JobStatus.queued.value,
         stage="queued",
         max_attempts=max_attempts,
+        sweep_id=sweep.id if sweep else None,
+        sweep_params=params,
     )
     session.add(job)
     session.flush()
@@ -70,9 +74,11 @@ def create_job(session: Session, spec: JobSpec, max_attempts: int) -> Job:
 
 
 def list_jobs(
-    session: Session, *, status: list[str] | None, q: str | None, limit: int, offset: int
+    session: Session, *, status: list[str] | None, q: str | None, limit: int, offset: int, sweep_id: int | None = None
 ) -> tuple[list[Job], int]:
     query = select(Job)
+    if sweep_id is not None:
+        query = query.where(Job.sweep_id == sweep_id)
     if status:
         query = query.where(Job.status.in_(status))
     if q:

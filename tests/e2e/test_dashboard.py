@@ -116,3 +116,18 @@ def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve)
     assert latest["step"] == 400 and len(density["x"]) == len(latest["data"]["density"]["grid"])
     assert trace(page, "density-plot", 1)["x"] == latest["data"]["eigenvalues"]
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "hessian-views.png"), full_page=True)
+
+
+def test_submit_a_sweep_from_the_form(page, served: Serve):
+    page.goto("/#/new")
+    page.wait_for_function("document.querySelector('#spec-editor').value.includes('digits')")
+    text = page.input_value("#spec-editor").replace("steps: 2000", "steps: 50").replace("digits-mlp-lr0.5", "e2e-grid")
+    page.fill("#spec-editor", text + "sweep: {optimizer.lr: [0.1, 0.2], train.seed: [0, 1, 2]}\n")
+    page.click("#submit-job")
+    page.wait_for_url("**/#/jobs?sweep=*")
+    page.wait_for_function("document.querySelectorAll('tr.job-row').length === 6")
+    page.wait_for_function(
+        "[...document.querySelectorAll('tr.job-row td:nth-child(3)')].every(t => t.textContent === 'succeeded')", timeout=120_000
+    )
+    names = page.eval_on_selector_all("tr.job-row td:nth-child(2)", "els => els.map(e => e.textContent)")
+    assert sorted(names) == sorted(f"e2e-grid[lr={lr},seed={s}]" for lr in ("0.1", "0.2") for s in range(3))

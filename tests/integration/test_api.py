@@ -225,3 +225,29 @@ def test_results_last_n_in_step_order(client):
     assert [r["step"] for r in last] == [100, 150] and last[-1]["data"]["eigenvalues"] == [15.0]
     assert client.get(f"/api/v1/jobs/{job['id']}/results/Bad-Kind").status_code == 422
     assert client.get(f"/api/v1/jobs/{job['id']}/results/hessian", params={"last": 0}).status_code == 422
+
+
+def test_sweep_expands_into_grouped_jobs(client, embedded_redis):
+    queued = queued_messages(embedded_redis)
+    raw = {**spec(name="grid"), "sweep": {"optimizer.lr": [0.1, 0.2, 0.4], "train.batch_size": [32, 64]}}
+    response = client.post("/api/v1/sweeps", json=raw)
+    assert response.status_code == 201, response.text
+    sweep = response.json()
+    assert sweep["grid"] == raw["sweep"] and len(sweep["jobs"]) == 6
+    assert [j["sweep_params"] for j in sweep["jobs"]][:2] == [{"optimizer.lr": 0.1, "train.batch_size": 32}, {"optimizer.lr": 0.1, "train.batch_size": 64}]
+    assert {j["name"] for j in sweep["jobs"]} >= {"grid[lr=0.4,batch_size=64]"}
+    assert queued_messages(embedded_redis) == queued + 6
+    listed = client.get("/api/v1/jobs", params={"sweep_id": sweep["id"]}).json()
+    assert listed["total"] == 6 and all(j["sweep_id"] == sweep["id"] for j in listed["items"])
+    assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["jobs"] == sweep["jobs"]
+    assert client.get("/api/v1/sweeps/99999").status_code == 404
+
+
+def test_bad_sweep_is_422_and_stores_nothing(client, embedded_redis):
+    before, queued = job_count(), queued_messages(embedded_redis)
+    bad = {**spec(), "sweep": {"optimizer.lr": [0.1, -1]}}
+    errors = field_errors(client.post("/api/v1/sweeps", json=bad))
+    assert "greater than 0 (value -1)" in errors["sweep.optimizer.lr"]
+    assert "POST /api/v1/sweeps" in field_errors(client.post("/api/v1/jobs", json=bad))["sweep"]
+    assert "sweep" in field_errors(client.post("/api/v1/sweeps", json=spec()))
+    assert job_count() == before and queued_messages(embedded_redis) == queued

@@ -37,3 +37,17 @@ def test_job_interrupted_by_ctrl_c_finishes_after_restart(tmp_path: Path):
     series = again.client.get(f"/jobs/{job['id']}/metrics", params={"names": "train/loss", "max_points": 100_000})
     assert series.json()["series"][0]["steps"] == list(range(40_000))
     psutil.wait_procs(again.ctrl_c(), timeout=10)
+
+
+def test_sweep_of_3_by_2_completes_in_the_embedded_mode(tmp_path: Path):
+    serve = Serve(tmp_path)
+    raw = {**spec(steps=150, name="grid"), "sweep": {"optimizer.lr": [0.05, 0.1, 0.2], "train.batch_size": [32, 64]}}
+    sweep = serve.client.post("/sweeps", json=raw).json()
+    assert len(sweep["jobs"]) == 6
+    for job in sweep["jobs"]:
+        done = serve.job_when(job["id"], lambda j: j["status"] in TERMINAL, 180)
+        assert done["status"] == "succeeded", done
+        assert done["spec"]["optimizer"]["lr"] == job["sweep_params"]["optimizer.lr"]
+        lr = serve.client.get(f"/jobs/{job['id']}/metrics", params={"names": "lr"}).json()["series"][0]["values"]
+        assert set(lr) == {job["sweep_params"]["optimizer.lr"]}
+    psutil.wait_procs(serve.ctrl_c(), timeout=10)

@@ -159,6 +159,10 @@ def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
     done = subprocess.run([*cli, "submit", str(spec_file), "--watch"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({**spec(steps=30, name="cli-grid"), "sweep": {"optimizer.lr": [0.1, 0.2]}}))
+    swept = subprocess.run([*cli, "submit", str(grid), "--watch"], env=env, capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 0 and "2 jobs queued" in swept.stdout and swept.stdout.count("succeeded") == 2, swept.stdout
     listed = subprocess.run([*cli, "jobs", "-q", "from-cli"], env=env, capture_output=True, text=True, timeout=60)
     assert "from-cli" in listed.stdout and "succeeded" in listed.stdout
     bad = tmp_path / "bad.yaml"

@@ -1,0 +1,59 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import select
+
+from backend.api.deps import SessionDep, SettingsDep
+from backend.api.jobs import enqueue_or_undo, raw_spec_from_body
+from backend.models import Job, Sweep
+from backend.schemas import JobOut, SweepOut
+from backend.services import jobs as job_service
+from backend.sweeps import SweepError, expand
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+_SWEEP_SCHEMA = {
+    "type": "object",
+    "description": "a JobSpec plus `sweep`: dotted spec paths mapped to the values each takes",
+    "required": ["sweep"],
+    "properties": {"sweep": {"type": "object", "additionalProperties": {"type": "array", "minItems": 1}}},
+}
+_SWEEP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _SWEEP_SCHEMA}, "application/yaml": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _out(sweep: Sweep, jobs: list[Job]) -> SweepOut:
+    return SweepOut(
+        id=sweep.id, name=sweep.name, created_at=sweep.created_at, grid=sweep.spec["sweep"],
+        jobs=[JobOut.model_validate(j) for j in jobs],
+    )  # fmt: skip
+
+
+@router.post("", status_code=201, response_model=SweepOut, openapi_extra=_SWEEP_BODY)
+def create_sweep(raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep) -> SweepOut:
+    """A spec with `sweep: {dotted.path: [values]}`: one ordinary job per point of the grid, grouped."""
+    try:
+        children = expand(raw, settings.max_sweep_jobs)
+    except SweepError as exc:
+        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    sweep = Sweep(name=str(raw.get("name", "sweep"))[:200], spec=raw)
+    session.add(sweep)
+    session.flush()
+    jobs = [job_service.create_job(session, spec, settings.max_attempts, sweep, params) for params, spec in children]
+    session.commit()
+    enqueue_or_undo(session, jobs, undo=sweep)
+    return _out(sweep, jobs)
+
+
+@router.get("/{sweep_id}", response_model=SweepOut)
+def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise HTTPException(404, detail=f"sweep {sweep_id} not found")
+    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
+    return _out(sweep, jobs)
