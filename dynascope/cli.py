@@ -11,6 +11,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -167,9 +168,9 @@ def submit(
         body = response.json()
         jobs = body["jobs"] if is_sweep else [body]
         if is_sweep:
-            console.print(f"sweep [bold]{body['id']}[/] ({body['name']}): {len(jobs)} jobs queued")
+            console.print(f"sweep [bold]{body['id']}[/] ({escape(body['name'])}): {len(jobs)} jobs queued")
         for job in jobs:
-            console.print(f"job [bold]{job['id']}[/] ({job['name']}) queued")
+            console.print(f"job [bold]{job['id']}[/] ({escape(job['name'])}) queued")
         if watch:
             failed = False
             for job in jobs:
@@ -201,7 +202,7 @@ def jobs(
     for job in page["items"]:
         duration = f"{job['duration_s']:.1f}s" if job["duration_s"] is not None else ""
         table.add_row(
-            str(job["id"]), job["name"], job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19]
+            str(job["id"]), escape(job["name"]), job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19]
         )
     console.print(table)
 

@@ -1,5 +1,6 @@
 """Jobs through real processes: the API server, Celery workers, PostgreSQL and Redis."""
 
+import re
 import time
 
 import pytest
@@ -162,7 +163,8 @@ def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({**spec(steps=30, name="cli-grid"), "sweep": {"optimizer.lr": [0.1, 0.2]}}))
     swept = subprocess.run([*cli, "submit", str(grid), "--watch"], env=env, capture_output=True, text=True, timeout=120)
-    assert swept.returncode == 0 and "2 jobs queued" in swept.stdout and swept.stdout.count("succeeded") == 2, swept.stdout
+    assert swept.returncode == 0 and "2 jobs queued" in swept.stdout, swept.stdout
+    assert "cli-grid[lr=0.2]" in swept.stdout and len(re.findall(r"^job \d+ succeeded$", swept.stdout, re.M)) == 2
     listed = subprocess.run([*cli, "jobs", "-q", "from-cli"], env=env, capture_output=True, text=True, timeout=60)
     assert "from-cli" in listed.stdout and "succeeded" in listed.stdout
     bad = tmp_path / "bad.yaml"
