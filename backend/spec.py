@@ -22,11 +22,116 @@ class MLPModel(StrictModel):
     activation: Literal["relu", "tanh", "gelu"] = "relu"
 
 
+class CNNModel(StrictModel):
+    """3×3 convolutions (each followed by ReLU and 2×2 max-pooling while the image allows), then a linear head."""
+
+    kind: Literal["cnn"]
+    channels: Annotated[list[Annotated[int, Field(gt=0, le=4096)]], Field(min_length=1, max_length=16)] = [32, 32]
+    batch_norm: bool = False
+
+
+class ResNetModel(StrictModel):
+    """CIFAR-style ResNet (He et al. 2016): depth 6n+2, three stages of width w, 2w, 4w."""
+
+    kind: Literal["resnet"]
+    depth: int = Field(8, ge=8, le=110)
+    width: int = Field(16, gt=0, le=512)
+
+    @model_validator(mode="after")
+    def _depth_is_6n_plus_2(self) -> "ResNetModel":
+        if (self.depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 (8, 14, 20, …), not {self.depth}")
+        return self
+
+
+class TransformerModel(StrictModel):
+    """A small decoder-only language model (pre-LayerNorm), for character-level text."""
+
+    kind: Literal["transformer"]
+    layers: int = Field(2, gt=0, le=48)
+    heads: int = Field(4, gt=0, le=64)
+    width: int = Field(128, gt=0, le=8192)
+    context: int = Field(64, gt=1, le=4096)
+    qk_layernorm: bool = Field(False, description="LayerNorm on queries and keys (a mitigation of logit growth)")
+    z_loss: float = Field(0.0, ge=0.0, description="weight of the output z-loss, mean of log² Σ exp(logits)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TransformerModel":
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+        return self
+
+
+Model = Annotated[MLPModel | CNNModel | ResNetModel | TransformerModel, Field(discriminator="kind")]
+
+
 class DigitsData(StrictModel):
     """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), shipped inside the package."""
 
     kind: Literal["digits"]
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class TabularData(StrictModel):
+    """scikit-learn's shipped tables, standardized with the training split's mean and deviation."""
+
+    kind: Literal["iris", "wine", "breast_cancer"]
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class GaussianMixtureData(StrictModel):
+    """Classes as Gaussian blobs around random centres `separation` apart (in units of the noise)."""
+
+    kind: Literal["gaussian_mixture"]
+    examples: int = Field(2000, ge=10, le=1_000_000)
+    dim: int = Field(20, gt=0, le=10_000)
+    classes: int = Field(4, ge=2, le=1000)
+    separation: float = Field(3.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class TeacherStudentData(StrictModel):
+    """Regression on the outputs of a random tanh teacher network plus Gaussian noise (use loss: mse)."""
+
+    kind: Literal["teacher_student"]
+    examples: int = Field(2000, ge=10, le=1_000_000)
+    dim: int = Field(20, gt=0, le=10_000)
+    teacher_width: int = Field(16, gt=0, le=4096)
+    noise: float = Field(0.1, ge=0.0)
+    seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class OpposingFeaturesData(StrictModel):
+    """8×8 images of weak class patterns plus one strong planted patch, shared by a fraction of two classes
+    with opposite meaning: the setting of opposing signals. The planted example ids are kept with the data."""
+
+    kind: Literal["opposing_features"]
+    examples: int = Field(2000, ge=20, le=1_000_000)
+    classes: int = Field(4, ge=2, le=100)
+    strength: float = Field(4.0, gt=0.0, description="the patch's value, against class patterns of size ~1")
+    share: float = Field(0.3, gt=0.0, le=1.0, description="fraction of classes 0 and 1 that carry the patch")
+    seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class TextData(StrictModel):
+    """Character-level text: a corpus that ships with Python (pydoc's topic help) for next-character prediction."""
+
+    kind: Literal["text"]
+    corpus: Literal["pydoc_topics"] = "pydoc_topics"
+    max_chars: int = Field(200_000, ge=1000, le=100_000_000)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+
+
+Data = Annotated[
+    DigitsData | TabularData | GaussianMixtureData | TeacherStudentData | OpposingFeaturesData | TextData,
+    Field(discriminator="kind"),
+]
+IMAGE_DATA = {"digits", "opposing_features"}
+TEXT_DATA = {"text"}
+REGRESSION_DATA = {"teacher_student"}
 
 
 class SGDOptimizer(StrictModel):
@@ -143,11 +248,22 @@ class Probes(StrictModel):
 
 class JobSpec(StrictModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
-    model: MLPModel
-    data: DigitsData
+    model: Model
+    data: Data
     optimizer: Optimizer
     train: TrainConfig
     probes: Probes = Probes()
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> "JobSpec":
+        model, data = self.model.kind, self.data.kind
+        if model in ("cnn", "resnet") and data not in IMAGE_DATA:
+            raise ValueError(f"model.kind {model} needs images (data.kind one of {sorted(IMAGE_DATA)}), not {data}")
+        if (model == "transformer") != (data in TEXT_DATA):
+            raise ValueError(f"model.kind transformer goes with text data and only with it (here: {model} on {data})")
+        if data in REGRESSION_DATA and self.train.loss != "mse":
+            raise ValueError(f"data.kind {data} is a regression: set train.loss to mse")
+        return self
 
     @model_validator(mode="after")
     def _steps_in_range(self) -> "JobSpec":
@@ -183,6 +299,8 @@ def field_errors(exc: ValidationError, raw: Any) -> list[dict[str, Any]]:
                 node = node[part]
             else:
                 node = None
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")  # the problem is the kind itself
         out.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
     return out
 

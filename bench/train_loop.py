@@ -20,8 +20,8 @@ STEPS = 3000
 
 def bare_loop(spec: JobSpec) -> float:
     torch.manual_seed(spec.train.seed)
-    split = data.digits(spec.data.val_fraction, spec.train.seed)
-    model = models.mlp(64, spec.model.widths, 10, spec.model.activation)
+    split = data.load(spec.data, spec.train.seed)
+    model = models.build(spec.model, split.input_shape, 10)
     opt = torch.optim.SGD(model.parameters(), lr=spec.optimizer.lr)
     gen = torch.Generator().manual_seed(spec.train.seed)
     n, b = len(split.y_train), spec.train.batch_size

@@ -40,7 +40,7 @@ def test_job_succeeds_with_metrics_and_checkpoint(stack: Stack, tmp_path):
     path = tmp_path / "ckpt.safetensors"
     path.write_bytes(download.content)
     with safe_open(str(path), "pt") as f:
-        assert f.get_tensor("0.weight").shape == (64, 64)
+        assert f.get_tensor("1.weight").shape == (64, 64)
     summary = stack.client.get(f"/jobs/{job['id']}/results/summary").json()
     assert summary[-1]["step"] == 400 and summary[-1]["data"]["val_accuracy"] == val["values"][-1]
 

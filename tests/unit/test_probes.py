@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from backend.spec import JobSpec
+from backend.spec import DigitsData, JobSpec
 from tests.conftest import spec
 from tests.unit.test_training import ListRecorder
 from worker.training import data, models
@@ -24,7 +24,7 @@ def run_with_hessian(steps: int, **probe) -> ListRecorder:
 
 def exact_spectrum(weights: dict[str, torch.Tensor]) -> np.ndarray:
     """The dense float64 Hessian of the mean cross-entropy over the whole training split at `weights`."""
-    split = data.digits(0.2, 0)
+    split = data.digits(DigitsData(kind="digits"), 0)
     model = models.mlp(64, [16], 10, "relu").double()
     weights = {k: v for k, v in weights.items() if "/" not in k}  # the checkpoint's model part
     names = list(weights)
@@ -91,7 +91,7 @@ def test_eigenvectors_are_saved_with_their_layout():
     assert torch.allclose(vectors @ vectors.T, torch.eye(2, dtype=torch.float64), atol=1e-6)
     [(_, _, result)] = [r for r in rec.results if r[0] == "hessian"]
     assert tensors["eigenvalues"].tolist() == pytest.approx(result["eigenvalues"], rel=1e-6)
-    assert json.loads(meta["parameters"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert json.loads(meta["parameters"]) == ["1.weight", "1.bias", "3.weight", "3.bias"]
     assert json.loads(meta["shapes"]) == [[16, 64], [16], [10, 16], [10]]
     off = run_with_hessian(40, at=[20], top_k=2, save_eigenvectors=False)
     assert [a for a in off.artifacts if a[0] != "checkpoint"] == []

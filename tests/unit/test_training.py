@@ -55,7 +55,7 @@ def test_trains_and_learns():
     assert rec.series("val/loss")[-1] < 0.5 * rec.series("val/loss")[0]
     assert rec.series("val/accuracy")[-1] > 0.85
     [(step, tensors)] = rec.checkpoints
-    assert step == 300 and {k for k in tensors if "/" not in k} == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert step == 300 and {k for k in tensors if "/" not in k} == {"1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"}
     assert rec.results[0][2]["parameters"] == 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
 
 
@@ -128,4 +128,4 @@ def test_resume_from_a_checkpoint_is_bit_identical(optimizer):
     assert train(job, resumed, torch.device("cpu"), resume=unpack(tensors, metadata)) is Outcome.finished
     before = [p for p in died.points if p[0] < 100]
     assert before + resumed.points == whole.points
-    assert torch.equal(resumed.checkpoints[-1][1]["0.weight"], whole.checkpoints[-1][1]["0.weight"])
+    assert torch.equal(resumed.checkpoints[-1][1]["1.weight"], whole.checkpoints[-1][1]["1.weight"])

@@ -1,31 +1,148 @@
-"""Datasets, generated or shipped inside a package: nothing is downloaded."""
+"""Datasets, generated from a seed or shipped inside a package: nothing is downloaded."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
+from sklearn import datasets as sk
 from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+from backend.spec import (
+    Data,
+    DigitsData,
+    GaussianMixtureData,
+    OpposingFeaturesData,
+    TabularData,
+    TeacherStudentData,
+    TextData,
+)
 
 
 @dataclass
 class Split:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    n_classes: int
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    n_classes: int | None  # None: regression (targets are floats)
+    # What the examples are, for models and views: "tabular", "image" (C, H, W) or "text" (token ids).
+    modality: str = "tabular"
+    vocab: str | None = None
+    # Planted structure a test can check an analysis against (ids into the training split).
+    planted: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device) -> "Split":
-        return Split(
-            self.x_train.to(device), self.y_train.to(device), self.x_val.to(device), self.y_val.to(device), self.n_classes
-        )
+        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val")}
+        return Split(**moved, n_classes=self.n_classes, modality=self.modality, vocab=self.vocab, planted=self.planted)
 
 
-def digits(val_fraction: float, seed: int) -> Split:
-    """scikit-learn's 8×8 digits scaled to [0, 1], with a stratified train/validation split."""
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
-    return Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_va), torch.from_numpy(y_va), 10)
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, stratify: bool = True):  # type: ignore[no-untyped-def]
+    return train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y if stratify else None)
+
+
+def digits(cfg: DigitsData, seed: int) -> Split:
+    """8×8 digits scaled to [0, 1], as 1×8×8 images (an MLP flattens them), stratified split."""
+    bunch = sk.load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    x_tr, x_va, y_tr, y_va = _split(x, bunch.target.astype(np.int64), cfg.val_fraction, seed)
+    return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=10, modality="image")
+
+
+def tabular(cfg: TabularData, seed: int) -> Split:
+    loader = {"iris": sk.load_iris, "wine": sk.load_wine, "breast_cancer": sk.load_breast_cancer}[cfg.kind]
+    bunch = loader()
+    x_tr, x_va, y_tr, y_va = _split(bunch.data.astype(np.float32), bunch.target.astype(np.int64), cfg.val_fraction, seed)
+    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-8
+    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
+    return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=int(bunch.target.max()) + 1)
+
+
+def gaussian_mixture(cfg: GaussianMixtureData, seed: int) -> Split:
+    rng = np.random.default_rng(cfg.seed)
+    centres = rng.normal(size=(cfg.classes, cfg.dim))
+    centres *= cfg.separation / np.linalg.norm(centres, axis=1, keepdims=True) * np.sqrt(2) / 2
+    y = rng.integers(0, cfg.classes, size=cfg.examples)
+    x = (centres[y] + rng.normal(size=(cfg.examples, cfg.dim))).astype(np.float32)
+    x_tr, x_va, y_tr, y_va = _split(x, y.astype(np.int64), cfg.val_fraction, seed)
+    return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=cfg.classes)
+
+
+def teacher_student(cfg: TeacherStudentData, seed: int) -> Split:
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.normal(size=(cfg.examples, cfg.dim))
+    w1 = rng.normal(size=(cfg.dim, cfg.teacher_width)) / np.sqrt(cfg.dim)
+    w2 = rng.normal(size=(cfg.teacher_width, 1)) / np.sqrt(cfg.teacher_width)
+    y = np.tanh(x @ w1) @ w2 + cfg.noise * rng.normal(size=(cfg.examples, 1))
+    x_tr, x_va, y_tr, y_va = _split(x.astype(np.float32), y.astype(np.float32), cfg.val_fraction, seed, stratify=False)
+    return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=None)
+
+
+def opposing_features(cfg: OpposingFeaturesData, seed: int) -> Split:
+    """Each class has a weak random 8×8 pattern; one strong 3×3 patch in the top-left corner is added to a
+    fraction `share` of class 0 and of class 1. The same feature is evidence for two labels: the network
+    ties it to one class, the other group's loss rises, and the two groups pull the weights in opposite
+    directions (Rosenfeld & Risteski's opposing signals).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    patterns = rng.normal(size=(cfg.classes, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, cfg.classes, size=cfg.examples).astype(np.int64)
+    x = patterns[y] + rng.normal(scale=1.0, size=(cfg.examples, 1, 8, 8)).astype(np.float32)
+    carries = np.isin(y, (0, 1)) & (rng.random(cfg.examples) < cfg.share)
+    x[carries, :, :3, :3] += cfg.strength
+    ids = np.arange(cfg.examples)
+    tr, va = train_test_split(ids, test_size=cfg.val_fraction, random_state=seed, stratify=y)
+    position = {int(i): k for k, i in enumerate(tr)}
+    planted = {
+        f"class{c}_with_patch": sorted(position[int(i)] for i in tr if carries[i] and y[i] == c) for c in (0, 1)
+    }
+    return Split(
+        torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[va]), torch.from_numpy(y[va]),
+        n_classes=cfg.classes, modality="image", planted=planted,
+    )  # fmt: skip
+
+
+def _corpus(name: str) -> str:
+    if name == "pydoc_topics":
+        from pydoc_data.topics import topics
+
+        return "\n\n".join(topics[k] for k in sorted(topics))
+    raise ValueError(f"unknown corpus {name}")
+
+
+def text(cfg: TextData, seed: int, context: int) -> Split:
+    """Next-character prediction: windows of `context` characters; the last val_fraction of the text is held out."""
+    corpus = _corpus(cfg.corpus)[: cfg.max_chars]
+    vocab = "".join(sorted(set(corpus)))
+    ids = torch.tensor([vocab.index(c) for c in corpus], dtype=torch.int64)
+    cut = int(len(ids) * (1 - cfg.val_fraction))
+
+    def windows(part: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+        starts = torch.arange(0, len(part) - context - 1, stride)
+        seqs = torch.stack([part[s : s + context + 1] for s in starts.tolist()])
+        return seqs[:, :-1], seqs[:, 1:]
+
+    x_tr, y_tr = windows(ids[:cut], max(1, context // 2))
+    x_va, y_va = windows(ids[cut:], context)
+    return Split(x_tr, y_tr, x_va, y_va, n_classes=len(vocab), modality="text", vocab=vocab)
+
+
+def load(cfg: Data, seed: int, context: int | None = None) -> Split:
+    match cfg:
+        case DigitsData():
+            return digits(cfg, seed)
+        case TabularData():
+            return tabular(cfg, seed)
+        case GaussianMixtureData():
+            return gaussian_mixture(cfg, seed)
+        case TeacherStudentData():
+            return teacher_student(cfg, seed)
+        case OpposingFeaturesData():
+            return opposing_features(cfg, seed)
+        case TextData():
+            return text(cfg, seed, context or 64)
+    raise ValueError(f"unknown data kind {cfg.kind}")

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer
+from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer, TransformerModel
 from worker.training import data, models
 from worker.training.checkpoint import TrainState, pack
 from worker.training.optim import (
@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dic
     out = model(x)
     metrics = {"loss": loss_fn(out, y).item()}
     if not y.is_floating_point():
-        metrics["accuracy"] = (out.argmax(1) == y).float().mean().item()
+        metrics["accuracy"] = (out.argmax(-1) == y).float().mean().item()
     model.train()
     return metrics
 
@@ -86,10 +86,12 @@ def train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: Train
 def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None) -> Outcome:
     cfg = spec.train
     torch.manual_seed(cfg.seed)
-    split = data.digits(spec.data.val_fraction, cfg.seed).to(device)
-    model = models.mlp(split.x_train.shape[1], spec.model.widths, split.n_classes, spec.model.activation).to(device)
+    context = spec.model.context if isinstance(spec.model, TransformerModel) else None
+    split = data.load(spec.data, cfg.seed, context).to(device)
+    model = models.build(spec.model, split.input_shape, split.n_classes or 1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = make_loss(cfg.loss, split.n_classes)
+    z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0
+    loss_fn = make_loss(cfg.loss, split.n_classes, z_loss)
     optimizer = make_optimizer(spec.optimizer, params)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     sam = SAM(spec.optimizer.rho) if isinstance(spec.optimizer, SAMOptimizer) else None
@@ -118,7 +120,8 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: Trai
         recorder.result(
             "summary",
             0,
-            {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val)},
+            {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val),
+             "modality": split.modality, "classes": split.n_classes, "planted": split.planted},  # fmt: skip
         )
     else:
         model.load_state_dict(resume.model)
@@ -157,7 +160,7 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: Trai
         loss_value = loss.item()
         metrics = {"train/loss": loss_value, "lr": current_lr()}
         if not y.is_floating_point():
-            metrics["train/accuracy"] = (out.argmax(1) == y).float().mean().item()
+            metrics["train/accuracy"] = (out.argmax(-1) == y).float().mean().item()
         if step == 0:
             first_loss = loss_value
         if not math.isfinite(loss_value) or (

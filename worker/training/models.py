@@ -1,18 +1,127 @@
-"""The model zoo."""
+"""The model zoo. Each builder takes the spec's model section and the data's shape and classes."""
+
+import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from backend.spec import CNNModel, MLPModel, Model, ResNetModel, TransformerModel
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 def mlp(n_in: int, widths: list[int], n_out: int, activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [nn.Flatten()]
     for width in widths:
         layers += [nn.Linear(n_in, width), ACTIVATIONS[activation]()]
         n_in = width
     layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+def cnn(cfg: CNNModel, shape: tuple[int, ...], n_out: int) -> nn.Sequential:
+    channels, size = shape[0], shape[1]
+    layers: list[nn.Module] = []
+    for width in cfg.channels:
+        layers += [nn.Conv2d(channels, width, 3, padding=1)]
+        layers += [nn.BatchNorm2d(width)] if cfg.batch_norm else []
+        layers += [nn.ReLU()]
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * size * size, n_out))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet(cfg: ResNetModel, shape: tuple[int, ...], n_out: int) -> nn.Sequential:
+    blocks_per_stage = (cfg.depth - 2) // 6
+    w = cfg.width
+    layers: list[nn.Module] = [nn.Conv2d(shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+    c_in = w
+    for stage, c_out in enumerate((w, 2 * w, 4 * w)):
+        for block in range(blocks_per_stage):
+            layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and block == 0 else 1))
+            c_in = c_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_out))
+
+
+class CausalSelfAttention(nn.Module):
+    """Written out (not fused) so that Hessian-vector products can differentiate it twice."""
+
+    def __init__(self, width: int, heads: int, context: int, qk_layernorm: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
+        self.register_buffer("mask", torch.ones(context, context, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(~self.mask[:t, :t], float("-inf"))
+        y = scores.softmax(-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerModel) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
+        self.attn = CausalSelfAttention(cfg.width, cfg.heads, cfg.context, cfg.qk_layernorm)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, 4 * cfg.width), nn.GELU(), nn.Linear(4 * cfg.width, cfg.width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A decoder-only language model: token + position embeddings, pre-LN blocks, final LN, linear head."""
+
+    def __init__(self, cfg: TransformerModel, vocab_size: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, cfg.width)
+        self.positions = nn.Embedding(cfg.context, cfg.width)
+        self.blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.layers)])
+        self.ln = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, vocab_size)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.head(self.ln(self.blocks(self.tokens(ids) + self.positions(pos))))
+
+
+def build(cfg: Model, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+    match cfg:
+        case MLPModel():
+            return mlp(math.prod(input_shape), cfg.widths, n_out, cfg.activation)
+        case CNNModel():
+            return cnn(cfg, input_shape, n_out)
+        case ResNetModel():
+            return resnet(cfg, input_shape, n_out)
+        case TransformerModel():
+            return Transformer(cfg, n_out)
+    raise ValueError(f"unknown model kind {cfg.kind}")
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -11,13 +11,25 @@ from backend.spec import AdamOptimizer, LRSchedule, Optimizer, SAMOptimizer, SGD
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_loss(kind: str, n_classes: int | None) -> LossFn:
-    """Mean loss over a batch. `mse` with classes compares the outputs with one-hot targets."""
-    if kind == "cross_entropy":
-        return nn.functional.cross_entropy
-    if n_classes is None:
-        return lambda out, target: nn.functional.mse_loss(out.reshape(target.shape), target)
-    return lambda out, target: nn.functional.mse_loss(out, nn.functional.one_hot(target, n_classes).to(out.dtype))
+def make_loss(kind: str, n_classes: int | None, z_loss: float = 0.0) -> LossFn:
+    """Mean loss over a batch (and over positions, for sequences of logits).
+
+    `mse` with classes compares the outputs with one-hot targets. `z_loss` adds z·mean(log² Σ exp(logits)),
+    which keeps the softmax normalizer near 1 (PaLM; Wortsman et al. 2023).
+    """
+    if kind == "mse":
+        if n_classes is None:
+            return lambda out, target: nn.functional.mse_loss(out.reshape(target.shape), target)
+        return lambda out, target: nn.functional.mse_loss(out, nn.functional.one_hot(target, n_classes).to(out.dtype))
+
+    def cross_entropy(out: Tensor, target: Tensor) -> Tensor:
+        logits = out.reshape(-1, out.shape[-1])
+        loss = nn.functional.cross_entropy(logits, target.reshape(-1))
+        if z_loss:
+            loss = loss + z_loss * torch.logsumexp(logits, -1).pow(2).mean()
+        return loss
+
+    return cross_entropy
 
 
 def base_config(cfg: Optimizer) -> SGDOptimizer | AdamOptimizer:
