@@ -71,11 +71,11 @@ class DbRecorder:
     # The Recorder interface of worker.training.loop.
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        # No flush check here: the loop reports progress once per step, and that checks.
         for name, value in metrics.items():
             steps, values = self._points.setdefault(name, ([], []))
             steps.append(step)
             values.append(float(value))
-        self._maybe_flush()
 
     def progress(self, step: int, total: int, stage: str) -> None:
         self._progress = (step, step / total if total else 1.0, stage)

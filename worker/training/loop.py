@@ -137,6 +137,7 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: Trai
             cursor, first_loss, train_seconds, spent,
         )  # fmt: skip
 
+    last_factor = math.nan
     for step in range(start, cfg.steps):
         if recorder.should_stop():
             return Outcome.stopped
@@ -151,15 +152,20 @@ def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: Trai
             order, cursor = torch.randperm(n_train, generator=batches), 0
         idx = order[cursor : cursor + batch_size].to(device)
         cursor += batch_size
-        if step % cfg.eval_every == 0:
+        evaluating = step % cfg.eval_every == 0
+        if evaluating:
             recorder.log(step, {f"val/{k}": v for k, v in evaluate(model, loss_fn, split.x_val, split.y_val).items()})
         x, y = split.x_train[idx], split.y_train[idx]
         with autocast:
             out = model(x)
             loss = loss_fn(out.float(), y)
         loss_value = loss.item()
-        metrics = {"train/loss": loss_value, "lr": current_lr()}
-        if not y.is_floating_point():
+        metrics = {"train/loss": loss_value}
+        # The loss every step; the batch accuracy and the lr (a step function) where they are cheap to keep.
+        if evaluating or factor != last_factor:
+            metrics["lr"] = current_lr()
+            last_factor = factor
+        if evaluating and not y.is_floating_point():
             metrics["train/accuracy"] = (out.argmax(-1) == y).float().mean().item()
         if step == 0:
             first_loss = loss_value
