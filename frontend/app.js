@@ -99,6 +99,7 @@ function renderNew(params) {
         <textarea id="spec-editor" spellcheck="false" aria-describedby="spec-errors"></textarea>
         <div class="toolbar">
           <label>Format <select id="spec-format"><option value="application/yaml">YAML</option><option value="application/json">JSON</option></select></label>
+          <button id="check-spec">Check</button>
           <button id="submit-job">Submit</button><span id="submit-state" class="muted"></span>
         </div>
       </div>
@@ -109,6 +110,24 @@ function renderNew(params) {
   if (clone) { editor.value = clone; sessionStorage.removeItem("dynascope.clone"); }
   else api("/specs/example").then((ex) => { if (!editor.value) editor.value = ex.yaml; });
   const errors = view.querySelector("#spec-errors");
+  const showErrors = (err, text) => {
+    const detail = err.body?.detail;
+    const items = Array.isArray(detail) ? detail : [{ loc: ["body"], msg: typeof detail === "string" ? detail : String(err) }];
+    errors.innerHTML = items.map((e) => {
+      const field = e.loc.filter((k) => k !== "body").join(".") || "spec";
+      const line = lineOf(text, e.loc);
+      return `<li data-line="${line ?? ""}" data-field="${esc(field)}" tabindex="0"><code>${esc(field)}</code>${line != null ? ` <span class="muted">(line ${line + 1})</span>` : ""}: ${esc(e.msg)}</li>`;
+    }).join("");
+  };
+  view.querySelector("#check-spec").addEventListener("click", async () => {
+    const text = editor.value;
+    const state = view.querySelector("#submit-state");
+    try {
+      const c = await api("/specs/validate", { method: "POST", headers: { "content-type": view.querySelector("#spec-format").value }, body: text });
+      errors.innerHTML = "";
+      state.textContent = `valid: ${c.jobs} job${c.jobs === 1 ? "" : "s"} · ${c.parameters.toLocaleString("en")} parameters · input ${c.input_shape.join("×") || "tokens"} · ${c.outputs} output${c.outputs === 1 ? "" : "s"}`;
+    } catch (err) { state.textContent = ""; showErrors(err, text); }
+  });
   view.querySelector("#submit-job").addEventListener("click", async () => {
     const text = editor.value;
     const format = view.querySelector("#spec-format").value;
@@ -120,13 +139,7 @@ function renderNew(params) {
       location.hash = isSweep ? `#/jobs?sweep=${made.id}` : `#/jobs/${made.id}`;
     } catch (err) {
       view.querySelector("#submit-state").textContent = "";
-      const detail = err.body?.detail;
-      const items = Array.isArray(detail) ? detail : [{ loc: ["body"], msg: typeof detail === "string" ? detail : String(err) }];
-      errors.innerHTML = items.map((e, i) => {
-        const field = e.loc.filter((k) => k !== "body").join(".") || "spec";
-        const line = lineOf(text, e.loc);
-        return `<li data-line="${line ?? ""}" data-field="${esc(field)}" tabindex="0"><code>${esc(field)}</code>${line != null ? ` <span class="muted">(line ${line + 1})</span>` : ""}: ${esc(e.msg)}</li>`;
-      }).join("");
+      showErrors(err, text);
     }
   });
   errors.addEventListener("click", (e) => {
@@ -240,7 +253,7 @@ function renderJob(id) {
     view.querySelector("#job-stage").textContent = `${(job.progress * 100).toFixed(1)} % · step ${job.step} · ${job.stage}`;
     view.querySelector("#job-error").textContent = job.error || "";
     view.querySelector("#cancel-job").disabled = TERMINAL.has(job.status) || job.cancel_requested;
-    const facts = { attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
+    const facts = { parameters: job.parameters?.toLocaleString("en"), attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
       created: fmtTime(job.created_at), started: fmtTime(job.started_at), finished: fmtTime(job.finished_at) };
     view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
   };
@@ -302,6 +315,7 @@ function renderJob(id) {
   const source = new EventSource(`${API}/jobs/${id}/events`);
   const ready = api(`/jobs/${id}`).then((j) => {
     showJob(j);
+    api(`/jobs/${id}/results/summary`).then((s) => s.length && showJob({ parameters: s[0].data.parameters })).catch(console.error);
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
     charts = chartsFor(j.spec);
     const divs = Object.entries(charts).map(([k, c]) => `<div id="${k}" class="plot" role="img" aria-label="${esc(c.title)} over steps"></div>`);

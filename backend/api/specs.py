@@ -1,9 +1,14 @@
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
-from backend.spec import EXAMPLE_SPEC_YAML, JobSpec
+from backend.api.deps import SettingsDep
+from backend.api.jobs import raw_spec_from_body
+from backend.shapes import data_shape, parameter_count
+from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, field_errors
+from backend.sweeps import SweepError, expand
 
 router = APIRouter(prefix="/specs", tags=["specs"])
 
@@ -22,3 +27,32 @@ def example_spec() -> ExampleSpec:
 def spec_schema() -> dict[str, Any]:
     """The JSON Schema of a job spec."""
     return JobSpec.model_json_schema()
+
+
+class SpecCheck(BaseModel):
+    name: str
+    jobs: int
+    parameters: int
+    input_shape: list[int]
+    outputs: int
+
+
+@router.post("/validate", response_model=SpecCheck, openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}}}})  # fmt: skip
+def validate_spec(raw: Annotated[dict, Depends(raw_spec_from_body)], settings: SettingsDep) -> SpecCheck:
+    """Check a spec (or a sweep) without running it: 422 naming the field, or what it would build."""
+    try:
+        if "sweep" in raw:
+            specs = [s for _, s in expand(raw, settings.max_sweep_jobs)]
+        else:
+            specs = [JobSpec.model_validate(raw)]
+    except SweepError as exc:
+        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, raw)]) from None
+    first = specs[0]
+    shape = data_shape(first.data)
+    return SpecCheck(
+        name=first.name, jobs=len(specs), parameters=parameter_count(first),
+        input_shape=list(shape.input_shape), outputs=shape.outputs,
+    )  # fmt: skip

@@ -54,6 +54,10 @@ def test_validation_errors_show_next_to_the_field(page, served: Serve):
     lr.click()  # selects the offending line in the editor
     selected = page.evaluate("(() => { const e = document.querySelector('#spec-editor'); return e.value.slice(e.selectionStart, e.selectionEnd); })()")
     assert "lr: -1" in selected
+    page.fill("#spec-editor", text.replace("lr: -1", "lr: 0.5").replace("kind: mlpp", "kind: mlp"))
+    page.click("#check-spec")
+    page.wait_for_function("document.querySelector('#submit-state').textContent.startsWith('valid')")
+    assert "26,122 parameters" in page.inner_text("#submit-state")  # 64·128+128 + 128·128+128 + 128·10+10
     page.fill("#spec-editor", "name: [broken")
     page.click("#submit-job")
     assert "not valid YAML" in page.wait_for_selector("#spec-errors li[data-field='spec']").inner_text()

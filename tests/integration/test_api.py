@@ -251,3 +251,15 @@ def test_bad_sweep_is_422_and_stores_nothing(client, embedded_redis):
     assert "POST /api/v1/sweeps" in field_errors(client.post("/api/v1/jobs", json=bad))["sweep"]
     assert "sweep" in field_errors(client.post("/api/v1/sweeps", json=spec()))
     assert job_count() == before and queued_messages(embedded_redis) == queued
+
+
+def test_validate_tells_the_parameter_count_before_running(client):
+    before = job_count()
+    check = client.post("/api/v1/specs/validate", json=spec()).json()
+    assert check == {"name": "test-job", "jobs": 1, "parameters": 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10,
+                     "input_shape": [1, 8, 8], "outputs": 10}  # fmt: skip
+    grid = client.post("/api/v1/specs/validate", json={**spec(), "sweep": {"train.seed": [0, 1, 2]}}).json()
+    assert grid["jobs"] == 3
+    bad = client.post("/api/v1/specs/validate", json={**spec(), "model": {"kind": "cnn"}, "data": {"kind": "iris"}})
+    assert bad.status_code == 422 and "cnn needs images" in bad.text
+    assert job_count() == before

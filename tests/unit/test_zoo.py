@@ -77,3 +77,28 @@ def test_text_windows_predict_the_next_character():
     decoded = "".join(split.vocab[i] for i in split.x_train[0].tolist())
     assert decoded.isprintable() or "\n" in decoded
     assert split.n_classes == len(split.vocab)
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset"),
+    [(m, d) for m, d, _ in CASES]
+    + [({"kind": "resnet", "depth": 20, "width": 16}, {"kind": "digits"}),
+       ({"kind": "cnn", "channels": [4, 8, 16, 32], "batch_norm": True}, {"kind": "opposing_features", "classes": 7}),
+       ({**TRANSFORMER, "qk_layernorm": False, "layers": 3}, {"kind": "text", "max_chars": 50_000}),
+       ({"kind": "mlp", "widths": [5, 7, 9]}, {"kind": "teacher_student", "dim": 11})],
+    ids=lambda v: v.get("kind"),
+)  # fmt: skip
+def test_parameter_count_known_before_running_matches_the_built_model(model, dataset):
+    from backend.shapes import data_shape, parameter_count
+    from worker.training import models
+
+    loss = "mse" if dataset["kind"] == "teacher_student" else "cross_entropy"
+    job = JobSpec.model_validate({**spec(loss=loss), "model": model, "data": dataset})
+    context = job.model.context if job.model.kind == "transformer" else None
+    split = data.load(job.data, 0, context)
+    shape = data_shape(job.data)
+    assert (split.n_classes or 1) == shape.outputs
+    if split.modality != "text":
+        assert split.input_shape == shape.input_shape
+    built = models.build(job.model, split.input_shape, split.n_classes or 1)
+    assert parameter_count(job) == models.parameter_count(built)

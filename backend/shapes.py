@@ -1,0 +1,83 @@
+"""What a spec will build, known before anything runs: the data's shape and classes, and the parameter count.
+
+Plain arithmetic (the API has no torch); tests check it against the models the worker builds.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from backend.spec import CNNModel, Data, JobSpec, MLPModel, ResNetModel, TransformerModel
+
+_TABULAR = {"iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 2)}
+
+
+@dataclass(frozen=True)
+class DataShape:
+    input_shape: tuple[int, ...]
+    outputs: int  # classes, or 1 for a regression
+
+
+@lru_cache
+def _pydoc_vocab_size(max_chars: int) -> int:
+    from pydoc_data.topics import topics
+
+    return len(set("\n\n".join(topics[k] for k in sorted(topics))[:max_chars]))
+
+
+def data_shape(data: Data) -> DataShape:
+    match data.kind:
+        case "digits":
+            return DataShape((1, 8, 8), 10)
+        case "iris" | "wine" | "breast_cancer":
+            dim, classes = _TABULAR[data.kind]
+            return DataShape((dim,), classes)
+        case "gaussian_mixture":
+            return DataShape((data.dim,), data.classes)
+        case "teacher_student":
+            return DataShape((data.dim,), 1)
+        case "opposing_features":
+            return DataShape((1, 8, 8), data.classes)
+        case "text":
+            return DataShape((), _pydoc_vocab_size(data.max_chars))
+    raise ValueError(f"unknown data kind {data.kind}")
+
+
+def _linear(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+def parameter_count(spec: JobSpec) -> int:
+    shape = data_shape(spec.data)
+    model, n_out = spec.model, shape.outputs
+    match model:
+        case MLPModel():
+            sizes = [math.prod(shape.input_shape), *model.widths, n_out]
+            return sum(_linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        case CNNModel():
+            channels, size, total = shape.input_shape[0], shape.input_shape[1], 0
+            for width in model.channels:
+                total += _conv(channels, width, 3) + (2 * width if model.batch_norm else 0)
+                size = size // 2 if size >= 2 else size
+                channels = width
+            return total + _linear(channels * size * size, n_out)
+        case ResNetModel():
+            w, n = model.width, (model.depth - 2) // 6
+            total, c_in = _conv(shape.input_shape[0], w, 3, bias=False) + 2 * w, w
+            for stage, c_out in enumerate((w, 2 * w, 4 * w)):
+                for block in range(n):
+                    total += _conv(c_in, c_out, 3, bias=False) + _conv(c_out, c_out, 3, bias=False) + 4 * c_out
+                    if (stage > 0 and block == 0) or c_in != c_out:
+                        total += _conv(c_in, c_out, 1, bias=False) + 2 * c_out
+                    c_in = c_out
+            return total + _linear(c_in, n_out)
+        case TransformerModel():
+            d, v = model.width, n_out
+            head_norms = 2 * 2 * (d // model.heads) if model.qk_layernorm else 0
+            block = 2 * 2 * d + _linear(d, 3 * d) + _linear(d, d) + head_norms + _linear(d, 4 * d) + _linear(4 * d, d)
+            return v * d + model.context * d + model.layers * block + 2 * d + _linear(d, v)
+    raise ValueError(f"unknown model kind {model.kind}")
