@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     max_steps: int = 10_000_000
     max_attempts: int = 3
     max_sweep_jobs: int = 1000
+    max_upload_bytes: int = 200_000_000  # an uploaded file, counted while it streams in
+    max_dataset_bytes: int = 2_000_000_000  # its arrays once decompressed (a zip bomb stops here)
     # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 60.0

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
-from backend.api import artifacts, events, health, jobs, metrics, results, specs, sweeps
+from backend.api import artifacts, datasets, events, health, jobs, metrics, results, specs, sweeps
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.services.jobs import reap_stale_jobs
@@ -30,11 +30,11 @@ FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 class BodyLimitMiddleware:
     """413 for bodies over the limit, counted while streaming (a lying Content-Length does not help)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:  # (routes with their own, larger limit)
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -114,8 +114,8 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for module in (health, specs, jobs, sweeps, metrics, results, artifacts, events):
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=(f"{API_PREFIX}/datasets",))
+    for module in (health, specs, datasets, jobs, sweeps, metrics, results, artifacts, events):
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"

@@ -69,6 +69,23 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class Dataset(Base):
+    """An uploaded dataset, kept as a plain .npz (X, y) under a server-generated id; never unpickled."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source_format: Mapped[str] = mapped_column(String(10))
+    examples: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    classes: Mapped[int | None] = mapped_column(Integer)  # null: a regression (float targets)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Sweep(Base):
     """A grid of jobs from one spec: `sweep` maps dotted spec paths to the values each takes."""
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from backend.models import Dataset
 from backend.spec import CNNModel, Data, JobSpec, MLPModel, ResNetModel, TransformerModel
 
 _TABULAR = {"iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 2)}
@@ -25,8 +26,12 @@ def _pydoc_vocab_size(max_chars: int) -> int:
     return len(set("\n\n".join(topics[k] for k in sorted(topics))[:max_chars]))
 
 
-def data_shape(data: Data) -> DataShape:
+def data_shape(data: Data, uploaded: Dataset | None = None) -> DataShape:
     match data.kind:
+        case "upload":
+            if uploaded is None:
+                raise ValueError("an uploaded dataset's shape comes from its row")
+            return DataShape(tuple(uploaded.input_shape), uploaded.classes or 1)
         case "digits":
             return DataShape((1, 8, 8), 10)
         case "iris" | "wine" | "breast_cancer":
@@ -51,8 +56,20 @@ def _conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:
     return c_in * c_out * k * k + (c_out if bias else 0)
 
 
-def parameter_count(spec: JobSpec) -> int:
-    shape = data_shape(spec.data)
+def misfit(spec: JobSpec, uploaded: Dataset) -> str | None:
+    """Why the spec's model and loss cannot train on this uploaded dataset, or None."""
+    images = len(uploaded.input_shape) == 3
+    if spec.model.kind in ("cnn", "resnet") and not images:
+        return f"model.kind {spec.model.kind} needs images; dataset {uploaded.id} has examples of shape {uploaded.input_shape}"
+    if spec.model.kind == "transformer":
+        return "model.kind transformer goes with text data, not an uploaded array"
+    if uploaded.classes is None and spec.train.loss != "mse":
+        return f"dataset {uploaded.id} is a regression (float targets): set train.loss to mse"
+    return None
+
+
+def parameter_count(spec: JobSpec, uploaded: Dataset | None = None) -> int:
+    shape = data_shape(spec.data, uploaded)
     model, n_out = spec.model, shape.outputs
     match model:
         case MLPModel():

@@ -125,8 +125,16 @@ class TextData(StrictModel):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
 
 
+class UploadedData(StrictModel):
+    """A dataset uploaded through POST /api/v1/datasets, by its id."""
+
+    kind: Literal["upload"]
+    dataset: str = Field(pattern=r"^[0-9a-f]{32}$")
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
 Data = Annotated[
-    DigitsData | TabularData | GaussianMixtureData | TeacherStudentData | OpposingFeaturesData | TextData,
+    DigitsData | TabularData | GaussianMixtureData | TeacherStudentData | OpposingFeaturesData | TextData | UploadedData,
     Field(discriminator="kind"),
 ]
 IMAGE_DATA = {"digits", "opposing_features"}
@@ -257,6 +265,8 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _model_fits_data(self) -> "JobSpec":
         model, data = self.model.kind, self.data.kind
+        if data == "upload":
+            return self  # checked against the uploaded arrays when the job is submitted (backend.shapes)
         if model in ("cnn", "resnet") and data not in IMAGE_DATA:
             raise ValueError(f"model.kind {model} needs images (data.kind one of {sorted(IMAGE_DATA)}), not {data}")
         if (model == "transformer") != (data in TEXT_DATA):

@@ -81,7 +81,7 @@ def run_job(job_id: int) -> str:
         recorder.result("resume", resume.step, {"attempt": attempt, "from_step": resume.step})
     error: str | None = None
     try:
-        outcome = train(spec, recorder, device, resume)
+        outcome = train(spec, recorder, device, resume, uploads=store.path)
     except SoftTimeLimitExceeded:
         outcome, error = None, f"time limit of {settings.job_soft_time_limit} s reached"
     except Exception:

@@ -10,7 +10,8 @@ from backend import queue
 from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
 from sqlalchemy.orm import Session
 
-from backend.models import Job, JobStatus
+from backend.models import Dataset, Job, JobStatus
+from backend.shapes import misfit
 from backend.schemas import JobOut, JobPage
 from backend.services import jobs as job_service
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
@@ -66,11 +67,25 @@ _SPEC_BODY = {
 }
 
 
+def check_upload(session: Session, spec: JobSpec) -> Dataset | None:
+    """The uploaded dataset a spec names, checked against its model and loss (422 naming the field)."""
+    if spec.data.kind != "upload":
+        return None
+    uploaded = session.get(Dataset, spec.data.dataset)
+    if uploaded is None:
+        msg = f"no uploaded dataset {spec.data.dataset} (POST /api/v1/datasets first)"
+        raise RequestValidationError([{"loc": ["body", "data", "dataset"], "msg": msg, "type": "not_found"}])
+    if (reason := misfit(spec, uploaded)) is not None:
+        raise RequestValidationError([{"loc": ["body", "model", "kind"], "msg": reason, "type": "misfit"}])
+    return uploaded
+
+
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
 def create_job(
     spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep
 ) -> JobOut:
     """Validate a spec, record the job, and queue its id."""
+    check_upload(session, spec)
     job = job_service.create_job(session, spec, settings.max_attempts)
     session.commit()
     enqueue_or_undo(session, [job], undo=job)

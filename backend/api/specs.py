@@ -4,8 +4,8 @@ from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from backend.api.deps import SettingsDep
-from backend.api.jobs import raw_spec_from_body
+from backend.api.deps import SessionDep, SettingsDep
+from backend.api.jobs import check_upload, raw_spec_from_body
 from backend.shapes import data_shape, parameter_count
 from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, field_errors
 from backend.sweeps import SweepError, expand
@@ -39,7 +39,9 @@ class SpecCheck(BaseModel):
 
 @router.post("/validate", response_model=SpecCheck, openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}}}})  # fmt: skip
-def validate_spec(raw: Annotated[dict, Depends(raw_spec_from_body)], settings: SettingsDep) -> SpecCheck:
+def validate_spec(
+    raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
+) -> SpecCheck:
     """Check a spec (or a sweep) without running it: 422 naming the field, or what it would build."""
     try:
         if "sweep" in raw:
@@ -50,9 +52,10 @@ def validate_spec(raw: Annotated[dict, Depends(raw_spec_from_body)], settings: S
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, raw)]) from None
+    uploaded = [check_upload(session, s) for s in specs][0]
     first = specs[0]
-    shape = data_shape(first.data)
+    shape = data_shape(first.data, uploaded)
     return SpecCheck(
-        name=first.name, jobs=len(specs), parameters=parameter_count(first),
+        name=first.name, jobs=len(specs), parameters=parameter_count(first, uploaded),
         input_shape=list(shape.input_shape), outputs=shape.outputs,
     )  # fmt: skip

@@ -5,7 +5,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
 from backend.api.deps import SessionDep, SettingsDep
-from backend.api.jobs import enqueue_or_undo, raw_spec_from_body
+from backend.api.jobs import check_upload, enqueue_or_undo, raw_spec_from_body
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
@@ -41,6 +41,8 @@ def create_sweep(raw: Annotated[dict, Depends(raw_spec_from_body)], session: Ses
         children = expand(raw, settings.max_sweep_jobs)
     except SweepError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    for _, spec in children:
+        check_upload(session, spec)
     sweep = Sweep(name=str(raw.get("name", "sweep"))[:200], spec=raw)
     session.add(sweep)
     session.flush()

@@ -1,6 +1,8 @@
 """Datasets, generated from a seed or shipped inside a package: nothing is downloaded."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from backend.spec import (
     TabularData,
     TeacherStudentData,
     TextData,
+    UploadedData,
 )
 
 
@@ -131,7 +134,19 @@ def text(cfg: TextData, seed: int, context: int) -> Split:
     return Split(x_tr, y_tr, x_va, y_va, n_classes=len(vocab), modality="text", vocab=vocab)
 
 
-def load(cfg: Data, seed: int, context: int | None = None) -> Split:
+def uploaded(cfg: UploadedData, seed: int, path: Path) -> Split:
+    """An uploaded dataset, stored by the API as a plain .npz of X and y: loaded without pickle."""
+    with np.load(path, allow_pickle=False) as arrays:
+        x, y = arrays["X"].astype(np.float32), arrays["y"]
+    classification = y.dtype.kind in "iu"
+    x_tr, x_va, y_tr, y_va = _split(x, y, cfg.val_fraction, seed, stratify=classification)
+    return Split(
+        *map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)),
+        n_classes=int(y.max()) + 1 if classification else None, modality="image" if x.ndim == 4 else "tabular",
+    )  # fmt: skip
+
+
+def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[str], Path] | None = None) -> Split:
     match cfg:
         case DigitsData():
             return digits(cfg, seed)
@@ -145,4 +160,8 @@ def load(cfg: Data, seed: int, context: int | None = None) -> Split:
             return opposing_features(cfg, seed)
         case TextData():
             return text(cfg, seed, context or 64)
+        case UploadedData():
+            if uploads is None:
+                raise ValueError("an uploaded dataset needs the store it lives in")
+            return uploaded(cfg, seed, uploads(cfg.dataset))
     raise ValueError(f"unknown data kind {cfg.kind}")

@@ -3,7 +3,8 @@
 import enum
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from contextlib import nullcontext
 from typing import Any, Protocol
 
@@ -71,23 +72,31 @@ def _run_probes(
             recorder.save_tensors(kind, step, tensors, metadata)
 
 
-def train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None = None) -> Outcome:
+def train(
+    spec: JobSpec,
+    recorder: Recorder,
+    device: torch.device,
+    resume: TrainState | None = None,
+    uploads: Callable[[str], Path] | None = None,
+) -> Outcome:
     """Train the spec's model; step s logs the batch loss at the weights before update s.
 
     With `resume`, the run continues from that state exactly as if it had never stopped (on CPU, the same
     numbers bit for bit).
     """
     try:
-        return _train(spec, recorder, device, resume)
+        return _train(spec, recorder, device, resume, uploads)
     except ProbeStopped:
         return Outcome.stopped
 
 
-def _train(spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None) -> Outcome:
+def _train(
+    spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None, uploads: Callable[[str], Path] | None
+) -> Outcome:
     cfg = spec.train
     torch.manual_seed(cfg.seed)
     context = spec.model.context if isinstance(spec.model, TransformerModel) else None
-    split = data.load(spec.data, cfg.seed, context).to(device)
+    split = data.load(spec.data, cfg.seed, context, uploads).to(device)
     model = models.build(spec.model, split.input_shape, split.n_classes or 1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0

@@ -1,0 +1,87 @@
+import hashlib
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from backend.api.deps import SessionDep, SettingsDep
+from backend.models import Dataset
+from backend.schemas import UTCTime
+from backend.services.artifacts import LocalArtifactStore
+from backend.services.uploads import UploadError, parse_csv, parse_npz
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    source_format: str
+    examples: int
+    input_shape: list[int]
+    classes: int | None
+    size: int
+    sha256: str
+    created_at: UTCTime
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (not after it has all arrived)."""
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise HTTPException(413, detail=f"upload over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def upload_dataset(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    name: Annotated[str, Query(min_length=1, max_length=200)],
+    format: Annotated[Literal["npz", "csv"], Query(description="npz: arrays X, y; csv: header + numbers")],
+    target: Annotated[str | None, Query(max_length=200, description="csv: the target column (default: last)")] = None,
+) -> DatasetOut:
+    """Upload a dataset as the raw body. It is read as plain arrays only (no pickle) and checked."""
+    data = await _read_limited(request, settings.max_upload_bytes)
+    try:
+        if format == "npz":
+            parsed = await run_in_threadpool(parse_npz, data, settings.max_dataset_bytes)
+        else:
+            parsed = await run_in_threadpool(parse_csv, data, target)
+    except UploadError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body"], "msg": str(exc), "type": "upload_invalid"}]) from None
+    blob = parsed.to_npz()
+    stored = LocalArtifactStore(settings.artifact_dir).put(blob)
+    row = Dataset(
+        id=stored.id, name=name, source_format=format, examples=len(parsed.y), input_shape=list(parsed.x.shape[1:]),
+        classes=parsed.classes, size=stored.size, sha256=hashlib.sha256(data).hexdigest(),
+    )  # fmt: skip
+    session.add(row)
+    session.commit()
+    return DatasetOut.model_validate(row)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep) -> list[DatasetOut]:
+    return [DatasetOut.model_validate(d) for d in session.scalars(select(Dataset).order_by(Dataset.created_at.desc()))]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise HTTPException(404, detail=f"dataset {dataset_id} not found")
+    return DatasetOut.model_validate(row)
