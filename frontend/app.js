@@ -253,7 +253,7 @@ function renderJob(id) {
     view.querySelector("#job-stage").textContent = `${(job.progress * 100).toFixed(1)} % · step ${job.step} · ${job.stage}`;
     view.querySelector("#job-error").textContent = job.error || "";
     view.querySelector("#cancel-job").disabled = TERMINAL.has(job.status) || job.cancel_requested;
-    const facts = { parameters: job.parameters?.toLocaleString("en"), attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
+    const facts = { parameters: job.parameters?.toLocaleString("en"), "time spent": job.timing, attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
       created: fmtTime(job.created_at), started: fmtTime(job.started_at), finished: fmtTime(job.finished_at) };
     view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
   };
@@ -315,7 +315,16 @@ function renderJob(id) {
   const source = new EventSource(`${API}/jobs/${id}/events`);
   const ready = api(`/jobs/${id}`).then((j) => {
     showJob(j);
-    api(`/jobs/${id}/results/summary`).then((s) => s.length && showJob({ parameters: s[0].data.parameters })).catch(console.error);
+    const summarize = () => api(`/jobs/${id}/results/summary`).then((s) => {
+      if (!s.length) return;
+      const last = s[s.length - 1].data;
+      // Time per probe next to the training itself (known once the job has finished).
+      const timing = last.train_seconds == null ? null : [`training ${last.train_seconds.toFixed(1)} s`,
+        ...Object.entries(last.probe_seconds || {}).map(([k, v]) => `${k} ${v.toFixed(1)} s`)].join(" · ");
+      showJob({ parameters: s[0].data.parameters, timing });
+    }).catch(console.error);
+    summarize();
+    source.addEventListener("end", summarize);
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
     charts = chartsFor(j.spec);
     const divs = Object.entries(charts).map(([k, c]) => `<div id="${k}" class="plot" role="img" aria-label="${esc(c.title)} over steps"></div>`);

@@ -119,6 +119,10 @@ def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve)
     density = trace(page, "density-plot", 0)
     assert latest["step"] == 400 and len(density["x"]) == len(latest["data"]["density"]["grid"])
     assert trace(page, "density-plot", 1)["x"] == latest["data"]["eigenvalues"]
+    page.wait_for_function("document.querySelector('#job-facts').textContent.includes('hessian')")
+    summary = served.client.get(f"/jobs/{job['id']}/results/summary").json()[-1]["data"]
+    facts = page.inner_text("#job-facts")
+    assert f"hessian {summary['probe_seconds']['hessian']:.1f} s" in facts and "training" in facts
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "hessian-views.png"), full_page=True)
 
 
