@@ -245,6 +245,7 @@ class HessianProbe(Schedule):
     density_probes: int = Field(10, ge=2, le=100)
     density_steps: int = Field(50, ge=5, le=500)
     layerwise: bool = False
+    gauss_newton: bool = Field(False, description="per top eigenvector, the share vᵀGv/vᵀHv of its curvature")
     save_eigenvectors: bool = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
 
 

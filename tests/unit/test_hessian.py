@@ -226,3 +226,33 @@ def test_bulk_edge_and_outlier_count_on_a_planted_spectrum():
     bulk_only = Quadratic(np.linspace(-0.5, 1.0, 1000)).a
     plain = spectral_density(lambda v: bulk_only @ v, 1000, probes=30, steps=60, seed=0)
     assert count_beyond(plain, 1000, bulk_edge(plain, 1000)) < 0.5
+
+
+def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(case):
+    from worker.analysis.hvp import GaussNewtonOperator
+
+    model, batches = case["model"], case["batches"]
+    op = HessianOperator(model, CE, batches)
+    gn = GaussNewtonOperator(op, model, CE, batches)
+    # Dense G = Σ_i (1/N) J_iᵀ (diag p_i − p_i p_iᵀ) J_i from the full Jacobian of the logits.
+    x = torch.cat([b[0] for b in batches])
+    names = op.names
+    theta = op.parameters()
+    sizes, shapes = op.sizes, op.shapes
+
+    def logits(flat):
+        parts = dict(zip(names, [c.view(s) for c, s in zip(torch.split(flat, sizes), shapes)]))
+        return functional_call(model, parts, (x,))
+
+    jac = torch.func.jacrev(logits)(theta)  # (N, K, n)
+    p = logits(theta).softmax(-1)
+    h_out = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    dense = torch.einsum("nki,nkl,nlj->ij", jac, h_out, jac) / len(x)
+    v = torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(gn(v), dense @ v, rtol=0, atol=1e-10 * (dense @ v).abs().max())
+    # The top eigenvector's curvature is mostly Gauss–Newton (the outliers come from G).
+    top = hessian_top_eigenpairs(model, CE, batches, k=1, tol=1e-8)
+    u = top.vectors[:, 0]
+    fraction = float(u @ gn(u)) / float(top.values[0])
+    assert fraction == pytest.approx(float(u @ dense @ u) / float(u @ case["H"] @ u), rel=1e-8)
+    assert 0.5 < fraction < 1.5

@@ -40,7 +40,10 @@ def exact_spectrum(weights: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def test_hessian_probe_runs_on_schedule_and_matches_the_dense_hessian():
-    rec = run_with_hessian(120, every=50, at=["end"], top_k=3, tol=1e-5, examples=100_000, negative=1, trace=True, density=True)
+    rec = run_with_hessian(
+        120, every=50, at=["end"], top_k=3, tol=1e-5, examples=100_000, negative=1, trace=True, density=True,
+        gauss_newton=True, layerwise=True,
+    )  # fmt: skip
     results = [(step, payload) for kind, step, payload in rec.results if kind == "hessian"]
     assert [step for step, _ in results] == [0, 50, 100, 120]
     final = results[-1][1]
@@ -50,6 +53,9 @@ def test_hessian_probe_runs_on_schedule_and_matches_the_dense_hessian():
     assert np.isclose(final["negative_eigenvalues"][0], exact[-1], rtol=1e-2, atol=1e-5)
     assert abs(final["trace"]["value"] - exact.sum()) <= 4 * final["trace"]["stderr"] + 1e-3 * abs(exact.sum())
     assert final["examples"] == 1437 and final["mode"] == "eval" and final["converged"]
+    assert len(final["gauss_newton_fraction"]) == 3 and all(0 < f < 2 for f in final["gauss_newton_fraction"])
+    assert set(final["layerwise_lambda_max"]) == {"1", "3"}
+    assert max(final["layerwise_lambda_max"].values()) <= final["eigenvalues"][0] * (1 + 1e-3), "a block's λmax ≤ λmax"
     density = final["density"]
     assert len(density["grid"]) == len(density["density"]) >= 400
     assert np.all(np.diff(density["grid"]) > 0)

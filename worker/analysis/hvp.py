@@ -116,3 +116,43 @@ def layer_blocks(model: nn.Module) -> dict[str, list[str]]:
         if p.requires_grad:
             blocks.setdefault(name.rpartition(".")[0] or name, []).append(name)
     return blocks
+
+
+class GaussNewtonOperator:
+    """v ↦ G v, the Gauss–Newton part of the Hessian: G = Σ_b (n_b/N) J_bᵀ (∂²loss/∂out²) J_b.
+
+    H = G + (the part from the curvature of the network itself); for cross-entropy the outliers of the
+    spectrum live mostly in G (Papyan 2019; Sagun et al. 2017), which vᵀGv / vᵀHv measures per eigenvector.
+    Each product is a forward-mode J v, the loss's curvature in the outputs, and a backward Jᵀ u; nothing
+    of the model is changed.
+    """
+
+    def __init__(self, op: HessianOperator, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], seed: int = 0):
+        self.op, self.model, self.loss_fn, self.batches, self.seed = op, model, loss_fn, list(batches), seed
+        named = dict(model.named_parameters())
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in set(op.names)}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.products = 0
+
+    def _forward(self, params: dict[str, Tensor], x: Tensor, i: int) -> Tensor:
+        devices = [self.op.device] if self.op.device.type == "cuda" else []
+        with module_mode(self.model, self.op.mode), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + i)  # the same dropout masks as the Hessian operator's forward
+            return functional_call(self.model, {**self.fixed, **params, **dict(self.buffers)}, (x,))
+
+    def matvec(self, v: Tensor) -> Tensor:
+        params = {n: p.detach() for n, p in zip(self.op.names, self.op.params, strict=True)}
+        tangent = dict(zip(self.op.names, self.op.split(v.to(self.op.dtype)), strict=True))
+        total = torch.zeros(self.op.n, dtype=torch.float64, device=self.op.device)
+        for i, (x, y) in enumerate(self.batches):
+            out, jv = torch.func.jvp(lambda p: self._forward(p, x, i), (params,), (tangent,))
+            z = out.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss_fn(z, y), z, create_graph=True)
+            (hjv,) = torch.autograd.grad(g, z, grad_outputs=jv)
+            _, pullback = torch.func.vjp(lambda p: self._forward(p, x, i), params)
+            weight = len(y) / self.op.examples
+            total += weight * self.op.flatten([pullback(hjv)[0][n] for n in self.op.names]).double()
+        self.products += 1
+        return total
+
+    __call__ = matvec

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from backend.spec import HessianProbe, JobSpec, Schedule
 from worker.analysis import hessian as hs
-from worker.analysis.hvp import HessianOperator
+from worker.analysis.hvp import GaussNewtonOperator, HessianOperator
 
 @dataclass
 class ProbeContext:
@@ -151,6 +151,11 @@ class HessianTracker:
                 "moments": {k: list(v) for k, v in density.moments.items()},
             }
             metrics["hessian/outliers"] = float(result["density"]["outliers"])
+        if cfg.gauss_newton:
+            gn = GaussNewtonOperator(op, ctx.model, ctx.loss_fn, [(x, y)], seed=ctx.seed)
+            result["gauss_newton_fraction"] = [
+                float(top.vectors[:, i] @ gn(top.vectors[:, i])) / float(top.values[i]) for i in range(len(top.values))
+            ]
         if cfg.layerwise:
             result["layerwise_lambda_max"] = hs.layerwise_top_eigenvalues(ctx.model, ctx.loss_fn, [(x, y)], tol=cfg.tol, mode=cfg.mode)
         result["hvps"] = op.hvps
