@@ -13,9 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import hessian_topk, hessian_tracking, train_loop
+from bench import hessian_topk, hessian_trace_density, hessian_tracking, train_loop
 
-BENCHMARKS = {"train_loop": train_loop.run, "hessian_topk": hessian_topk.run, "hessian_tracking": hessian_tracking.run}
+BENCHMARKS = {"train_loop": train_loop.run, "hessian_topk": hessian_topk.run, "hessian_tracking": hessian_tracking.run,
+              "hessian_trace_density": hessian_trace_density.run}
 
 
 def main(names: list[str]) -> None:
