@@ -157,9 +157,30 @@ function renderNew(params) {
 // ---- one job -------------------------------------------------------------------------------------------
 const MAX_POINTS = 2000;
 const TRAINING_CHARTS = {
-  "loss-plot": { title: "Loss", series: ["train/loss", "val/loss"], ylog: true },
+  "loss-plot": { title: "Loss", series: ["train/loss", "val/loss"], ylog: true, smooth: ["train/loss"] },
   "acc-plot": { title: "Accuracy", series: ["train/accuracy", "val/accuracy"], ylog: false },
+  "lr-plot": { title: "Learning rate", series: ["lr"], ylog: false, steps: true },
 };
+
+// Debiased exponential moving average (as TensorBoard draws it); null values stay gaps.
+function smoothed(y, weight) {
+  let last = 0, n = 0;
+  return y.map((v) => {
+    if (v == null || !Number.isFinite(v)) return null;
+    last = weight * last + (1 - weight) * v;
+    n += 1;
+    return last / (1 - weight ** n);
+  });
+}
+
+function downloadCsv(el, filename) {
+  const rows = ["series,step,value"];
+  for (const t of el.data) t.x.forEach((x, i) => rows.push(`"${t.name}",${x},${t.y[i] ?? ""}`));
+  const link = Object.assign(document.createElement("a"), {
+    href: URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" })), download: filename });
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
 
 // The charts a job has follow from its spec: each probe adds its own views.
 function chartsFor(spec) {
@@ -221,9 +242,12 @@ async function drawDensity(id, el) {
   layout.annotations = [{ x: d.bulk_edge, yref: "paper", y: 1, text: "bulk edge", showarrow: false, yanchor: "bottom" }];
   el.dataset.step = latest.step;
   await Plotly.react(el, traces, layout, { responsive: true, displaylogo: false });
+  const button = document.querySelector(`button.csv-export[data-for="${el.id}"]`);
+  if (button) button.onclick = () => downloadCsv(el, `job${id}-density-step${latest.step}.csv`);
 }
 
-function renderJob(id) {
+function renderJob(id, params) {
+  const options = { smooth: Math.min(0.999, Math.max(0, Number(params.get("smooth") ?? 0.6))), logx: params.get("logx") === "1" };
   view.innerHTML = `
     <h1 id="job-title">Job ${id}</h1>
     <div class="toolbar">
@@ -234,6 +258,11 @@ function renderJob(id) {
     <progress id="progress-bar" max="1" value="0" aria-label="progress"></progress>
     <p id="job-stage" class="muted"></p>
     <p id="job-error" class="error-text"></p>
+    <div class="toolbar" id="view-options">
+      <label>Smoothing <input id="smoothing" type="range" min="0" max="0.99" step="0.01" value="${options.smooth}"></label>
+      <span id="smoothing-value" class="muted">${options.smooth}</span>
+      <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
+    </div>
     <div class="plots" id="plots"></div>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
@@ -264,6 +293,34 @@ function renderJob(id) {
     densityTimer = setTimeout(() => { densityTimer = null; drawDensity(id, el).catch(console.error); }, 1000);
   };
 
+  const restyleSmoothed = (el, chart) => {
+    chart.smooth.forEach((name, j) => {
+      const t = el.data[chart.series.indexOf(name)];
+      Plotly.restyle(el, { x: [t.x], y: [smoothed(t.y, options.smooth)], visible: options.smooth > 0 }, [chart.series.length + j]);
+      Plotly.restyle(el, { opacity: options.smooth > 0 ? 0.3 : 1 }, [chart.series.indexOf(name)]);
+    });
+  };
+  const addCsvButton = (el, filename) => {
+    const button = view.querySelector(`button.csv-export[data-for="${el.id}"]`);
+    if (button) button.onclick = () => downloadCsv(el, filename);
+  };
+  const keepOptions = () => {
+    const p = new URLSearchParams({ smooth: options.smooth });
+    if (options.logx) p.set("logx", "1");
+    history.replaceState(null, "", `#/jobs/${id}?${p}`);
+  };
+  view.querySelector("#smoothing").addEventListener("input", (e) => {
+    options.smooth = Number(e.target.value);
+    view.querySelector("#smoothing-value").textContent = options.smooth;
+    for (const [div, chart] of Object.entries(charts)) if (chart.smooth) restyleSmoothed(view.querySelector(`#${div}`), chart);
+    keepOptions();
+  });
+  view.querySelector("#log-x").addEventListener("change", (e) => {
+    options.logx = e.target.checked;
+    for (const div of Object.keys(charts)) Plotly.relayout(view.querySelector(`#${div}`), { "xaxis.type": options.logx ? "log" : "linear" });
+    keepOptions();
+  });
+
   let redrawing = false;
   const appendPoints = (points) => {
     let longest = 0;
@@ -280,6 +337,7 @@ function renderJob(id) {
         longest = Math.max(longest, el.data[i].x.length);
         grew = true;
       });
+      if (grew && chart.smooth) restyleSmoothed(el, chart);
       if (grew && chart.threshold) markCrossing(el, chart);
     }
     if (points["hessian/lambda_1"]) scheduleDensity();
@@ -295,16 +353,24 @@ function renderJob(id) {
     const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}`);
     const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
     for (const [div, chart] of Object.entries(charts)) {
-      const traces = chart.series.map((name) => {
+      const raw = chart.series.map((name) => {
         const s = byName[name] || { steps: [], values: [] };
         if (s.steps.length) lastStep[name] = s.steps[s.steps.length - 1];
         const isThreshold = name === chart.threshold;
         return { name: chart.labels?.[name] ?? name, x: s.steps, y: s.values, connectgaps: false,
           mode: isThreshold ? "lines" : (chart.markers || name.startsWith("val/")) ? "lines+markers" : "lines",
-          line: isThreshold ? { dash: "dash", color: "#cf222e" } : undefined };
+          line: isThreshold ? { dash: "dash", color: "#cf222e" } : chart.steps ? { shape: "hv" } : undefined,
+          opacity: chart.smooth?.includes(name) && options.smooth > 0 ? 0.3 : 1 };
+      });
+      const smooth = (chart.smooth || []).map((name) => {
+        const t = raw[chart.series.indexOf(name)];
+        return { name: `${name} (smoothed)`, x: t.x, y: smoothed(t.y, options.smooth), mode: "lines", visible: options.smooth > 0 };
       });
       const el = view.querySelector(`#${div}`);
-      await Plotly.newPlot(el, traces, plotLayout(chart.title, chart.ylog), { responsive: true, displaylogo: false });
+      const layout = plotLayout(chart.title, chart.ylog);
+      layout.xaxis.type = options.logx ? "log" : "linear";
+      await Plotly.newPlot(el, [...raw, ...smooth], layout, { responsive: true, displaylogo: false });
+      addCsvButton(el, `job${id}-${div.replace("-plot", "")}.csv`);
       if (chart.threshold) markCrossing(el, chart);
     }
     if (view.querySelector("#density-plot")) await drawDensity(id, view.querySelector("#density-plot"));
@@ -327,8 +393,10 @@ function renderJob(id) {
     source.addEventListener("end", summarize);
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
     charts = chartsFor(j.spec);
-    const divs = Object.entries(charts).map(([k, c]) => `<div id="${k}" class="plot" role="img" aria-label="${esc(c.title)} over steps"></div>`);
-    if (j.spec?.probes?.hessian?.density) divs.push(`<div id="density-plot" class="plot" role="img" aria-label="Hessian spectral density"></div>`);
+    const chartBox = (k, label) => `<div class="chart"><button class="csv-export" data-for="${k}" aria-label="export ${esc(label)} as CSV">CSV</button>
+      <div id="${k}" class="plot" role="img" aria-label="${esc(label)}"></div></div>`;
+    const divs = Object.entries(charts).map(([k, c]) => chartBox(k, `${c.title} over steps`));
+    if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
     view.querySelector("#plots").innerHTML = divs.join("");
   }).catch((err) => {
     source.close();
@@ -357,7 +425,7 @@ function route() {
   const [path, query] = (location.hash.slice(1) || "/jobs").split("?");
   const params = new URLSearchParams(query || "");
   const jobMatch = path.match(/^\/jobs\/(\d+)$/);
-  if (jobMatch) cleanup = renderJob(jobMatch[1]);
+  if (jobMatch) cleanup = renderJob(jobMatch[1], params);
   else if (path === "/new") cleanup = renderNew(params);
   else cleanup = renderJobs(params);
   document.title = `Dynascope · ${path.slice(1) || "jobs"}`;

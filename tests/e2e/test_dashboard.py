@@ -139,3 +139,37 @@ def test_submit_a_sweep_from_the_form(page, served: Serve):
     )
     names = page.eval_on_selector_all("tr.job-row td:nth-child(2)", "els => els.map(e => e.textContent)")
     assert sorted(names) == sorted(f"e2e-grid[lr={lr},seed={s}]" for lr in ("0.1", "0.2") for s in range(3))
+
+
+def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve):
+    job = served.client.post("/jobs", json=spec(steps=600, name="e2e-views")).json()
+    served.job_when(job["id"], lambda j: j["status"] == "succeeded", 120)
+    page.goto(f"/#/jobs/{job['id']}?smooth=0.9&logx=1")
+    page.wait_for_function("document.getElementById('loss-plot')?.data?.length === 3")
+    assert page.input_value("#smoothing") == "0.9" and page.is_checked("#log-x")
+    assert page.evaluate("document.getElementById('loss-plot').layout.xaxis.type") == "log"
+    api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "train/loss"}).json()["series"][0]
+    smooth = trace(page, "loss-plot", 2)
+    assert smooth["name"] == "train/loss (smoothed)" and smooth["x"] == api["steps"]
+    expected, last = [], 0.0
+    for n, v in enumerate(api["values"], start=1):  # the debiased EMA, computed independently
+        last = 0.9 * last + 0.1 * v
+        expected.append(last / (1 - 0.9**n))
+    assert smooth["y"] == pytest.approx(expected, rel=1e-9)
+    page.evaluate("(() => { const s = document.querySelector('#smoothing'); s.value = '0'; s.dispatchEvent(new Event('input')); })()")
+    page.uncheck("#log-x")
+    assert page.url.endswith(f"#/jobs/{job['id']}?smooth=0"), page.url
+    assert page.evaluate("document.getElementById('loss-plot').data[2].visible") is False
+    assert page.evaluate("document.getElementById('loss-plot').layout.xaxis.type") == "linear"
+    page.reload()
+    page.wait_for_function("document.getElementById('loss-plot')?.data?.length === 3")
+    assert page.input_value("#smoothing") == "0" and not page.is_checked("#log-x"), "the state came back from the URL"
+    with page.expect_download() as download:
+        page.click("button.csv-export[data-for='loss-plot']")
+    rows = download.value.path().read_text().strip().splitlines()
+    assert rows[0] == "series,step,value"
+    loss_rows = [r.split(",") for r in rows[1:] if r.startswith('"train/loss"')]
+    assert [int(r[1]) for r in loss_rows] == api["steps"]
+    assert [float(r[2]) for r in loss_rows] == pytest.approx(api["values"], rel=1e-12)
+    lr = trace(page, "lr-plot", 0)
+    assert set(lr["y"]) == {0.5} and lr["x"][0] == 0
