@@ -171,7 +171,7 @@ def _train(
         loss_value = loss.item()
         metrics = {"train/loss": loss_value}
         # The loss every step; the batch accuracy and the lr (a step function) where they are cheap to keep.
-        if evaluating or factor != last_factor:
+        if evaluating or factor != last_factor or step == cfg.steps - 1:
             metrics["lr"] = current_lr()
             last_factor = factor
         if evaluating and not y.is_floating_point():
