@@ -79,41 +79,40 @@ class TabularData(StrictModel):
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
 
 
-class GaussianMixtureData(StrictModel):
+class GeneratedData(StrictModel):
+    """A synthetic set drawn from its own seed (independent of the training seed)."""
+
+    examples: int = Field(2000, ge=20, le=1_000_000)
+    seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class GaussianMixtureData(GeneratedData):
     """Classes as Gaussian blobs around random centres `separation` apart (in units of the noise)."""
 
     kind: Literal["gaussian_mixture"]
-    examples: int = Field(2000, ge=10, le=1_000_000)
     dim: int = Field(20, gt=0, le=10_000)
     classes: int = Field(4, ge=2, le=1000)
     separation: float = Field(3.0, gt=0.0)
-    seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
 
 
-class TeacherStudentData(StrictModel):
+class TeacherStudentData(GeneratedData):
     """Regression on the outputs of a random tanh teacher network plus Gaussian noise (use loss: mse)."""
 
     kind: Literal["teacher_student"]
-    examples: int = Field(2000, ge=10, le=1_000_000)
     dim: int = Field(20, gt=0, le=10_000)
     teacher_width: int = Field(16, gt=0, le=4096)
     noise: float = Field(0.1, ge=0.0)
-    seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
 
 
-class OpposingFeaturesData(StrictModel):
+class OpposingFeaturesData(GeneratedData):
     """8×8 images of weak class patterns plus one strong planted patch, shared by a fraction of two classes
     with opposite meaning: the setting of opposing signals. The planted example ids are kept with the data."""
 
     kind: Literal["opposing_features"]
-    examples: int = Field(2000, ge=20, le=1_000_000)
     classes: int = Field(4, ge=2, le=100)
     strength: float = Field(4.0, gt=0.0, description="the patch's value, against class patterns of size ~1")
     share: float = Field(0.3, gt=0.0, le=1.0, description="fraction of classes 0 and 1 that carry the patch")
-    seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
 
 
 class TextData(StrictModel):

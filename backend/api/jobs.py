@@ -35,12 +35,12 @@ async def raw_spec_from_body(request: Request) -> dict:
         if not isinstance(data, dict):
             raise SpecParseError("the spec must be an object")
     except UnicodeDecodeError:
-        raise RequestValidationError([{"loc": ["body"], "msg": "the body is not UTF-8 text", "type": "encoding"}])
+        raise RequestValidationError([{"loc": ["body"], "msg": "the body is not UTF-8 text", "type": "encoding"}]) from None
     except json.JSONDecodeError as exc:
         msg = f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        raise RequestValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+        raise RequestValidationError([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]) from None
     except SpecParseError as exc:
-        raise RequestValidationError([{"loc": ["body"], "msg": str(exc), "type": "spec_invalid"}])
+        raise RequestValidationError([{"loc": ["body"], "msg": str(exc), "type": "spec_invalid"}]) from None
     return data
 
 
@@ -53,7 +53,7 @@ async def spec_from_body(request: Request) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, data)])
+        raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, data)]) from None
 
 
 _SPEC_BODY = {

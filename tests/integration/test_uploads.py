@@ -6,12 +6,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from backend.spec import JobSpec
 from tests.conftest import spec
-from tests.integration.test_api import client, field_errors, job_count  # noqa: F401 (the fixture)
+from tests.integration.test_api import field_errors, job_count
 from tests.unit.test_training import ListRecorder
 from worker.training.loop import Outcome, train
 
@@ -27,7 +26,8 @@ def upload(client, body: bytes, fmt: str = "npz", **params):
                        headers={"content-type": "application/octet-stream"})  # fmt: skip
 
 
-def blobs(rng=np.random.default_rng(0)):
+def blobs():
+    rng = np.random.default_rng(0)
     return rng.normal(size=(200, 6)).astype(np.float32), rng.integers(0, 3, size=200)
 
 

@@ -6,6 +6,7 @@ default; `train` uses batch statistics and one dropout mask per batch, fixed for
 the operator stays symmetric), and the first-order graph is kept so each product costs one double backward.
 """
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -71,7 +72,7 @@ class HessianOperator:
             buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
             with module_mode(model, mode), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed + i)
-                out = functional_call(model, {**fixed, **dict(zip(self.names, self.params)), **buffers}, (x,))
+                out = functional_call(model, {**fixed, **dict(zip(self.names, self.params, strict=True)), **buffers}, (x,))
             loss = loss_fn(out, y)
             weight = len(y) / self.examples
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
@@ -145,11 +146,12 @@ class GaussNewtonOperator:
         tangent = dict(zip(self.op.names, self.op.split(v.to(self.op.dtype)), strict=True))
         total = torch.zeros(self.op.n, dtype=torch.float64, device=self.op.device)
         for i, (x, y) in enumerate(self.batches):
-            out, jv = torch.func.jvp(lambda p: self._forward(p, x, i), (params,), (tangent,))
+            forward = functools.partial(self._forward, x=x, i=i)
+            out, jv = torch.func.jvp(forward, (params,), (tangent,))
             z = out.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.loss_fn(z, y), z, create_graph=True)
             (hjv,) = torch.autograd.grad(g, z, grad_outputs=jv)
-            _, pullback = torch.func.vjp(lambda p: self._forward(p, x, i), params)
+            _, pullback = torch.func.vjp(forward, params)
             weight = len(y) / self.op.examples
             total += weight * self.op.flatten([pullback(hjv)[0][n] for n in self.op.names]).double()
         self.products += 1

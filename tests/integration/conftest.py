@@ -1,0 +1,25 @@
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from backend.migrate import upgrade_head
+from tests.conftest import reset_caches
+
+
+@pytest.fixture
+def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("DYNASCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
+    monkeypatch.setenv("DYNASCOPE_BROKER_URL", embedded_redis)
+    monkeypatch.setenv("DYNASCOPE_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("DYNASCOPE_MAX_BODY_BYTES", "20000")
+    reset_caches()
+    upgrade_head()
+    redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).flushdb()
+    from backend.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    reset_caches()
