@@ -28,6 +28,7 @@ function renderJobs(params) {
       <label>Search <input id="search" type="search" placeholder="name" value="${esc(state.q)}"></label>
       <span id="jobs-count" class="muted"></span>
       <button id="prev-page">Previous</button><button id="next-page">Next</button>
+      ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
     </div>
     <table id="jobs-table"><thead><tr><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
@@ -419,6 +420,72 @@ function renderJob(id, params) {
   return () => { source.close(); clearTimeout(densityTimer); };
 }
 
+// ---- compare runs --------------------------------------------------------------------------------------
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const dig = (obj, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+
+function renderCompare(params) {
+  const state = { jobs: params.get("jobs") || "", sweep: params.get("sweep") || "", series: params.get("series") || "train/loss",
+    legend: params.get("legend") || "", logy: params.get("logy") === "1" };
+  view.innerHTML = `
+    <h1>Compare runs</h1>
+    <div class="toolbar">
+      <label>Jobs <input id="compare-jobs" placeholder="1,2,3" value="${esc(state.jobs)}"></label>
+      <label>Sweep <input id="compare-sweep" size="5" value="${esc(state.sweep)}"></label>
+      <label>Series <select id="compare-series"></select></label>
+      <label>Legend by <input id="compare-legend" placeholder="optimizer.lr" value="${esc(state.legend)}"></label>
+      <label><input id="compare-logy" type="checkbox" ${state.logy ? "checked" : ""}> log y</label>
+      <button id="compare-draw">Draw</button>
+    </div>
+    <div class="chart"><button class="csv-export" data-for="compare-plot" aria-label="export the comparison as CSV">CSV</button>
+      <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>`;
+  const el = view.querySelector("#compare-plot");
+  const read = () => {
+    state.jobs = view.querySelector("#compare-jobs").value.replace(/\s/g, "");
+    state.sweep = view.querySelector("#compare-sweep").value.trim();
+    state.series = view.querySelector("#compare-series").value || state.series;
+    state.legend = view.querySelector("#compare-legend").value.trim();
+    state.logy = view.querySelector("#compare-logy").checked;
+    const p = new URLSearchParams();
+    for (const k of ["jobs", "sweep", "series", "legend"]) if (state[k]) p.set(k, state[k]);
+    if (state.logy) p.set("logy", "1");
+    history.replaceState(null, "", `#/compare?${p}`);
+  };
+  const draw = async () => {
+    read();
+    let jobs = [];
+    if (state.sweep) {
+      const sweep = await api(`/sweeps/${state.sweep}`);
+      jobs = sweep.jobs;
+      if (!state.legend) state.legend = Object.keys(sweep.grid).join(",");
+      view.querySelector("#compare-legend").value = state.legend;
+    }
+    for (const id of state.jobs.split(",").filter(Boolean)) jobs.push(await api(`/jobs/${id}`));
+    const names = new Set();
+    const series = await Promise.all(jobs.map((j) => api(`/jobs/${j.id}/metrics?max_points=${MAX_POINTS}`)));
+    series.forEach((m) => m.series.forEach((s) => names.add(s.name)));
+    const select = view.querySelector("#compare-series");
+    select.innerHTML = [...names].sort().map((n) => `<option ${n === state.series ? "selected" : ""}>${esc(n)}</option>`).join("");
+    const label = (j) => state.legend ? state.legend.split(",").map((f) => `${f}=${dig(j.spec, f)}`).join(", ") : `${j.id}: ${j.name}`;
+    const traces = [];
+    jobs.forEach((j, i) => {
+      const s = series[i].series.find((t) => t.name === state.series);
+      const color = PALETTE[i % PALETTE.length];
+      if (s) traces.push({ name: label(j), x: s.steps, y: s.values, mode: state.series.startsWith("hessian/") ? "lines+markers" : "lines", legendgroup: String(j.id), line: { color } });
+      // The sharpness comes with each run's own stability threshold.
+      const t = state.series === "hessian/sharpness" && series[i].series.find((x) => x.name === "hessian/threshold");
+      if (t) traces.push({ name: `threshold (${label(j)})`, x: t.steps, y: t.values, mode: "lines", line: { dash: "dash", color }, legendgroup: String(j.id) });
+    });
+    const layout = plotLayout(`${state.series} across ${jobs.length} runs`, state.logy);
+    await Plotly.newPlot(el, traces, layout, { responsive: true, displaylogo: false });
+    view.querySelector("button.csv-export").onclick = () => downloadCsv(el, "comparison.csv");
+  };
+  view.querySelector("#compare-draw").addEventListener("click", () => draw().catch(console.error));
+  view.querySelector("#compare-series").addEventListener("change", () => draw().catch(console.error));
+  if (state.jobs || state.sweep) draw().catch(console.error);
+  return () => {};
+}
+
 // ---- router --------------------------------------------------------------------------------------------
 function route() {
   cleanup();
@@ -427,6 +494,7 @@ function route() {
   const jobMatch = path.match(/^\/jobs\/(\d+)$/);
   if (jobMatch) cleanup = renderJob(jobMatch[1], params);
   else if (path === "/new") cleanup = renderNew(params);
+  else if (path === "/compare") cleanup = renderCompare(params);
   else cleanup = renderJobs(params);
   document.title = `Dynascope · ${path.slice(1) || "jobs"}`;
 }

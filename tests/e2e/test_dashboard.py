@@ -173,3 +173,26 @@ def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve):
     assert [float(r[2]) for r in loss_rows] == pytest.approx(api["values"], rel=1e-12)
     lr = trace(page, "lr-plot", 0)
     assert set(lr["y"]) == {0.5} and lr["x"][0] == 0
+
+
+def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
+    raw = {**spec(steps=200, name="e2e-eos"), "sweep": {"optimizer.lr": [0.2, 0.5]}}
+    raw["probes"] = {"hessian": {"every": 50, "top_k": 1, "examples": 300}}
+    sweep = served.client.post("/sweeps", json=raw).json()
+    for job in sweep["jobs"]:
+        served.job_when(job["id"], lambda j: j["status"] == "succeeded", 120)
+    page.goto(f"/#/jobs?sweep={sweep['id']}")
+    page.click("#compare-sweep-link")
+    page.wait_for_function("document.querySelectorAll('#compare-series option').length > 0")
+    page.select_option("#compare-series", "hessian/sharpness")
+    page.wait_for_function("document.getElementById('compare-plot').data?.length === 4")
+    names = page.evaluate("document.getElementById('compare-plot').data.map(t => t.name)")
+    assert names == ["optimizer.lr=0.2", "threshold (optimizer.lr=0.2)", "optimizer.lr=0.5", "threshold (optimizer.lr=0.5)"]
+    for k, job in enumerate(sweep["jobs"]):
+        api = {s["name"]: s for s in served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "hessian/sharpness,hessian/threshold"}).json()["series"]}
+        assert trace(page, "compare-plot", 2 * k)["y"] == api["hessian/sharpness"]["values"]
+        assert trace(page, "compare-plot", 2 * k + 1)["y"] == api["hessian/threshold"]["values"]
+    assert "series=hessian%2Fsharpness" in page.url and f"sweep={sweep['id']}" in page.url
+    page.reload()
+    page.wait_for_function("document.getElementById('compare-plot').data?.length === 4")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "compare-sweep.png"), full_page=True)
