@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
-from backend.api import artifacts, datasets, events, health, jobs, metrics, results, specs, sweeps
+from backend.api import analyses, artifacts, datasets, events, health, jobs, metrics, results, specs, sweeps
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.services.jobs import reap_stale_jobs
@@ -115,7 +115,7 @@ def create_app() -> FastAPI:
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=(f"{API_PREFIX}/datasets",))
-    for module in (health, specs, datasets, jobs, sweeps, metrics, results, artifacts, events):
+    for module in (health, specs, datasets, jobs, sweeps, metrics, results, artifacts, analyses, events):
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"

@@ -150,6 +150,23 @@ class MetricChunk(Base):
     values: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class Analysis(Base):
+    """An analysis asked for on a checkpoint of a job (the job itself may be long finished)."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    step: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
+    stage: Mapped[str] = mapped_column(String(200), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
 class Result(Base):
     """One analysis result (a JSON document) of a job at a step."""
 

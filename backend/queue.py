@@ -7,6 +7,7 @@ from celery import Celery
 from backend.config import Settings, get_settings
 
 RUN_JOB_TASK = "dynascope.run_job"
+RUN_ANALYSIS_TASK = "dynascope.run_analysis"
 JOB_QUEUE = "jobs"
 
 
@@ -45,6 +46,10 @@ def enqueue_job(job_id: int) -> str:
     """Send only the job id; returns the Celery task id (kept in the row for revoke)."""
     result = get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
     return result.id
+
+
+def enqueue_analysis(analysis_id: int) -> str:
+    return get_celery().send_task(RUN_ANALYSIS_TASK, args=[analysis_id], queue=JOB_QUEUE).id
 
 
 def revoke(task_id: str) -> None:

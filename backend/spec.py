@@ -231,8 +231,8 @@ class Schedule(StrictModel):
         return step in self.at or (step == total and "end" in self.at)
 
 
-class HessianProbe(Schedule):
-    """The Hessian's spectrum of the training loss on a fixed sample of the training set."""
+class HessianSettings(StrictModel):
+    """What the Hessian analysis computes, on a fixed sample of the training set."""
 
     top_k: int = Field(5, ge=1, le=100, description="largest eigenvalues (with eigenvectors and residuals)")
     negative: int = Field(0, ge=0, le=20, description="most negative eigenvalues too (0: none)")
@@ -246,6 +246,17 @@ class HessianProbe(Schedule):
     layerwise: bool = False
     gauss_newton: bool = Field(False, description="per top eigenvector, the share vᵀGv/vᵀHv of its curvature")
     save_eigenvectors: bool = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
+
+
+class HessianProbe(Schedule, HessianSettings):
+    """The Hessian's spectrum during training, on a schedule."""
+
+
+class HessianAnalysis(HessianSettings):
+    """The Hessian's spectrum at a checkpoint a job kept (its last one by default), run on demand."""
+
+    kind: Literal["hessian"] = "hessian"
+    step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
 
 
 class Probes(StrictModel):

@@ -22,13 +22,13 @@ from backend.services.artifacts import ArtifactStore
 from backend.services.series import append_points
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -100,7 +100,7 @@ class DbRecorder:
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         with session_scope() as session:
-            session.add(Result(job_id=self.job_id, kind=kind, step=step, data=_json_safe(payload)))
+            session.add(Result(job_id=self.job_id, kind=kind, step=step, data=json_safe(payload)))
 
     # Flushing.
 

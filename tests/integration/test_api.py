@@ -244,3 +244,12 @@ def test_validate_tells_the_parameter_count_before_running(client):
     bad = client.post("/api/v1/specs/validate", json={**spec(), "model": {"kind": "cnn"}, "data": {"kind": "iris"}})
     assert bad.status_code == 422 and "cnn needs images" in bad.text
     assert job_count() == before
+
+
+def test_analysis_needs_a_kept_checkpoint(client):
+    job = client.post("/api/v1/jobs", json=spec()).json()
+    response = client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"top_k": 2})
+    assert "kept no checkpoint yet" in field_errors(response)["step"]
+    assert "top_k" in field_errors(client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"top_k": 0}))
+    assert client.post("/api/v1/jobs/99999/analyses", json={}).status_code == 404
+    assert client.get(f"/api/v1/jobs/{job['id']}/analyses").json() == []

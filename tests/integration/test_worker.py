@@ -176,3 +176,41 @@ def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
     cancelled = subprocess.run([*cli, "cancel", str(job["id"])], env=env, capture_output=True, text=True, timeout=60)
     assert cancelled.returncode == 0 and "stopping" in cancelled.stdout
     assert stack.wait_job(job["id"], lambda j: j["status"] in TERMINAL, 10)["status"] == "cancelled"
+
+
+def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path):
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from backend.spec import JobSpec
+    from worker.analysis.hessian import hessian_top_eigenpairs
+    from worker.training.loop import prepare
+
+    stack.start_worker()
+    raw = spec(steps=300, name="analyze-me")
+    job = stack.submit(raw)
+    stack.wait_job(job["id"], lambda j: j["status"] == "succeeded", 120)
+    bad = stack.client.post(f"/jobs/{job['id']}/analyses", json={"step": 150, "top_k": 3})
+    assert bad.status_code == 422 and "no checkpoint at step 150; it has [300]" in bad.text
+    made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"top_k": 3, "tol": 1e-6, "examples": 100_000, "density": True})
+    assert made.status_code == 201, made.text
+    assert made.json()["step"] == 300 and made.json()["status"] == "queued"
+    deadline = time.monotonic() + 120
+    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[0])["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, analysis
+        time.sleep(0.3)
+    assert analysis["status"] == "succeeded", analysis
+    [result] = stack.client.get(f"/jobs/{job['id']}/results/hessian_analysis").json()
+    assert result["step"] == 300 and result["data"]["analysis_id"] == analysis["id"]
+    # Independently: the downloaded checkpoint, the full training split, a tight Lanczos of our own.
+    checkpoint = next(a for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json() if a["kind"] == "checkpoint")
+    path = tmp_path / "final.safetensors"
+    path.write_bytes(stack.client.get(f"/jobs/{job['id']}/artifacts/{checkpoint['id']}").content)
+    run = prepare(JobSpec.model_validate(raw), torch.device("cpu"))
+    run.model.load_state_dict({k: v for k, v in load_file(str(path)).items() if "/" not in k})
+    exact = hessian_top_eigenpairs(run.model, run.loss_fn, [(run.split.x_train, run.split.y_train)], k=3, tol=1e-9)
+    assert np.allclose(result["data"]["eigenvalues"], exact.values, rtol=1e-5)
+    assert result["data"]["threshold"] == 4.0 and "density" in result["data"]
+    kinds = [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
+    assert "hessian-eigenvectors" in kinds

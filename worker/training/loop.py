@@ -3,6 +3,7 @@
 import enum
 import math
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from contextlib import nullcontext
@@ -90,18 +91,44 @@ def train(
         return Outcome.stopped
 
 
+@dataclass
+class Prepared:
+    split: data.Split
+    model: nn.Module
+    params: list[torch.Tensor]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+
+
+def prepare(spec: JobSpec, device: torch.device, uploads: Callable[[str], Path] | None = None) -> Prepared:
+    """Data, model (initialized from the spec's seed), loss and optimizer, as a run of this spec starts."""
+    torch.manual_seed(spec.train.seed)
+    context = spec.model.context if isinstance(spec.model, TransformerModel) else None
+    split = data.load(spec.data, spec.train.seed, context, uploads).to(device)
+    model = models.build(spec.model, split.input_shape, split.n_classes or 1).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0
+    loss_fn = make_loss(spec.train.loss, split.n_classes, z_loss)
+    return Prepared(split, model, params, loss_fn, make_optimizer(spec.optimizer, params))
+
+
+def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool]) -> ProbeContext:
+    current_lr = lambda: run.optimizer.param_groups[0]["lr"]  # noqa: E731
+    return ProbeContext(
+        run.model, run.loss_fn, run.split.x_train, run.split.y_train, run.split.n_classes, spec.train.seed,
+        threshold=lambda: stability_threshold(spec.optimizer, current_lr()),
+        preconditioner=lambda: adam_preconditioner(run.optimizer, run.params, spec.optimizer),
+        adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
+        should_stop=should_stop,
+    )  # fmt: skip
+
+
 def _train(
     spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None, uploads: Callable[[str], Path] | None
 ) -> Outcome:
     cfg = spec.train
-    torch.manual_seed(cfg.seed)
-    context = spec.model.context if isinstance(spec.model, TransformerModel) else None
-    split = data.load(spec.data, cfg.seed, context, uploads).to(device)
-    model = models.build(spec.model, split.input_shape, split.n_classes or 1).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0
-    loss_fn = make_loss(cfg.loss, split.n_classes, z_loss)
-    optimizer = make_optimizer(spec.optimizer, params)
+    run = prepare(spec, device, uploads)
+    split, model, params, loss_fn, optimizer = run.split, run.model, run.params, run.loss_fn, run.optimizer
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     sam = SAM(spec.optimizer.rho) if isinstance(spec.optimizer, SAMOptimizer) else None
     autocast = (
@@ -111,13 +138,7 @@ def _train(
     )
     current_lr = lambda: optimizer.param_groups[0]["lr"]  # noqa: E731
     probes = build_probes(spec)
-    ctx = ProbeContext(
-        model, loss_fn, split.x_train, split.y_train, split.n_classes, cfg.seed,
-        threshold=lambda: stability_threshold(spec.optimizer, current_lr()),
-        preconditioner=lambda: adam_preconditioner(optimizer, params, spec.optimizer),
-        adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
-        should_stop=recorder.should_stop,
-    )  # fmt: skip
+    ctx = probe_context(spec, run, recorder.should_stop)
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)

@@ -1,0 +1,61 @@
+from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+
+from backend import queue
+from backend.api.deps import SessionDep, get_job_or_404
+from backend.models import Analysis, Artifact
+from backend.schemas import UTCTime
+from backend.spec import HessianAnalysis
+
+router = APIRouter(prefix="/jobs", tags=["analyses"])
+
+
+class AnalysisOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    kind: str
+    step: int
+    params: dict
+    status: str
+    stage: str
+    error: str | None
+    created_at: UTCTime
+    finished_at: UTCTime | None
+
+
+@router.post("/{job_id}/analyses", status_code=201, response_model=AnalysisOut)
+def create_analysis(job_id: int, request: HessianAnalysis, session: SessionDep) -> AnalysisOut:
+    """Analyze a checkpoint the job kept (the latest by default); results land under `hessian_analysis`."""
+    get_job_or_404(session, job_id)
+    steps = list(
+        session.scalars(
+            select(Artifact.step).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").order_by(Artifact.step)
+        )
+    )
+    if not steps:
+        raise RequestValidationError([{"loc": ["body", "step"], "msg": f"job {job_id} has kept no checkpoint yet", "type": "no_checkpoint"}])
+    step = steps[-1] if request.step is None else request.step
+    if step not in steps:
+        msg = f"job {job_id} has no checkpoint at step {step}; it has {steps}"
+        raise RequestValidationError([{"loc": ["body", "step"], "msg": msg, "type": "no_checkpoint"}])
+    analysis = Analysis(job_id=job_id, kind=request.kind, step=step, params=request.model_dump(mode="json"))
+    session.add(analysis)
+    session.commit()
+    try:
+        queue.enqueue_analysis(analysis.id)
+    except Exception as exc:
+        session.delete(analysis)
+        session.commit()
+        raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
+    return AnalysisOut.model_validate(analysis)
+
+
+@router.get("/{job_id}/analyses", response_model=list[AnalysisOut])
+def list_analyses(job_id: int, session: SessionDep) -> list[AnalysisOut]:
+    get_job_or_404(session, job_id)
+    rows = session.scalars(select(Analysis).where(Analysis.job_id == job_id).order_by(Analysis.id))
+    return [AnalysisOut.model_validate(a) for a in rows]
