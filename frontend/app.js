@@ -265,6 +265,12 @@ function renderJob(id, params) {
       <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
     </div>
     <div class="plots" id="plots"></div>
+    <h2>Analyses of kept checkpoints</h2>
+    <div class="toolbar">
+      <button id="analyze-hessian">Hessian of the latest checkpoint</button>
+      <span class="muted">top-5 eigenvalues, most negative, trace and density, on up to 1,000 training examples</span>
+    </div>
+    <table id="analyses-table"><thead><tr><th>ID</th><th>Step</th><th>Status</th><th>Stage</th><th>Top eigenvalues</th><th>Trace</th><th>Outliers</th></tr></thead><tbody></tbody></table>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
   let job = null;
@@ -408,6 +414,31 @@ function renderJob(id, params) {
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
   source.addEventListener("end", () => { source.close(); scheduleDensity(); });
 
+  let analysesTimer = null;
+  const showAnalyses = async () => {
+    const [rows, results] = await Promise.all([api(`/jobs/${id}/analyses`), api(`/jobs/${id}/results/hessian_analysis`)]);
+    const byId = Object.fromEntries(results.map((r) => [r.data.analysis_id, r.data]));
+    const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
+    view.querySelector("#analyses-table tbody").innerHTML = rows.map((a) => {
+      const r = byId[a.id] || {};
+      return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
+        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${(r.eigenvalues || []).map(fmt).join(", ")}</td>
+        <td>${r.trace ? `${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : ""}</td><td>${r.density ? `≈${r.density.outliers} (${r.n_classes} classes)` : ""}</td></tr>`;
+    }).join("");
+    clearTimeout(analysesTimer);
+    if (rows.some((a) => !TERMINAL.has(a.status))) analysesTimer = setTimeout(() => showAnalyses().catch(console.error), 1000);
+  };
+  showAnalyses().catch(console.error);
+  view.querySelector("#analyze-hessian").addEventListener("click", async () => {
+    try {
+      await api(`/jobs/${id}/analyses`, { method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ kind: "hessian", top_k: 5, negative: 1, trace: true, density: true }) });
+    } catch (err) {
+      alert(err.body?.detail?.[0]?.msg ?? String(err));
+    }
+    showAnalyses().catch(console.error);
+  });
+
   view.querySelector("#cancel-job").addEventListener("click", async () => {
     view.querySelector("#cancel-job").disabled = true;
     showJob(await api(`/jobs/${id}/cancel`, { method: "POST" }));
@@ -417,7 +448,7 @@ function renderJob(id, params) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => { source.close(); clearTimeout(densityTimer); };
+  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); };
 }
 
 // ---- compare runs --------------------------------------------------------------------------------------

@@ -196,3 +196,15 @@ def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
     page.reload()
     page.wait_for_function("document.getElementById('compare-plot').data?.length === 4")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "compare-sweep.png"), full_page=True)
+
+
+def test_hessian_of_the_latest_checkpoint_from_the_job_page(page, served: Serve):
+    job = served.client.post("/jobs", json=spec(steps=200, name="e2e-analyze")).json()
+    served.job_when(job["id"], lambda j: j["status"] == "succeeded", 120)
+    page.goto(f"/#/jobs/{job['id']}")
+    page.click("#analyze-hessian")
+    page.wait_for_selector("#analyses-table td.status.succeeded", timeout=120_000)
+    [result] = served.client.get(f"/jobs/{job['id']}/results/hessian_analysis").json()
+    row = page.inner_text("#analyses-table tbody tr")
+    assert f"{result['data']['eigenvalues'][0]:.4g}" in row and "classes" in row
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "checkpoint-analysis.png"), full_page=True)
