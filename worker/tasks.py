@@ -8,8 +8,6 @@ from datetime import timedelta
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
-from safetensors import safe_open
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -23,6 +21,7 @@ from backend.services.artifacts import LocalArtifactStore
 from backend.spec import HessianAnalysis, JobSpec
 from worker.recorder import DbRecorder, json_safe
 from worker.training.analyses import analyze_checkpoint
+from worker.training import checkpoint
 from worker.training.checkpoint import TrainState, unpack
 from worker.training.loop import Outcome, train
 from worker.training.models import pick_device
@@ -45,11 +44,8 @@ def _resume_state(session: Session, job_id: int, store: LocalArtifactStore) -> T
     artifact = job_service.latest_checkpoint(session, job_id)
     if artifact is None:
         return None
-    path = store.path(artifact.id)
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {}
     try:
-        return unpack(load_file(str(path)), metadata)
+        return unpack(*checkpoint.read(store.path(artifact.id)))
     except (ValueError, KeyError):
         log.warning("job %s: checkpoint %s is not resumable; starting over", job_id, artifact.id)
         return None
@@ -99,7 +95,7 @@ def run_job(job_id: int) -> str:
         if outcome is Outcome.finished:
             job_service.transition(session, job_id, JobStatus.succeeded, ours, progress=1.0, stage="done")
         elif outcome is Outcome.diverged:
-            job_service.transition(session, job_id, JobStatus.diverged, ours, stage="diverged: non-finite loss")
+            job_service.transition(session, job_id, JobStatus.diverged, ours)  # the stage says at which step, why
         elif outcome is Outcome.stopped:
             job_service.transition(session, job_id, JobStatus.cancelled, ours, stage="cancelled")
         else:
@@ -137,10 +133,8 @@ def run_analysis(analysis_id: int) -> str:
     try:
         if artifact is None:
             raise FileNotFoundError(f"job {job_id} has no checkpoint at step {step} any more")
-        path = str(store.path(artifact.id))
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata() or {}
-        output = analyze_checkpoint(spec, request, step, load_file(path), metadata, device, store.path, stage)
+        tensors, metadata = checkpoint.read(store.path(artifact.id))
+        output = analyze_checkpoint(spec, request, step, tensors, metadata, device, store.path, stage)
     except Exception:
         with session_scope() as session:
             session.execute(

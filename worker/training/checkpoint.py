@@ -6,9 +6,11 @@ under `optimizer/…` and `rng/…`, with non-tensor values as JSON in the file'
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 FORMAT = "dynascope-train-state/1"
@@ -52,6 +54,12 @@ def pack(state: TrainState) -> tuple[dict[str, Tensor], dict[str, str]]:
         "optimizer_scalars": json.dumps(scalars),
     }
     return tensors, metadata
+
+
+def read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata (plain data: reading it never runs code)."""
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118 (not a dict)
 
 
 def unpack(tensors: dict[str, Tensor], metadata: dict[str, str]) -> TrainState:
