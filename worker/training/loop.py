@@ -167,7 +167,8 @@ def _train(
             cursor, first_loss, train_seconds, spent,
         )  # fmt: skip
 
-    last_factor = math.nan
+    # (A resumed run knows the lr it last logged: the series matches an uninterrupted run's exactly.)
+    last_factor = lr_factor(cfg.schedule, start - 1, cfg.steps) if start else math.nan
     for step in range(start, cfg.steps):
         if recorder.should_stop():
             return Outcome.stopped
