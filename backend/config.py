@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     artifact_dir: Path = DATA_DIR / "artifacts"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Host headers the API answers (others get 400: no DNS rebinding); add the name users reach it by.
+    allowed_hosts: list[str] = ["127.0.0.1", "localhost", "[::1]"]
+    # Browser origins allowed to call the API from elsewhere (none by default; never "*").
+    cors_origins: list[str] = []
 
     # Limits.
     max_body_bytes: int = 1_000_000
@@ -42,6 +46,8 @@ class Settings(BaseSettings):
         # Redis redelivers an unacked job after the visibility timeout: it must outlast any job.
         if not self.job_soft_time_limit < self.job_hard_time_limit < self.visibility_timeout:
             raise ValueError("need job_soft_time_limit < job_hard_time_limit < visibility_timeout")
+        if "*" in self.cors_origins:
+            raise ValueError("cors_origins must list origins explicitly, not *")
         if self.heartbeat_interval * 2 > self.heartbeat_timeout:
             raise ValueError("heartbeat_timeout must be at least twice heartbeat_interval")
         return self

@@ -20,6 +20,6 @@ def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch)
     redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).flushdb()
     from backend.main import create_app
 
-    with TestClient(create_app()) as test_client:
+    with TestClient(create_app(), base_url="http://127.0.0.1") as test_client:
         yield test_client
     reset_caches()

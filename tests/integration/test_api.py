@@ -253,3 +253,16 @@ def test_analysis_needs_a_kept_checkpoint(client):
     assert "top_k" in field_errors(client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"top_k": 0}))
     assert client.post("/api/v1/jobs/99999/analyses", json={}).status_code == 404
     assert client.get(f"/api/v1/jobs/{job['id']}/analyses").json() == []
+
+
+def test_only_allowed_hosts_are_answered(client):
+    assert client.get("/api/v1/health", headers={"host": "evil.example"}).status_code == 400
+    assert client.get("/api/v1/health", headers={"host": "localhost:8000"}).status_code == 200
+
+
+def test_security_headers_on_pages_and_api(client):
+    for path in ("/", "/api/v1/health", "/api/v1/jobs/999999"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+    assert "access-control-allow-origin" not in client.get("/api/v1/health", headers={"origin": "http://evil.example"}).headers

@@ -23,3 +23,9 @@ def test_defaults_are_the_embedded_mode(monkeypatch):
     settings = Settings()
     assert settings.database_url.startswith("sqlite:///") and settings.broker_url == ""
     assert settings.host == "127.0.0.1" and settings.port == 8000
+
+
+def test_cors_refuses_a_wildcard(monkeypatch):
+    monkeypatch.setenv("DYNASCOPE_CORS_ORIGINS", '["*"]')
+    with pytest.raises(ValidationError, match="not \\*"):
+        Settings()
