@@ -18,7 +18,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
-from backend.api import analyses, artifacts, datasets, events, health, jobs, metrics, results, specs, sweeps
+from backend.api import (
+    analyses,
+    artifacts,
+    datasets,
+    events,
+    health,
+    jobs,
+    metrics,
+    results,
+    specs,
+    sweeps,
+)
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.services.jobs import reap_stale_jobs

@@ -94,3 +94,32 @@ class Health(BaseModel):
     status: str
     database: str
     version: str
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    source_format: str
+    examples: int
+    input_shape: list[int]
+    classes: int | None
+    size: int
+    sha256: str
+    created_at: UTCTime
+
+
+class AnalysisOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    kind: str
+    step: int
+    params: dict
+    status: str
+    stage: str
+    error: str | None
+    created_at: UTCTime
+    finished_at: UTCTime | None

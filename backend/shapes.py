@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from backend.models import Dataset
-from backend.spec import CNNModel, Data, JobSpec, MLPModel, ResNetModel, TransformerModel
+from backend.spec import (
+    CNNModel,
+    Data,
+    JobSpec,
+    MLPModel,
+    ResNetModel,
+    TransformerModel,
+)
 
 _TABULAR = {"iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 2)}
 

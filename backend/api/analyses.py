@@ -1,30 +1,14 @@
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from backend import queue
-from backend.api.deps import SessionDep, get_job_or_404
+from backend.api.deps import SessionDep, get_job_or_404, send_or_undo
 from backend.models import Analysis, Artifact
-from backend.schemas import UTCTime
+from backend.schemas import AnalysisOut
 from backend.spec import HessianAnalysis
 
 router = APIRouter(prefix="/jobs", tags=["analyses"])
-
-
-class AnalysisOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    job_id: int
-    kind: str
-    step: int
-    params: dict
-    status: str
-    stage: str
-    error: str | None
-    created_at: UTCTime
-    finished_at: UTCTime | None
 
 
 @router.post("/{job_id}/analyses", status_code=201, response_model=AnalysisOut)
@@ -45,12 +29,7 @@ def create_analysis(job_id: int, request: HessianAnalysis, session: SessionDep) 
     analysis = Analysis(job_id=job_id, kind=request.kind, step=step, params=request.model_dump(mode="json"))
     session.add(analysis)
     session.commit()
-    try:
-        queue.enqueue_analysis(analysis.id)
-    except Exception as exc:
-        session.delete(analysis)
-        session.commit()
-        raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
+    send_or_undo(session, lambda: queue.enqueue_analysis(analysis.id), undo=analysis)
     return AnalysisOut.model_validate(analysis)
 
 

@@ -2,31 +2,16 @@ import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import SessionDep, SettingsDep
 from backend.models import Dataset
-from backend.schemas import UTCTime
+from backend.schemas import DatasetOut
 from backend.services.artifacts import LocalArtifactStore
 from backend.services.uploads import UploadError, parse_csv, parse_npz
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-
-
-class DatasetOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    name: str
-    source_format: str
-    examples: int
-    input_shape: list[int]
-    classes: int | None
-    size: int
-    sha256: str
-    created_at: UTCTime
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

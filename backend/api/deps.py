@@ -1,6 +1,7 @@
 """Typed dependencies the routers share."""
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
@@ -16,8 +17,23 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
+log = logging.getLogger(__name__)
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def send_or_undo(session: Session, send: Callable[[], object], undo: object) -> None:
+    """Send to the queue what was just committed; if the broker is down, delete `undo` (the job, its sweep or
+    the analysis) and answer 503. A message already sent then finds no row and is skipped."""
+    try:
+        send()
+    except Exception as exc:
+        log.exception("could not queue %r", undo)
+        session.rollback()
+        session.delete(undo)
+        session.commit()
+        raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
+    session.commit()
 
 
 def get_job_or_404(session: Session, job_id: int) -> Job:

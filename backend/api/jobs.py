@@ -5,15 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-
-from backend import queue
-from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
 from sqlalchemy.orm import Session
 
+from backend import queue
+from backend.api.deps import SessionDep, SettingsDep, get_job_or_404, send_or_undo
 from backend.models import Dataset, Job, JobStatus
-from backend.shapes import misfit
 from backend.schemas import JobOut, JobPage
 from backend.services import jobs as job_service
+from backend.shapes import misfit
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
 
 log = logging.getLogger(__name__)
@@ -88,22 +87,13 @@ def create_job(
     check_upload(session, spec)
     job = job_service.create_job(session, spec, settings.max_attempts)
     session.commit()
-    enqueue_or_undo(session, [job], undo=job)
+    send_or_undo(session, lambda: queue_jobs([job]), undo=job)
     return JobOut.model_validate(job)
 
 
-def enqueue_or_undo(session: Session, jobs: list[Job], undo: object) -> None:
-    """Queue each job's id; if the broker is down, delete `undo` (the job, or its sweep) and answer 503."""
-    try:
-        for job in jobs:
-            job.celery_task_id = queue.enqueue_job(job.id)
-    except Exception as exc:  # leave nothing behind; a message already sent finds no row and is skipped
-        log.exception("could not queue jobs %s", [j.id for j in jobs])
-        session.rollback()
-        session.delete(undo)
-        session.commit()
-        raise HTTPException(503, detail=f"the job queue is unreachable: {exc}") from None
-    session.commit()
+def queue_jobs(jobs: list[Job]) -> None:
+    for job in jobs:
+        job.celery_task_id = queue.enqueue_job(job.id)
 
 
 @router.get("", response_model=JobPage)

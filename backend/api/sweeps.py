@@ -4,8 +4,8 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
-from backend.api.deps import SessionDep, SettingsDep
-from backend.api.jobs import check_upload, enqueue_or_undo, raw_spec_from_body
+from backend.api.deps import SessionDep, SettingsDep, send_or_undo
+from backend.api.jobs import check_upload, queue_jobs, raw_spec_from_body
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
@@ -48,7 +48,7 @@ def create_sweep(raw: Annotated[dict, Depends(raw_spec_from_body)], session: Ses
     session.flush()
     jobs = [job_service.create_job(session, spec, settings.max_attempts, sweep, params) for params, spec in children]
     session.commit()
-    enqueue_or_undo(session, jobs, undo=sweep)
+    send_or_undo(session, lambda: queue_jobs(jobs), undo=sweep)
     return _out(sweep, jobs)
 
 
