@@ -1,0 +1,456 @@
+"""Loss landscapes: random filter-normalized directions, surfaces and lines through weight space, and the
+plane of a training trajectory. Pure PyTorch numerics; knows nothing of jobs, queues or storage.
+
+Conventions (stored with every result):
+- a point is θ = centre + Σ_k c_k·d_k over named tensors (parameters, and for interpolation, float buffers);
+- a 2-D surface is `surface[i, j] = L(centre + xs[i]·d1 + ys[j]·d2)` ('ij' indexing); grids are symmetric
+  with an odd number of points, so the centre is a grid point exactly;
+- L is the mean loss over a fixed evaluation set, the model in eval mode (BatchNorm with the centre's running
+  statistics) unless `batch_norm="recompute"`.
+"""
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Weights = dict[str, Tensor]
+Batches = Sequence[tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Normalization = Literal["filter", "layer", "none"]
+
+# The precomputed outputs of the input layer (see PlaneEvaluator) may use at most this much memory.
+PRECOMPUTE_BYTES = 512 * 2**20
+
+
+def weights_of(model: nn.Module) -> Weights:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def random_direction(
+    weights: Weights,
+    generator: torch.Generator,
+    normalization: Normalization = "filter",
+    include_bias_bn: bool = False,
+) -> Weights:
+    """A Gaussian direction scaled like the weights (Li et al. 2018, "Visualizing the Loss Landscape").
+
+    `filter`: each slice along dim 0 (a convolution's output filter, a linear layer's neuron, an embedding's
+    row) gets the norm of the same slice of the weights; `layer`: each tensor gets the tensor's norm; `none`:
+    the raw N(0, 1) draw. Tensors of dim ≤ 1 (biases, normalization scales) get a zero direction unless
+    `include_bias_bn`, in which case each is treated as one filter. The draw happens on the CPU in float32, so
+    one seed gives the same direction on any device.
+    """
+    out = {}
+    for name, w in weights.items():
+        d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
+        if w.dim() <= 1 and not include_bias_bn:
+            d.zero_()
+        elif normalization == "filter" and w.dim() > 1:
+            rows_w = w.reshape(w.shape[0], -1).norm(dim=1)
+            rows_d = d.reshape(d.shape[0], -1).norm(dim=1)
+            d.mul_((rows_w / rows_d.clamp_min(1e-30)).view(-1, *([1] * (w.dim() - 1))))
+        elif normalization != "none":
+            d.mul_(w.norm() / d.norm().clamp_min(1e-30))
+        out[name] = d
+    return out
+
+
+def dot(a: Weights, b: Weights) -> float:
+    return float(sum((a[k].double() * b[k].double()).sum() for k in a))
+
+
+def random_directions(
+    weights: Weights,
+    count: int,
+    seed: int,
+    normalization: Normalization = "filter",
+    include_bias_bn: bool = False,
+    orthogonalize: bool = False,
+) -> list[Weights]:
+    """`count` directions from one seeded generator, in order; with `orthogonalize`, each later direction has
+    its components along the earlier ones removed (Gram–Schmidt) and is scaled back to its former norm, so the
+    per-filter norms then hold only approximately."""
+    gen = torch.Generator().manual_seed(seed)
+    dirs = [random_direction(weights, gen, normalization, include_bias_bn) for _ in range(count)]
+    if orthogonalize:
+        for k in range(1, count):
+            norm = math.sqrt(dot(dirs[k], dirs[k]))
+            for prev in dirs[:k]:
+                coef = dot(dirs[k], prev) / dot(prev, prev)
+                dirs[k] = {n: t - coef * prev[n] for n, t in dirs[k].items()}
+            scale = norm / math.sqrt(dot(dirs[k], dirs[k]))
+            dirs[k] = {n: t * scale for n, t in dirs[k].items()}
+    return dirs
+
+
+def symmetric_grid(steps: int, span: float) -> np.ndarray:
+    """`steps` points from -span to span, the middle one exactly 0."""
+    if steps < 1 or steps % 2 == 0:
+        raise ValueError(f"a symmetric grid needs an odd number of points (got {steps})")
+    if steps == 1:
+        return np.zeros(1)
+    half = (steps - 1) // 2
+    return span * (np.arange(-half, half + 1, dtype=np.float64) / half)
+
+
+@dataclass
+class PointValue:
+    loss: float
+    accuracy: float | None
+
+
+class _Precomputed(nn.Module):
+    """Stands in for the input layer: its output at any point of the plane, from outputs computed once."""
+
+    def __init__(self, base: list[Tensor], along: list[list[Tensor]]) -> None:
+        super().__init__()
+        self.base, self.along = base, along
+        self.batch = 0
+        self.coeffs: Sequence[float] = ()
+
+    def forward(self, _: Tensor) -> Tensor:
+        out = self.base[self.batch].clone()
+        for c, z in zip(self.coeffs, self.along):
+            if c:
+                out.add_(z[self.batch], alpha=c)
+        return out
+
+
+class PlaneEvaluator:
+    """Loss (and accuracy) at centre + Σ c_k·d_k for many coefficient vectors c, evaluated in place.
+
+    The model's tensors are overwritten at each point and restored by `restore()` (or on leaving `session()`).
+    When the first layer reads the raw input and is a linear map of its weights (Linear, Conv1d/2d/3d), its
+    output is linear in the coefficients: it is computed once per direction and combined at each point, which
+    saves that layer's cost at every point (exact up to float rounding).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Batches,
+        centre: Weights,
+        directions: Sequence[Weights],
+        *,
+        batch_norm: Literal["eval", "recompute"] = "eval",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        precompute: bool = True,
+    ) -> None:
+        self.model, self.loss_fn, self.batch_norm = model, loss_fn, batch_norm
+        self.directions = list(directions)
+        state = dict(model.named_parameters()) | dict(model.named_buffers())
+        self._saved = {n: state[n].detach().clone() for n in centre}
+        self._bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._bn_saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in self._bn]
+        if channels_last is None:  # oneDNN's channels-last convolutions are much faster on CPUs
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            channels_last = on_cpu and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self._channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.batches = [(x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x, y) for x, y in batches]
+        moving = [n for n in centre if any(n in d and bool(d[n].any()) for d in self.directions)]
+        self._swap: tuple[nn.Module, str, nn.Module, _Precomputed] | None = None
+        if precompute and batch_norm == "eval":
+            moving = [n for n in moving if n not in self._precompute_input_layer(centre)]
+        # every perturbed tensor is reset to the centre at each point, the others only once
+        with torch.no_grad():
+            for n in centre:
+                state[n].copy_(centre[n])
+        self._targets = [state[n] for n in moving]
+        self._centre = [centre[n].to(state[n]) for n in moving]
+        self._along = [[d[n].to(state[n]) if n in d else torch.zeros_like(state[n]) for n in moving] for d in self.directions]
+        self._forward: Callable[[Tensor], Tensor] = torch.compile(model) if compile else model
+
+    @torch.no_grad()
+    def _precompute_input_layer(self, centre: Weights) -> set[str]:
+        """Swap the input layer for its precomputed outputs when that is exact and fits; its tensors' names."""
+        x0 = self.batches[0][0]
+        calls: dict[nn.Module, int] = {}
+        reads_input: list[nn.Module] = []
+
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            calls[module] = calls.get(module, 0) + 1
+            inp = args[0] if args else None
+            if isinstance(inp, Tensor) and inp.untyped_storage().data_ptr() == x0.untyped_storage().data_ptr():
+                reads_input.append(module)
+
+        handles = [m.register_forward_pre_hook(hook) for m in self.model.modules() if m is not self.model]
+        try:
+            self.model.eval()
+            self.model(x0[:2])
+        finally:
+            for h in handles:
+                h.remove()
+        linear = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        if len(reads_input) != 1 or not isinstance(reads_input[0], linear) or calls[reads_input[0]] != 1:
+            return set()
+        layer = reads_input[0]
+        path = next(n for n, m in self.model.named_modules() if m is layer)
+        own = {(f"{path}.{k}"): k for k, _ in layer.named_parameters(recurse=False)}
+        if any(n not in centre for n in own):
+            return set()
+        per_example = math.prod(layer(x0[:1]).shape[1:]) * x0.element_size()
+        if per_example * sum(len(x) for x, _ in self.batches) * (1 + len(self.directions)) > PRECOMPUTE_BYTES:
+            return set()
+
+        def outputs(values: dict[str, Tensor]) -> list[Tensor]:
+            return [torch.func.functional_call(layer, values, (x,)) for x, _ in self.batches]
+
+        params = dict(layer.named_parameters(recurse=False))
+        base = outputs({k: centre[n].to(params[k]) for n, k in own.items()})
+        along = [outputs({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions]
+        parent_path, _, attr = path.rpartition(".")
+        parent = self.model.get_submodule(parent_path)
+        stand_in = _Precomputed(base, along)
+        setattr(parent, attr, stand_in)
+        self._swap = (parent, attr, layer, stand_in)
+        return set(own)
+
+    @torch.no_grad()
+    def __call__(self, coeffs: Sequence[float]) -> PointValue:
+        if self._targets:
+            torch._foreach_copy_(self._targets, self._centre)
+            for c, d in zip(coeffs, self._along):
+                if c:
+                    torch._foreach_add_(self._targets, d, alpha=float(c))
+        if self._swap is not None:
+            self._swap[3].coeffs = coeffs
+        if self.batch_norm == "recompute" and self._bn:
+            self._recompute_batch_norm()
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
+        correct = torch.zeros((), dtype=torch.int64, device=total.device)
+        examples, targets = 0, 0
+        classify = not self.batches[0][1].is_floating_point()
+        for b, (x, y) in enumerate(self.batches):
+            if self._swap is not None:
+                self._swap[3].batch = b
+            out = self._forward(x)
+            total += self.loss_fn(out, y).double() * len(y)
+            examples += len(y)
+            if classify:
+                correct += (out.argmax(-1) == y).sum()
+                targets += y.numel()
+        return PointValue(float(total) / examples, int(correct) / targets if classify else None)
+
+    def _recompute_batch_norm(self) -> None:
+        """BatchNorm statistics of this point: the cumulative average over the evaluation set's batches."""
+        for m in self._bn:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        for b, (x, _) in enumerate(self.batches):
+            if self._swap is not None:
+                self._swap[3].batch = b
+            self.model(x)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self._swap is not None:
+            parent, attr, layer, _ = self._swap
+            setattr(parent, attr, layer)
+            self._swap = None
+        state = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        for m, (saved, momentum) in zip(self._bn, self._bn_saved):
+            m.load_state_dict(saved)
+            m.momentum = momentum
+        if self._channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        for n, t in self._saved.items():
+            state[n].copy_(t)
+
+    @contextmanager
+    def session(self) -> Iterator["PlaneEvaluator"]:
+        try:
+            yield self
+        finally:
+            self.restore()
+
+
+def coarse_to_fine(n: int) -> list[int]:
+    """Indices 0..n-1 ordered so that every prefix covers the axis evenly: ends and centre, then halvings."""
+    order: list[int] = []
+    seen: set[int] = set()
+    stride = 1 << max(0, (n - 1).bit_length() - 1)
+    while True:
+        for i in [*range(0, n, stride), n - 1, (n - 1) // 2]:
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        if stride == 1:
+            return order
+        stride //= 2
+
+
+def grid_order(n: int, m: int) -> list[tuple[int, int]]:
+    """All (i, j) of an n×m grid, coarse levels first, so a partial surface already spans the whole plane."""
+    rank_i = {i: r for r, i in enumerate(coarse_to_fine(n))}
+    rank_j = {j: r for r, j in enumerate(coarse_to_fine(m))}
+    return sorted(((i, j) for i in range(n) for j in range(m)), key=lambda p: (max(rank_i[p[0]], rank_j[p[1]]), p))
+
+
+@dataclass
+class Surface:
+    xs: np.ndarray
+    ys: np.ndarray
+    loss: np.ndarray  # [len(xs), len(ys)]; NaN where not evaluated (adaptive) or not finite
+    accuracy: np.ndarray | None
+    evaluated: np.ndarray  # bool mask of the points actually computed (the rest interpolated)
+
+
+Progress = Callable[[list[tuple[int, int]], Surface], None]
+
+
+def loss_surface(
+    evaluate: Callable[[Sequence[float]], PointValue],
+    xs: np.ndarray,
+    ys: np.ndarray | None = None,
+    *,
+    chunk: int = 64,
+    progress: Progress | None = None,
+) -> Surface:
+    """L on the grid xs × ys (1-D when ys is None: the result has shape [len(xs), 1]), coarse levels first;
+    `progress` gets each finished chunk of points and the partial surface (it may raise to stop)."""
+    ys_ = np.zeros(1) if ys is None else ys
+    surf = Surface(xs, ys_, np.full((len(xs), len(ys_)), np.nan), None, np.zeros((len(xs), len(ys_)), bool))
+    acc = np.full_like(surf.loss, np.nan)
+    points = grid_order(len(xs), len(ys_))
+    for start in range(0, len(points), chunk):
+        done = points[start : start + chunk]
+        for i, j in done:
+            value = evaluate((xs[i], ys_[j]) if ys is not None else (xs[i],))
+            surf.loss[i, j] = value.loss if math.isfinite(value.loss) else np.nan
+            if value.accuracy is not None:
+                acc[i, j] = value.accuracy
+                surf.accuracy = acc
+            surf.evaluated[i, j] = True
+        if progress is not None:
+            progress(done, surf)
+    return surf
+
+
+def adaptive_surface(
+    evaluate: Callable[[Sequence[float]], PointValue],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    *,
+    budget: float = 0.25,
+    tol: float = 0.002,
+    progress: Progress | None = None,
+) -> Surface:
+    """A fine-grid surface from a fraction of its points.
+
+    A coarse grid (every s-th point) is interpolated by a bicubic spline in log space (losses vary over
+    decades). One point near the middle of each coarse cell is then computed and compared with the spline;
+    cells whose relative miss exceeds `tol` are computed in full, worst first, while the budget (a fraction
+    of all points; the coarse grid and the checks are always computed) lasts. Every other point gets the
+    spline's value corrected by the misses at the computed points around it, interpolated linearly (this
+    removes most of the ringing a sharp feature leaves in a spline); `evaluated` marks the computed points.
+    """
+    from scipy.interpolate import LinearNDInterpolator, RectBivariateSpline
+
+    n, m = len(xs), len(ys)
+    s = next((s for s in (5, 4, 3, 2) if (n - 1) % s == 0 and (m - 1) % s == 0 and min(n - 1, m - 1) // s >= 8), 0)
+    if not s:
+        raise ValueError(f"the adaptive mode needs a grid of k·s + 1 points per axis with s in 2..5, k ≥ 8 (got {n}×{m})")
+    surf = Surface(xs, ys, np.full((n, m), np.nan), None, np.zeros((n, m), bool))
+    acc = np.full((n, m), np.nan)
+
+    def compute(points: list[tuple[int, int]]) -> None:
+        todo = [p for p in points if not surf.evaluated[p]]
+        for i, j in todo:
+            value = evaluate((xs[i], ys[j]))
+            surf.loss[i, j] = value.loss
+            if value.accuracy is not None:
+                acc[i, j] = value.accuracy
+                surf.accuracy = acc
+            surf.evaluated[i, j] = True
+        if progress is not None and todo:
+            progress(todo, surf)
+
+    ci, cj = np.arange(0, n, s), np.arange(0, m, s)
+    compute([(i, j) for i in ci for j in cj])
+    coarse = np.log(np.maximum(surf.loss[np.ix_(ci, cj)], 1e-30))
+
+    filled = np.exp(RectBivariateSpline(xs[ci], ys[cj], coarse, kx=3, ky=3)(xs, ys))
+    middles = [(i + s // 2, j + s // 2) for i in ci[:-1] for j in cj[:-1]]
+    compute(middles)
+    miss = {(i - s // 2, j - s // 2): abs(surf.loss[i, j] - filled[i, j]) / max(abs(surf.loss[i, j]), 1e-30) for i, j in middles}
+    allowed = int(budget * n * m)
+    for (i0, j0), err in sorted(miss.items(), key=lambda kv: -kv[1]):
+        if not err > tol:  # NaN (a non-finite point) is refined as well
+            if not np.isnan(err):
+                break
+        block = [(i, j) for i in range(i0, i0 + s + 1) for j in range(j0, j0 + s + 1)]
+        new = [p for p in block if not surf.evaluated[p]]
+        if int(surf.evaluated.sum()) + len(new) > allowed:
+            break
+        compute(new)
+    # the spline's misses at the computed points, interpolated linearly in between, correct the rest
+    known = np.argwhere(surf.evaluated)
+    miss_log = np.log(np.maximum(surf.loss[surf.evaluated], 1e-30)) - np.log(filled[surf.evaluated])
+    fine = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1)
+    correction = LinearNDInterpolator(np.c_[xs[known[:, 0]], ys[known[:, 1]]], np.nan_to_num(miss_log), fill_value=0.0)(fine)
+    surf.loss = np.where(surf.evaluated, surf.loss, filled * np.exp(correction))
+    return surf
+
+
+def interpolation_directions(start: Weights, end: Weights) -> Weights:
+    return {n: end[n] - start[n] for n in start}
+
+
+@dataclass
+class TrajectoryPlane:
+    directions: list[Weights]  # unit-norm principal directions, as tensors shaped like the weights
+    coords: np.ndarray  # [T, 2]: each checkpoint's (checkpoint - final) projected on the directions
+    explained_variance_ratio: np.ndarray
+    singular_values: np.ndarray
+
+
+def trajectory_pca(
+    checkpoints: Sequence[Callable[[str], Tensor]], final: Callable[[str], Tensor], names: Sequence[str], components: int = 2
+) -> TrajectoryPlane:
+    """Principal directions of the path (checkpoint − final weights), as in Li et al.: PCA of the centred
+    differences, the points projected without centring so the final weights sit at the origin.
+
+    Works from the T×T Gram matrix of the differences, accumulated one tensor at a time (each checkpoint is
+    a reader name → tensor, e.g. a safetensors file), so memory stays at T × the largest tensor, never T × P.
+    """
+    t = len(checkpoints)
+    if t < components + 1:
+        raise ValueError(f"a trajectory plane needs at least {components + 1} checkpoints (got {t})")
+
+    def diffs(name: str) -> Tensor:
+        ref = final(name).double().flatten()
+        return torch.stack([c(name).double().flatten().to(ref.device) - ref for c in checkpoints])
+
+    gram = torch.zeros(t, t, dtype=torch.float64)
+    for name in names:
+        m = diffs(name)
+        gram += (m @ m.T).cpu()
+    centring = torch.eye(t, dtype=torch.float64) - 1.0 / t
+    lam, u = torch.linalg.eigh(centring @ gram @ centring)
+    lam, u = lam.flip(0).clamp_min(0), u.flip(1)
+    sv = lam.sqrt()
+    k = components
+    signs = torch.sign(u[u[:, :k].abs().argmax(0), torch.arange(k)])
+    u = u[:, :k] * signs
+    weights = (centring @ u) / sv[:k]  # direction_k = Σ_t weights[t, k]·(checkpoint_t − final)
+    directions: list[Weights] = [{} for _ in range(k)]
+    for name in names:
+        m = diffs(name)
+        shape = final(name).shape
+        for c in range(k):
+            directions[c][name] = (weights[:, c].to(m.device) @ m).reshape(shape).float()
+    coords = (gram @ weights).numpy()
+    total = float(lam.sum())
+    return TrajectoryPlane(directions, coords, (lam[:k] / total).numpy() if total > 0 else np.zeros(k), sv[:k].numpy())
