@@ -29,7 +29,8 @@ test: $(STAMP) browser
 
 # The anchors are old packages pinned without their dependencies (which would pull another torch).
 bench: $(STAMP)
-	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5
+	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5 loss-landscapes==3.0.6
+	$(BIN)/pip install -q h5py
 	$(BIN)/python -m bench
 
 clean:

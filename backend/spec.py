@@ -6,7 +6,7 @@ Every model is strict (unknown keys are errors) so that a typo never silently tr
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -259,10 +259,69 @@ class HessianAnalysis(HessianSettings):
     step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
 
 
+class LandscapeSettings(StrictModel):
+    """A loss surface (or curve) around the weights, on a fixed stratified sample of the training set.
+
+    `surface[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)`. `random`: Gaussian directions, filter-normalized (Li et al.
+    2018); `hessian`: the top two Hessian eigenvectors (unit length), the sharpest plane.
+    """
+
+    plane: Literal["random", "hessian"] = "random"
+    dims: Literal[1, 2] = Field(2, description="1: a curve along d1; 2: a surface")
+    resolution: int = Field(25, ge=3, le=201, description="points per axis, odd so the centre is a grid point")
+    span: float | None = Field(
+        None, gt=0.0, le=1000.0, description="the grid spans ±span (null: 1 for random planes, 3/√λ1 for the Hessian's)"
+    )
+    seed: int = Field(123, ge=0, le=2**31 - 1, description="seed of the random directions")
+    normalization: Literal["filter", "layer", "none"] = "filter"
+    include_bias_bn: bool = Field(False, description="move biases and normalization parameters too (Li et al.: no)")
+    orthogonalize: bool = Field(False, description="make d2 orthogonal to d1 (random planes)")
+    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the stratified sample (capped at the train set)")
+    batch_norm: Literal["eval", "recompute"] = Field(
+        "eval", description="eval: the centre's running statistics; recompute: each point's own, over the sample"
+    )
+    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (2-D, ≥ 17 points)")
+    save_directions: bool = Field(True, description="keep the directions (safetensors)")
+
+    @field_validator("resolution")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd, so that the centre is a grid point")
+        return value
+
+    @model_validator(mode="after")
+    def _adaptive_fits(self) -> "LandscapeSettings":
+        if self.adaptive and (self.dims != 2 or self.resolution < 17):
+            raise ValueError("adaptive needs a 2-D grid of at least 17 points per axis")
+        return self
+
+
+class LandscapeProbe(Schedule, LandscapeSettings):
+    """A loss landscape during training, on a schedule (typically `at: [end]`)."""
+
+
+class LandscapeAnalysis(LandscapeSettings):
+    """A loss landscape around a checkpoint a job kept (its last one by default), run on demand."""
+
+    kind: Literal["landscape"] = "landscape"
+    step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
+
+
+def _analysis_kind(value: Any) -> str | None:
+    return value.get("kind", "hessian") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+CheckpointAnalysis = Annotated[
+    Annotated[HessianAnalysis, Tag("hessian")] | Annotated[LandscapeAnalysis, Tag("landscape")], Discriminator(_analysis_kind)
+]
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
     hessian: HessianProbe | None = None
+    landscape: LandscapeProbe | None = None
 
 
 class JobSpec(StrictModel):

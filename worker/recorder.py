@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from backend.db import session_scope
 from backend.models import Artifact, Job, JobStatus, Result, utcnow
@@ -99,7 +99,11 @@ class DbRecorder:
             )
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
+        """A probe's result at a step; it replaces an earlier (partial) one of the same kind and step."""
+        if self.lost.is_set():
+            return
         with session_scope() as session:
+            session.execute(delete(Result).where(Result.job_id == self.job_id, Result.kind == kind, Result.step == step))
             session.add(Result(job_id=self.job_id, kind=kind, step=step, data=json_safe(payload)))
 
     # Flushing.

@@ -8,6 +8,7 @@ from datetime import timedelta
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from pydantic import TypeAdapter
 from safetensors.torch import save as safetensors_bytes
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from backend.models import Analysis, Artifact, Job, JobStatus, Result, utcnow
 from backend.queue import RUN_ANALYSIS_TASK, RUN_JOB_TASK, get_celery
 from backend.services import jobs as job_service
 from backend.services.artifacts import LocalArtifactStore
-from backend.spec import HessianAnalysis, JobSpec
+from backend.spec import CheckpointAnalysis, JobSpec
 from worker.recorder import DbRecorder, json_safe
 from worker.training.analyses import analyze_checkpoint
 from worker.training import checkpoint
@@ -118,7 +119,7 @@ def run_analysis(analysis_id: int) -> str:
             return "skipped"
         analysis = session.get(Analysis, analysis_id)
         job = session.get(Job, analysis.job_id)
-        spec, request = JobSpec.model_validate(job.spec), HessianAnalysis.model_validate(analysis.params)
+        spec, request = JobSpec.model_validate(job.spec), TypeAdapter(CheckpointAnalysis).validate_python(analysis.params)
         artifact = session.scalars(
             select(Artifact).where(
                 Artifact.job_id == job.id, Artifact.kind == "checkpoint", Artifact.step == analysis.step

@@ -111,8 +111,8 @@ def test_linear_regression_surface_is_the_closed_form_quadratic():
     a, b = np.meshgrid(xs, xs, indexing="ij")
     truth = np.mean((r0[None, None] + a[..., None] * r1 + b[..., None] * r2) ** 2, axis=-1)
     for precompute in (True, False):
-        evaluator = ls.PlaneEvaluator(model, loss, [(x[:120], y[:120]), (x[120:], y[120:])], centre, [d1, d2], precompute=precompute)
-        assert (evaluator._swap is not None) == precompute
+        evaluator = ls.PlaneEvaluator(model, loss, x, y, centre, [d1, d2], batch_size=120, precompute=precompute)
+        assert evaluator.precomputed == precompute
         with evaluator.session():
             surf = ls.loss_surface(evaluator, xs, xs, chunk=7)
         np.testing.assert_allclose(surf.loss, truth, rtol=1e-9, atol=0)
@@ -128,8 +128,8 @@ def test_centre_and_restore(digits, digits_cnn):
     with torch.no_grad():
         direct = CE(model(x), y).item()
     centre = ls.weights_of(model)
-    evaluator = ls.PlaneEvaluator(model, CE, [(x[:256], y[:256]), (x[256:], y[256:])], centre, ls.random_directions(centre, 2, 0))
-    assert evaluator._swap is not None  # the first convolution is precomputed
+    evaluator = ls.PlaneEvaluator(model, CE, x, y, centre, ls.random_directions(centre, 2, 0), batch_size=256, precompute=True)
+    assert evaluator.precomputed  # the first convolution is precomputed
     with evaluator.session():
         at_centre = evaluator((0.0, 0.0))
         evaluator((0.5, -0.5))
@@ -151,12 +151,12 @@ def test_float32_surface_matches_float64(which, digits, request):
     centre = ls.weights_of(model)
     dirs = ls.random_directions(centre, 2, seed=123)
     xs = ls.symmetric_grid(5, 1.0)
-    with ls.PlaneEvaluator(copy.deepcopy(model), CE, [(x, y)], centre, dirs).session() as ev:
+    with ls.PlaneEvaluator(copy.deepcopy(model), CE, x, y, centre, dirs).session() as ev:
         fast = ls.loss_surface(ev, xs, xs)
     model64 = copy.deepcopy(model).double()
     c64 = {k: v.double() for k, v in centre.items()}
     d64 = [{k: v.double() for k, v in d.items()} for d in dirs]
-    slow_ev = ls.PlaneEvaluator(model64, CE, [(x.double(), y)], c64, d64, precompute=False, channels_last=False)
+    slow_ev = ls.PlaneEvaluator(model64, CE, x.double(), y, c64, d64, batch_size=300, precompute=False, channels_last=False)
     with slow_ev.session():
         slow = ls.loss_surface(slow_ev, xs, xs)
     np.testing.assert_allclose(fast.loss, slow.loss, rtol=0, atol=1e-5)
@@ -169,7 +169,7 @@ def test_one_dimensional_curve(digits, digits_mlp):
     centre = ls.weights_of(digits_mlp)
     (d,) = ls.random_directions(centre, 1, seed=3)
     xs = ls.symmetric_grid(9, 1.0)
-    with ls.PlaneEvaluator(copy.deepcopy(digits_mlp), CE, [(x, y)], centre, [d]).session() as ev:
+    with ls.PlaneEvaluator(copy.deepcopy(digits_mlp), CE, x, y, centre, [d]).session() as ev:
         curve = ls.loss_surface(ev, xs)
     assert curve.loss.shape == (9, 1)
     assert np.argmin(curve.loss[:, 0]) in (3, 4, 5)
@@ -186,7 +186,7 @@ def test_interpolation_hits_both_ends_and_interpolates_batch_norm_statistics(dig
     with torch.no_grad():
         loss_a, loss_b = CE(start(x), y).item(), CE(end(x), y).item()
     assert abs(loss_a - loss_b) > 1e-3
-    ev = ls.PlaneEvaluator(model, CE, [(x, y)], state_a, [ls.interpolation_directions(state_a, state_b)])
+    ev = ls.PlaneEvaluator(model, CE, x, y, state_a, [ls.interpolation_directions(state_a, state_b)])
     with ev.session():
         line = ls.loss_surface(ev, np.linspace(0.0, 1.0, 5))
     assert line.loss[0, 0] == pytest.approx(loss_a, rel=1e-5)
@@ -199,7 +199,7 @@ def test_batch_norm_recompute_uses_the_evaluation_sets_statistics(digits, digits
     y = y[:400]
     model = copy.deepcopy(digits_cnn).double()
     centre = ls.weights_of(model)
-    ev = ls.PlaneEvaluator(model, CE, [(x, y)], centre, ls.random_directions(centre, 2, 0), batch_norm="recompute")
+    ev = ls.PlaneEvaluator(model, CE, x, y, centre, ls.random_directions(centre, 2, 0), batch_size=400, batch_norm="recompute")
     with ev.session():
         recomputed = ev((0.0, 0.0)).loss
     # by hand (as SWA's update_bn): each BatchNorm's input statistics over the evaluation set, the layers
@@ -237,7 +237,7 @@ def test_non_finite_losses_become_gaps():
         model.bias.fill_(1.0)
     centre = ls.weights_of(model)
     d = {"weight": torch.ones(1, 2, dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)}
-    with ls.PlaneEvaluator(model, log_loss, [(x, y)], centre, [d]).session() as ev:
+    with ls.PlaneEvaluator(model, log_loss, x, y, centre, [d]).session() as ev:
         curve = ls.loss_surface(ev, ls.symmetric_grid(5, 1.0))
     assert np.isnan(curve.loss[0, 0]) and np.isfinite(curve.loss[2:, 0]).all()
 

@@ -19,6 +19,7 @@ class ListRecorder:
         self.checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.artifacts: list[tuple[str, int, dict[str, torch.Tensor], dict[str, str] | None]] = []
         self.results: list[tuple[str, int, dict[str, Any]]] = []
+        self.partials: list[dict[str, Any]] = []  # results that a later one replaced
         self.last_progress: tuple[int, int, str] | None = None
         self.stop_after = stop_after
 
@@ -37,7 +38,9 @@ class ListRecorder:
         self.artifacts.append((kind, step, tensors, metadata))
 
     def result(self, kind, step, payload):
-        self.results.append((kind, step, payload))
+        """Like the DbRecorder: a result replaces an earlier one of the same kind and step."""
+        self.partials += [p for k, s, p in self.results if (k, s) == (kind, step)]
+        self.results = [r for r in self.results if (r[0], r[1]) != (kind, step)] + [(kind, step, payload)]
 
     def series(self, name: str) -> list[float]:
         return [v for _, k, v in self.points if k == name]

@@ -10,6 +10,7 @@ Conventions (stored with every result):
 """
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 Weights = dict[str, Tensor]
-Batches = Sequence[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Normalization = Literal["filter", "layer", "none"]
 
@@ -108,41 +108,50 @@ class PointValue:
 class _Precomputed(nn.Module):
     """Stands in for the input layer: its output at any point of the plane, from outputs computed once."""
 
-    def __init__(self, base: list[Tensor], along: list[list[Tensor]]) -> None:
+    def __init__(self, base: Tensor, along: list[Tensor]) -> None:
         super().__init__()
         self.base, self.along = base, along
-        self.batch = 0
+        self.rows = slice(None)
         self.coeffs: Sequence[float] = ()
 
     def forward(self, _: Tensor) -> Tensor:
-        out = self.base[self.batch].clone()
+        base = self.base[self.rows]
+        out: Tensor | None = None
         for c, z in zip(self.coeffs, self.along):
             if c:
-                out.add_(z[self.batch], alpha=c)
-        return out
+                out = torch.add(base, z[self.rows], alpha=c) if out is None else out.add_(z[self.rows], alpha=c)
+        return base.clone() if out is None else out  # a copy: the next layer may work in place
 
 
 class PlaneEvaluator:
-    """Loss (and accuracy) at centre + Σ c_k·d_k for many coefficient vectors c, evaluated in place.
+    """Loss (and accuracy) on (x, y) at centre + Σ c_k·d_k for many coefficient vectors c, in place.
 
     The model's tensors are overwritten at each point and restored by `restore()` (or on leaving `session()`).
-    When the first layer reads the raw input and is a linear map of its weights (Linear, Conv1d/2d/3d), its
-    output is linear in the coefficients: it is computed once per direction and combined at each point, which
-    saves that layer's cost at every point (exact up to float rounding).
+    - When the first layer reads the raw input and is a linear map of its weights (Linear, Conv1d/2d/3d), its
+      output is linear in the coefficients: it can be computed once per direction and combined at each point
+      (exact up to float rounding). That saves the layer's cost but adds passes over its output, so
+      `precompute=None` times both and keeps the faster.
+    - `batch_size=None` times a few batch sizes at the centre and keeps the fastest.
+    - On a CPU, convolutional models run channels-last (oneDNN's fast path); `compile` compiles forward, loss
+      and accuracy into one graph (worth its compile time on large grids).
+    - `accuracy` (classification targets only) is counted from the same forward.
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        batches: Batches,
+        x: Tensor,
+        y: Tensor,
         centre: Weights,
         directions: Sequence[Weights],
         *,
+        batch_size: int | None = None,
         batch_norm: Literal["eval", "recompute"] = "eval",
         channels_last: bool | None = None,
         compile: bool = False,
-        precompute: bool = True,
+        precompute: bool | None = None,
+        accuracy: bool = True,
     ) -> None:
         self.model, self.loss_fn, self.batch_norm = model, loss_fn, batch_norm
         self.directions = list(directions)
@@ -150,30 +159,73 @@ class PlaneEvaluator:
         self._saved = {n: state[n].detach().clone() for n in centre}
         self._bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._bn_saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in self._bn]
-        if channels_last is None:  # oneDNN's channels-last convolutions are much faster on CPUs
+        if channels_last is None:
             on_cpu = next(model.parameters()).device.type == "cpu"
             channels_last = on_cpu and any(isinstance(m, nn.Conv2d) for m in model.modules())
         self._channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        self.batches = [(x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x, y) for x, y in batches]
+            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        self.x, self.y = x, y
         moving = [n for n in centre if any(n in d and bool(d[n].any()) for d in self.directions)]
+        self._state, self._centre_all = state, centre
         self._swap: tuple[nn.Module, str, nn.Module, _Precomputed] | None = None
-        if precompute and batch_norm == "eval":
-            moving = [n for n in moving if n not in self._precompute_input_layer(centre)]
-        # every perturbed tensor is reset to the centre at each point, the others only once
+        own: set[str] = set()
         with torch.no_grad():
-            for n in centre:
+            for n in centre:  # tensors that move are reset to the centre at each point, the others only here
                 state[n].copy_(centre[n])
-        self._targets = [state[n] for n in moving]
-        self._centre = [centre[n].to(state[n]) for n in moving]
-        self._along = [[d[n].to(state[n]) if n in d else torch.zeros_like(state[n]) for n in moving] for d in self.directions]
-        self._forward: Callable[[Tensor], Tensor] = torch.compile(model) if compile else model
+            if precompute is not False and batch_norm == "eval" and not compile:  # (compiled: retraced per point)
+                own = self._precompute_input_layer(centre)
+        self._plans = {False: moving, True: [n for n in moving if n not in own]}
+        self.accuracy = accuracy and not y.is_floating_point()
+        self._batch_sums: Callable[[Tensor, Tensor], Tensor] = torch.compile(self._sums) if compile else self._sums
+        self.precomputed = bool(own)
+        self._use(self.precomputed)
+        self.batch_size = batch_size or self._tune(candidates=[len(y), *(b for b in (1024, 512, 256, 128) if b < len(y))])
+        if self.precomputed and precompute is None:  # a cheap input layer may be faster to run than to combine
+            seconds = {True: math.inf, False: math.inf}
+            for _ in range(3):
+                for plan in seconds:
+                    seconds[plan] = min(seconds[plan], self._seconds_per_point(plan, repeats=1))
+            self._use(seconds[True] <= seconds[False])
 
-    @torch.no_grad()
+    def _use(self, precomputed: bool) -> None:
+        if self._swap is not None:
+            parent, attr, layer, stand_in = self._swap
+            setattr(parent, attr, stand_in if precomputed else layer)
+        names = self._plans[precomputed]
+        self.precomputed = precomputed
+        self._targets = [self._state[n] for n in names]
+        self._centre = [self._centre_all[n].to(self._state[n]) for n in names]
+        self._along = [[d[n].to(self._state[n]) if n in d else torch.zeros_like(self._state[n]) for n in names] for d in self.directions]
+
+    def _seconds_per_point(self, precomputed: bool | None = None, repeats: int = 3) -> float:
+        """The best of a few evaluations at the centre (the first one warms up, or compiles)."""
+        if precomputed is not None:
+            self._use(precomputed)
+        self(())
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self(())
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def _tune(self, candidates: list[int]) -> int:
+        """The fastest batch size; candidates are timed in turns, best of three, against a noisy machine."""
+        timings = dict.fromkeys(candidates, math.inf)
+        for _ in range(3):
+            for size in list(timings):
+                self.batch_size = size
+                try:
+                    timings[size] = min(timings[size], self._seconds_per_point(repeats=1))
+                except torch.OutOfMemoryError:
+                    del timings[size]
+        return min(timings, key=timings.__getitem__)
+
     def _precompute_input_layer(self, centre: Weights) -> set[str]:
         """Swap the input layer for its precomputed outputs when that is exact and fits; its tensors' names."""
-        x0 = self.batches[0][0]
+        x0 = self.x[:2]
         calls: dict[nn.Module, int] = {}
         reads_input: list[nn.Module] = []
 
@@ -186,7 +238,7 @@ class PlaneEvaluator:
         handles = [m.register_forward_pre_hook(hook) for m in self.model.modules() if m is not self.model]
         try:
             self.model.eval()
-            self.model(x0[:2])
+            self.model(x0)
         finally:
             for h in handles:
                 h.remove()
@@ -195,25 +247,32 @@ class PlaneEvaluator:
             return set()
         layer = reads_input[0]
         path = next(n for n, m in self.model.named_modules() if m is layer)
-        own = {(f"{path}.{k}"): k for k, _ in layer.named_parameters(recurse=False)}
+        own = {f"{path}.{k}": k for k, _ in layer.named_parameters(recurse=False)}
         if any(n not in centre for n in own):
             return set()
-        per_example = math.prod(layer(x0[:1]).shape[1:]) * x0.element_size()
-        if per_example * sum(len(x) for x, _ in self.batches) * (1 + len(self.directions)) > PRECOMPUTE_BYTES:
+        out_bytes = layer(x0).numel() // len(x0) * len(self.x) * self.x.element_size()
+        if out_bytes * (1 + len(self.directions)) > PRECOMPUTE_BYTES:
             return set()
-
-        def outputs(values: dict[str, Tensor]) -> list[Tensor]:
-            return [torch.func.functional_call(layer, values, (x,)) for x, _ in self.batches]
-
         params = dict(layer.named_parameters(recurse=False))
-        base = outputs({k: centre[n].to(params[k]) for n, k in own.items()})
-        along = [outputs({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions]
+
+        def output(values: dict[str, Tensor]) -> Tensor:
+            return torch.func.functional_call(layer, values, (self.x,))
+
+        base = output({k: centre[n].to(params[k]) for n, k in own.items()})
+        along = [output({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions]
         parent_path, _, attr = path.rpartition(".")
         parent = self.model.get_submodule(parent_path)
         stand_in = _Precomputed(base, along)
         setattr(parent, attr, stand_in)
         self._swap = (parent, attr, layer, stand_in)
         return set(own)
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.y), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            if self.precomputed:
+                self._swap[3].rows = rows  # type: ignore[index]
+            yield self.x[rows], self.y[rows]
 
     @torch.no_grad()
     def __call__(self, coeffs: Sequence[float]) -> PointValue:
@@ -222,25 +281,24 @@ class PlaneEvaluator:
             for c, d in zip(coeffs, self._along):
                 if c:
                     torch._foreach_add_(self._targets, d, alpha=float(c))
-        if self._swap is not None:
-            self._swap[3].coeffs = coeffs
+        if self.precomputed:
+            self._swap[3].coeffs = coeffs  # type: ignore[index]
         if self.batch_norm == "recompute" and self._bn:
             self._recompute_batch_norm()
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
-        correct = torch.zeros((), dtype=torch.int64, device=total.device)
-        examples, targets = 0, 0
-        classify = not self.batches[0][1].is_floating_point()
-        for b, (x, y) in enumerate(self.batches):
-            if self._swap is not None:
-                self._swap[3].batch = b
-            out = self._forward(x)
-            total += self.loss_fn(out, y).double() * len(y)
-            examples += len(y)
-            if classify:
-                correct += (out.argmax(-1) == y).sum()
-                targets += y.numel()
-        return PointValue(float(total) / examples, int(correct) / targets if classify else None)
+        loss = correct = 0.0
+        for x, y in self._batches():
+            batch = self._batch_sums(x, y).tolist()
+            loss += batch[0] * len(y)
+            correct += batch[1]
+        return PointValue(loss / len(self.y), correct / self.y.numel() if self.accuracy else None)
+
+    def _sums(self, x: Tensor, y: Tensor) -> Tensor:
+        """[mean loss, correct predictions] of one batch (counts are exact in float32 up to 2**24)."""
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        correct = (out.argmax(-1) == y).sum().to(loss.dtype) if self.accuracy else torch.zeros_like(loss)
+        return torch.stack([loss, correct])
 
     def _recompute_batch_norm(self) -> None:
         """BatchNorm statistics of this point: the cumulative average over the evaluation set's batches."""
@@ -248,9 +306,7 @@ class PlaneEvaluator:
             m.reset_running_stats()
             m.momentum = None
         self.model.train()
-        for b, (x, _) in enumerate(self.batches):
-            if self._swap is not None:
-                self._swap[3].batch = b
+        for x, _ in self._batches():
             self.model(x)
 
     @torch.no_grad()
@@ -259,6 +315,7 @@ class PlaneEvaluator:
             parent, attr, layer, _ = self._swap
             setattr(parent, attr, layer)
             self._swap = None
+            self.precomputed = False
         state = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         for m, (saved, momentum) in zip(self._bn, self._bn_saved):
             m.load_state_dict(saved)

@@ -6,16 +6,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from backend.spec import HessianAnalysis, HessianProbe, JobSpec
+from backend.spec import HessianAnalysis, HessianProbe, JobSpec, LandscapeAnalysis
 from worker.training.checkpoint import FORMAT, unpack
 from worker.training.loop import prepare, probe_context
 from worker.training.optim import base_config, lr_factor
+from worker.training.landscape_probe import landscape
 from worker.training.probes import HessianTracker, ProbeOutput
 
 
 def analyze_checkpoint(
     spec: JobSpec,
-    request: HessianAnalysis,
+    request: HessianAnalysis | LandscapeAnalysis,
     step: int,
     tensors: dict[str, Tensor],
     metadata: dict[str, str],
@@ -23,7 +24,7 @@ def analyze_checkpoint(
     uploads: Callable[[str], Path] | None = None,
     report: Callable[[str], None] = lambda _: None,
 ) -> ProbeOutput:
-    """The Hessian probe at the checkpoint's weights, with the lr (and Adam state) the run had at that step."""
+    """The probe at the checkpoint's weights, with the lr (and Adam state) the run had at that step."""
     run = prepare(spec, device, uploads)
     run.model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
     if metadata.get("format") == FORMAT:
@@ -33,5 +34,7 @@ def analyze_checkpoint(
         group["lr"] = lr
     ctx = probe_context(spec, run, should_stop=lambda: False)
     ctx.report = report
+    if isinstance(request, LandscapeAnalysis):
+        return landscape(request, step, ctx)
     probe = HessianTracker(HessianProbe(at=[step], **request.model_dump(exclude={"kind", "step"})))
     return probe(step, ctx)

@@ -24,7 +24,8 @@ from worker.training.optim import (
     make_optimizer,
     stability_threshold,
 )
-from worker.training.probes import Probe, ProbeContext, ProbeStopped, build_probes
+from worker.training.landscape_probe import LandscapeTracker
+from worker.training.probes import HessianTracker, Probe, ProbeContext, ProbeStopped
 
 
 class Recorder(Protocol):
@@ -62,6 +63,7 @@ def _run_probes(
             continue
         recorder.progress(step, total, f"probe {probe.name} at step {step}")
         ctx.report = lambda stage, name=probe.name: recorder.progress(step, total, f"probe {name} at step {step}: {stage}")
+        ctx.publish = lambda payload, name=probe.name: recorder.result(name, step, payload)
         started = time.perf_counter()
         output = probe(step, ctx)
         seconds = time.perf_counter() - started
@@ -71,6 +73,15 @@ def _run_probes(
             recorder.result(probe.name, step, {**output.result, "seconds": seconds})
         for kind, (tensors, metadata) in output.artifacts.items():
             recorder.save_tensors(kind, step, tensors, metadata)
+
+
+def build_probes(spec: JobSpec) -> list[Probe]:
+    probes: list[Probe] = []
+    if spec.probes.hessian is not None:
+        probes.append(HessianTracker(spec.probes.hessian))
+    if spec.probes.landscape is not None:
+        probes.append(LandscapeTracker(spec.probes.landscape))
+    return probes
 
 
 def train(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from backend.spec import HessianProbe, JobSpec, Schedule
+from backend.spec import HessianProbe, Schedule
 from worker.analysis import hessian as hs
 from worker.analysis.hvp import GaussNewtonOperator, HessianOperator
 
@@ -32,6 +32,8 @@ class ProbeContext:
     # Long probes report progress and stop when asked (ProbeStopped), between two products.
     report: Callable[[str], None] = lambda _: None
     should_stop: Callable[[], bool] = lambda: False
+    # A probe may publish a partial result while it runs (the dashboard draws it); the final one replaces it.
+    publish: Callable[[dict[str, Any]], None] = lambda _: None
 
 
 class ProbeStopped(Exception):
@@ -166,10 +168,3 @@ class HessianTracker:
             layout = {"parameters": json.dumps(op.names), "shapes": json.dumps([list(s) for s in op.shapes])}
             artifacts["hessian-eigenvectors"] = (vectors, {**layout, "mode": cfg.mode, "examples": str(len(y))})
         return ProbeOutput(metrics, result, artifacts)
-
-
-def build_probes(spec: JobSpec) -> list[Probe]:
-    probes: list[Probe] = []
-    if spec.probes.hessian is not None:
-        probes.append(HessianTracker(spec.probes.hessian))
-    return probes
