@@ -251,6 +251,9 @@ def test_analysis_needs_a_kept_checkpoint(client):
     response = client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"top_k": 2})
     assert "kept no checkpoint yet" in field_errors(response)["step"]
     assert "top_k" in field_errors(client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"top_k": 0}))
+    odd = field_errors(client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"kind": "landscape", "resolution": 10}))
+    assert "must be odd" in odd["resolution"]
+    assert "kind" in field_errors(client.post(f"/api/v1/jobs/{job['id']}/analyses", json={"kind": "vibes"}))
     assert client.post("/api/v1/jobs/99999/analyses", json={}).status_code == 404
     assert client.get(f"/api/v1/jobs/{job['id']}/analyses").json() == []
 

@@ -214,3 +214,21 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     assert result["data"]["threshold"] == 4.0 and "density" in result["data"]
     kinds = [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
     assert "hessian-eigenvectors" in kinds
+    # A loss surface around the same checkpoint: its centre is the checkpoint's loss on the stated sample.
+    from worker.training.landscape_probe import stratified_sample
+
+    made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"kind": "landscape", "resolution": 5, "examples": 300})
+    assert made.status_code == 201, made.text
+    deadline = time.monotonic() + 120
+    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[1])["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, analysis
+        time.sleep(0.3)
+    assert analysis["status"] == "succeeded", analysis
+    [surface] = stack.client.get(f"/jobs/{job['id']}/results/landscape_analysis").json()
+    data = surface["data"]
+    rows = stratified_sample(run.split.y_train, 300, raw["train"]["seed"] + 2)
+    with torch.no_grad():
+        centre = run.loss_fn(run.model.eval()(run.split.x_train[rows]), run.split.y_train[rows]).item()
+    assert data["loss"][2][2] == data["centre_loss"] and abs(centre - data["centre_loss"]) <= 1e-6 * centre
+    assert data["examples"] == 300 and len(data["loss"]) == 5 and data["xs"][2] == 0.0
+    assert "landscape-directions" in [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
