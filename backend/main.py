@@ -25,6 +25,7 @@ from backend.api import (
     events,
     health,
     jobs,
+    landscapes,
     metrics,
     results,
     specs,
@@ -162,7 +163,7 @@ def create_app() -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
-    for module in (health, specs, datasets, jobs, sweeps, metrics, results, artifacts, analyses, events):
+    for module in (health, specs, datasets, jobs, sweeps, metrics, results, landscapes, artifacts, analyses, events):
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"

@@ -74,6 +74,7 @@ class MetricsOut(BaseModel):
 class ResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    id: int
     step: int
     data: dict[str, Any]
     created_at: UTCTime

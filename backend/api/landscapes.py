@@ -1,0 +1,39 @@
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import Response
+
+from backend.api.deps import SessionDep, get_job_or_404
+from backend.models import Result
+from backend.services import landscape_export
+
+router = APIRouter(prefix="/jobs", tags=["results"])
+LANDSCAPE_KINDS = ("landscape", "landscape_analysis")
+
+
+@router.get("/{job_id}/landscapes/{result_id}/export", response_class=Response)
+def export_landscape(
+    job_id: int,
+    result_id: Annotated[int, Path(ge=1)],
+    session: SessionDep,
+    format: Annotated[str, Query(pattern=r"^(json|csv|npz|vtk)$", description="json, csv, npz or vtk (ParaView)")] = "csv",
+) -> Response:
+    """A loss landscape result as a file: every array, and its settings (grid, directions' seed, sample)."""
+    get_job_or_404(session, job_id)
+    result = session.get(Result, result_id)
+    if result is None or result.job_id != job_id or result.kind not in LANDSCAPE_KINDS:
+        raise HTTPException(404, detail=f"job {job_id} has no landscape result {result_id}")
+    data = result.data
+    name = f"job{job_id}-landscape-step{result.step}-{result_id}.{format}"
+    if format == "json":
+        body: str | bytes = json.dumps(data)
+    elif format == "csv":
+        body = landscape_export.to_csv(data)
+    elif format == "npz":
+        body = landscape_export.to_npz(data)
+    else:
+        body = landscape_export.to_vtk(data, f"Dynascope job {job_id} loss landscape at step {result.step}")
+    return Response(
+        body, media_type=landscape_export.FORMATS[format], headers={"content-disposition": f'attachment; filename="{name}"'}
+    )
