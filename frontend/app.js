@@ -1,20 +1,13 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
-const API = "/api/v1";
-const TERMINAL = new Set(["succeeded", "failed", "cancelled", "diverged"]);
+import { API, TERMINAL, api, esc, plotLayout } from "./common.js";
+import { landscapeView } from "./views/landscape.js";
+
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
 const view = document.getElementById("view");
 let cleanup = () => {};
 
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmtDuration = (s) => (s == null ? "" : s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
-
-async function api(path, options = {}) {
-  const response = await fetch(API + path, options);
-  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
-  if (!response.ok) throw Object.assign(new Error(`HTTP ${response.status}`), { status: response.status, body });
-  return body;
-}
 
 // ---- job list ------------------------------------------------------------------------------------------
 function renderJobs(params) {
@@ -198,15 +191,6 @@ function chartsFor(spec) {
   return charts;
 }
 
-function plotLayout(title, ylog) {
-  const dark = matchMedia("(prefers-color-scheme: dark)").matches;
-  return {
-    title: { text: title }, margin: { t: 40, r: 10, b: 40, l: 55 }, xaxis: { title: { text: "step" } },
-    yaxis: { type: ylog ? "log" : "linear" }, legend: { orientation: "h", y: -0.28 },
-    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { color: dark ? "#e6edf3" : "#1b1f24" },
-  };
-}
-
 function thresholdCrossing(el, chart) {
   // The first step where λ1 reaches the threshold (the edge of stability), marked on the chart.
   const lam = el.data[0];
@@ -265,12 +249,17 @@ function renderJob(id, params) {
       <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
     </div>
     <div class="plots" id="plots"></div>
+    <div id="landscape-view"></div>
     <h2>Analyses of kept checkpoints</h2>
     <div class="toolbar">
       <button id="analyze-hessian">Hessian of the latest checkpoint</button>
       <span class="muted">top-5 eigenvalues, most negative, trace and density, on up to 1,000 training examples</span>
     </div>
-    <table id="analyses-table"><thead><tr><th>ID</th><th>Step</th><th>Status</th><th>Stage</th><th>Top eigenvalues</th><th>Trace</th><th>Outliers</th></tr></thead><tbody></tbody></table>
+    <div class="toolbar">
+      <button id="analyze-landscape">Loss landscape of the latest checkpoint</button>
+      <span class="muted">25×25 filter-normalized random plane, ±1, on up to 1,000 training examples</span>
+    </div>
+    <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th></tr></thead><tbody></tbody></table>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
   let job = null;
@@ -311,10 +300,18 @@ function renderJob(id, params) {
     const button = view.querySelector(`button.csv-export[data-for="${el.id}"]`);
     if (button) button.onclick = () => downloadCsv(el, filename);
   };
+  const viewState = Object.fromEntries([...params].filter(([k]) => k.startsWith("ls")));
   const keepOptions = () => {
     const p = new URLSearchParams({ smooth: options.smooth });
     if (options.logx) p.set("logx", "1");
+    for (const [k, v] of Object.entries(viewState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/jobs/${id}?${p}`);
+  };
+  let landscape = null;
+  const showLandscape = () => {
+    if (landscape) return landscape.refresh();
+    landscape = landscapeView(view.querySelector("#landscape-view"), id, params,
+      (changed) => { Object.assign(viewState, changed); keepOptions(); }, () => job != null && !TERMINAL.has(job.status));
   };
   view.querySelector("#smoothing").addEventListener("input", (e) => {
     options.smooth = Number(e.target.value);
@@ -405,6 +402,7 @@ function renderJob(id, params) {
     const divs = Object.entries(charts).map(([k, c]) => chartBox(k, `${c.title} over steps`));
     if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
     view.querySelector("#plots").innerHTML = divs.join("");
+    if (j.spec?.probes?.landscape) showLandscape();
   }).catch((err) => {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
@@ -412,32 +410,38 @@ function renderJob(id, params) {
   source.addEventListener("hello", () => ready.then(drawAll).catch(console.error));
   source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-  source.addEventListener("end", () => { source.close(); scheduleDensity(); });
+  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); });
 
   let analysesTimer = null;
+  const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
+  const summaries = {
+    hessian: (r) => [r.eigenvalues?.length ? `λ: ${r.eigenvalues.map(fmt).join(", ")}` : "",
+      r.trace ? `trace ${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : "", r.density ? `≈${r.density.outliers} outliers (${r.n_classes} classes)` : ""].filter(Boolean).join(" · "),
+    landscape: (r) => r.loss ? `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : r.resolution} ${r.plane} plane, centre loss ${fmt(r.centre_loss)}` : "",
+  };
   const showAnalyses = async () => {
-    const [rows, results] = await Promise.all([api(`/jobs/${id}/analyses`), api(`/jobs/${id}/results/hessian_analysis`)]);
-    const byId = Object.fromEntries(results.map((r) => [r.data.analysis_id, r.data]));
-    const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
+    const [rows, ...results] = await Promise.all([api(`/jobs/${id}/analyses`), ...Object.keys(summaries).map((k) => api(`/jobs/${id}/results/${k}_analysis`))]);
+    const byId = Object.fromEntries(results.flat().map((r) => [r.data.analysis_id, r.data]));
     view.querySelector("#analyses-table tbody").innerHTML = rows.map((a) => {
       const r = byId[a.id] || {};
-      return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
-        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${(r.eigenvalues || []).map(fmt).join(", ")}</td>
-        <td>${r.trace ? `${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : ""}</td><td>${r.density ? `≈${r.density.outliers} (${r.n_classes} classes)` : ""}</td></tr>`;
+      return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${esc(a.kind)}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
+        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td></tr>`;
     }).join("");
+    if (rows.some((a) => a.kind === "landscape" && a.status === "succeeded")) showLandscape();
     clearTimeout(analysesTimer);
     if (rows.some((a) => !TERMINAL.has(a.status))) analysesTimer = setTimeout(() => showAnalyses().catch(console.error), 1000);
   };
   showAnalyses().catch(console.error);
-  view.querySelector("#analyze-hessian").addEventListener("click", async () => {
+  const analyze = (body) => async () => {
     try {
-      await api(`/jobs/${id}/analyses`, { method: "POST", headers: { "content-type": "application/json" },
-        body: JSON.stringify({ kind: "hessian", top_k: 5, negative: 1, trace: true, density: true }) });
+      await api(`/jobs/${id}/analyses`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     } catch (err) {
       alert(err.body?.detail?.[0]?.msg ?? String(err));
     }
     showAnalyses().catch(console.error);
-  });
+  };
+  view.querySelector("#analyze-hessian").addEventListener("click", analyze({ kind: "hessian", top_k: 5, negative: 1, trace: true, density: true }));
+  view.querySelector("#analyze-landscape").addEventListener("click", analyze({ kind: "landscape", resolution: 25 }));
 
   view.querySelector("#cancel-job").addEventListener("click", async () => {
     view.querySelector("#cancel-job").disabled = true;
@@ -448,7 +452,7 @@ function renderJob(id, params) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); };
+  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); };
 }
 
 // ---- compare runs --------------------------------------------------------------------------------------

@@ -208,3 +208,41 @@ def test_hessian_of_the_latest_checkpoint_from_the_job_page(page, served: Serve)
     row = page.inner_text("#analyses-table tbody tr")
     assert f"{result['data']['eigenvalues'][0]:.4g}" in row and "classes" in row
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "checkpoint-analysis.png"), full_page=True)
+
+
+def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
+    raw = spec(steps=60, name="e2e-landscape")
+    raw["model"] = {"kind": "cnn", "channels": [32, 32]}
+    raw["probes"] = {"landscape": {"at": ["end"], "resolution": 21, "examples": 1000, "span": 0.8}}
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    # Progressive: a partial surface (gaps where points are still to come) is drawn before the whole one.
+    page.wait_for_function("document.getElementById('landscape-plot')?.dataset.partial === '1'", timeout=120_000)
+    gaps = page.evaluate("document.getElementById('landscape-plot').data[0].z.flat().filter(v => v == null).length")
+    assert gaps > 0
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.getElementById('landscape-plot')?.dataset.partial === '0'", timeout=30_000)
+    [result] = served.client.get(f"/jobs/{job['id']}/results/landscape").json()
+    data = result["data"]
+    drawn = page.evaluate("(() => { const t = document.getElementById('landscape-plot').data[0]; return {type: t.type, x: Array.from(t.x), y: Array.from(t.y), z: t.z}; })()")
+    assert drawn["type"] == "contour" and drawn["x"] == data["xs"] and drawn["y"] == data["ys"]
+    assert drawn["z"][3][17] == data["loss"][17][3]  # z[row = y][column = x]: the documented indexing, transposed
+    assert data["xs"][10] == 0.0 and not data["partial"] and data["examples"] == 1000
+    # log colour and 3-D, kept in the URL across a reload
+    page.check("#landscape-log")
+    page.check("#landscape-3d")
+    page.wait_for_function("document.getElementById('landscape-plot').data[0].type === 'surface'")
+    assert "lslog=1" in page.url and "ls3d=1" in page.url
+    page.reload()
+    page.wait_for_function("document.getElementById('landscape-plot')?.data?.[0]?.type === 'surface'", timeout=30_000)
+    z = page.evaluate("document.getElementById('landscape-plot').data[0].z[10][10]")
+    assert abs(z - __import__("math").log10(data["centre_loss"])) < 1e-9
+    # every array as a file
+    href = page.get_attribute("a.landscape-export[data-format='csv']", "href")
+    csv_text = served.client.get(href.removeprefix("/api/v1")).text
+    assert len(csv_text.strip().splitlines()) == 1 + 21 * 21
+    # a surface around a kept checkpoint, from the job page, joins the picker
+    page.click("#analyze-landscape")
+    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('analysis'))", timeout=120_000)
+    assert "landscape" in page.inner_text("#analyses-table tbody")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape.png"), full_page=True)
