@@ -34,7 +34,7 @@ from backend.api import (
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.services.jobs import reap_stale_jobs
-from backend.spec import HessianAnalysis, JobSpec, LandscapeAnalysis
+from backend.spec import HessianAnalysis, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -137,7 +137,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec_schema.pop("$defs", {}))
         components["JobSpec"] = spec_schema
-        for model in (HessianAnalysis, LandscapeAnalysis):
+        for model in (HessianAnalysis, LandscapeAnalysis, TrajectoryAnalysis, InterpolationAnalysis):
             one = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(one.pop("$defs", {}))
             components[model.__name__] = one

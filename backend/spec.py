@@ -6,7 +6,7 @@ Every model is strict (unknown keys are errors) so that a typo never silently tr
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 
 class StrictModel(BaseModel):
@@ -259,6 +259,15 @@ class HessianAnalysis(HessianSettings):
     step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
 
 
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd, so that the centre is a grid point")
+    return value
+
+
+Resolution = Annotated[int, Field(ge=3, le=201, description="points per axis, odd"), AfterValidator(_odd)]
+
+
 class LandscapeSettings(StrictModel):
     """A loss surface (or curve) around the weights, on a fixed stratified sample of the training set.
 
@@ -268,7 +277,7 @@ class LandscapeSettings(StrictModel):
 
     plane: Literal["random", "hessian"] = "random"
     dims: Literal[1, 2] = Field(2, description="1: a curve along d1; 2: a surface")
-    resolution: int = Field(25, ge=3, le=201, description="points per axis, odd so the centre is a grid point")
+    resolution: Resolution = 25
     span: float | None = Field(
         None, gt=0.0, le=1000.0, description="the grid spans ±span (null: 1 for random planes, 3/√λ1 for the Hessian's)"
     )
@@ -282,13 +291,6 @@ class LandscapeSettings(StrictModel):
     )
     adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (2-D, ≥ 17 points)")
     save_directions: bool = Field(True, description="keep the directions (safetensors)")
-
-    @field_validator("resolution")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError("must be odd, so that the centre is a grid point")
-        return value
 
     @model_validator(mode="after")
     def _adaptive_fits(self) -> "LandscapeSettings":
@@ -308,12 +310,62 @@ class LandscapeAnalysis(LandscapeSettings):
     step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
 
 
+class _SurfaceSampling(StrictModel):
+    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the stratified sample (capped at the train set)")
+    batch_norm: Literal["eval", "recompute"] = Field(
+        "eval", description="eval: the weights' running statistics; recompute: each point's own, over the sample"
+    )
+
+
+class TrajectoryAnalysis(_SurfaceSampling):
+    """The training path on the plane of its first two principal components (PCA of checkpoint − final weights
+    over the checkpoints the job kept up to `step`), with the loss surface of that plane under it."""
+
+    kind: Literal["trajectory"] = "trajectory"
+    step: int | None = Field(None, ge=0, description="the path's last checkpoint, the plane's centre (null: the latest)")
+    resolution: Resolution = 25
+    margin: float = Field(0.25, ge=0.0, le=10.0, description="the grid reaches this fraction beyond the path")
+    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (≥ 17 points)")
+
+    @model_validator(mode="after")
+    def _adaptive_fits(self) -> "TrajectoryAnalysis":
+        if self.adaptive and self.resolution < 17:
+            raise ValueError("adaptive needs at least 17 points per axis")
+        return self
+
+
+class InterpolationAnalysis(_SurfaceSampling):
+    """Loss and accuracy along the straight line θ(α) = (1 − α)·θ_from + α·θ_to between two checkpoints of this
+    job, or from one of its checkpoints to another job's latest (same model). BatchNorm statistics are
+    interpolated too; α = 0 and α = 1 are always points of the line."""
+
+    kind: Literal["interpolation"] = "interpolation"
+    step: int | None = Field(None, ge=0, description="θ_from: this job's checkpoint (null: the first kept; with to_job, the latest)")
+    to_step: int | None = Field(None, ge=0, description="θ_to: this job's checkpoint (null: the latest)")
+    to_job: int | None = Field(None, ge=1, description="θ_to: that job's latest checkpoint instead")
+    points: int = Field(41, ge=3, le=2001)
+    range: tuple[float, float] = Field((-0.5, 1.5), description="α from, to")
+
+    @model_validator(mode="after")
+    def _range_holds_the_ends(self) -> "InterpolationAnalysis":
+        lo, hi = self.range
+        if not (lo <= 0.0 and hi >= 1.0):
+            raise ValueError("range must reach from ≤ 0 to ≥ 1, so that both checkpoints are on the line")
+        if self.to_job is not None and self.to_step is not None:
+            raise ValueError("give to_step (this job) or to_job (another job's latest), not both")
+        return self
+
+
 def _analysis_kind(value: Any) -> str | None:
     return value.get("kind", "hessian") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
 CheckpointAnalysis = Annotated[
-    Annotated[HessianAnalysis, Tag("hessian")] | Annotated[LandscapeAnalysis, Tag("landscape")], Discriminator(_analysis_kind)
+    Annotated[HessianAnalysis, Tag("hessian")]
+    | Annotated[LandscapeAnalysis, Tag("landscape")]
+    | Annotated[TrajectoryAnalysis, Tag("trajectory")]
+    | Annotated[InterpolationAnalysis, Tag("interpolation")],
+    Discriminator(_analysis_kind),
 ]
 
 

@@ -259,6 +259,12 @@ function renderJob(id, params) {
       <button id="analyze-landscape">Loss landscape of the latest checkpoint</button>
       <span class="muted">25×25 filter-normalized random plane, ±1, on up to 1,000 training examples</span>
     </div>
+    <div class="toolbar">
+      <button id="analyze-trajectory">Training path on its PCA plane</button>
+      <button id="analyze-interpolation">Interpolate first → last checkpoint</button>
+      <label>or last checkpoint → job <input id="interpolate-job" type="number" min="1" style="width:6em"></label>
+      <button id="analyze-interpolation-job">Interpolate to that job</button>
+    </div>
     <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th></tr></thead><tbody></tbody></table>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
@@ -418,6 +424,8 @@ function renderJob(id, params) {
     hessian: (r) => [r.eigenvalues?.length ? `λ: ${r.eigenvalues.map(fmt).join(", ")}` : "",
       r.trace ? `trace ${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : "", r.density ? `≈${r.density.outliers} outliers (${r.n_classes} classes)` : ""].filter(Boolean).join(" · "),
     landscape: (r) => r.loss ? `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : r.resolution} ${r.plane} plane, centre loss ${fmt(r.centre_loss)}` : "",
+    trajectory: (r) => r.path ? `${r.path.steps.length} checkpoints, PCs explain ${r.explained_variance_ratio.map((v) => `${(100 * v).toFixed(1)} %`).join(" + ")}` : "",
+    interpolation: (r) => r.to ? `job ${r.from.job} step ${r.from.step} → job ${r.to.job} step ${r.to.step}: loss ${fmt(r.centre_loss)} → ${fmt(r.end_loss)}, max ${fmt(Math.max(...r.loss.filter((v) => v != null)))}` : "",
   };
   const showAnalyses = async () => {
     const [rows, ...results] = await Promise.all([api(`/jobs/${id}/analyses`), ...Object.keys(summaries).map((k) => api(`/jobs/${id}/results/${k}_analysis`))]);
@@ -427,7 +435,7 @@ function renderJob(id, params) {
       return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${esc(a.kind)}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
         <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td></tr>`;
     }).join("");
-    if (rows.some((a) => a.kind === "landscape" && a.status === "succeeded")) showLandscape();
+    if (rows.some((a) => a.kind !== "hessian" && a.status === "succeeded")) showLandscape();
     clearTimeout(analysesTimer);
     if (rows.some((a) => !TERMINAL.has(a.status))) analysesTimer = setTimeout(() => showAnalyses().catch(console.error), 1000);
   };
@@ -442,6 +450,12 @@ function renderJob(id, params) {
   };
   view.querySelector("#analyze-hessian").addEventListener("click", analyze({ kind: "hessian", top_k: 5, negative: 1, trace: true, density: true }));
   view.querySelector("#analyze-landscape").addEventListener("click", analyze({ kind: "landscape", resolution: 25 }));
+  view.querySelector("#analyze-trajectory").addEventListener("click", analyze({ kind: "trajectory", resolution: 25 }));
+  view.querySelector("#analyze-interpolation").addEventListener("click", analyze({ kind: "interpolation" }));
+  view.querySelector("#analyze-interpolation-job").addEventListener("click", () => {
+    const other = Number(view.querySelector("#interpolate-job").value);
+    if (other > 0) analyze({ kind: "interpolation", to_job: other })().catch(console.error);
+  });
 
   view.querySelector("#cancel-job").addEventListener("click", async () => {
     view.querySelector("#cancel-job").disabled = true;

@@ -126,6 +126,11 @@ def run_analysis(analysis_id: int) -> str:
             )
         ).first()
         job_id, step = job.id, analysis.step
+        jobs = {job.id} | ({analysis.params["to_job"]} if analysis.params.get("to_job") else set())
+        kept = {
+            (a.job_id, a.step): store.path(a.id)
+            for a in session.scalars(select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs)))
+        }
 
     def stage(text: str) -> None:
         with session_scope() as session:
@@ -135,7 +140,7 @@ def run_analysis(analysis_id: int) -> str:
         if artifact is None:
             raise FileNotFoundError(f"job {job_id} has no checkpoint at step {step} any more")
         tensors, metadata = checkpoint.read(store.path(artifact.id))
-        output = analyze_checkpoint(spec, request, step, tensors, metadata, device, store.path, stage)
+        output = analyze_checkpoint(spec, request, step, tensors, metadata, device, store.path, stage, kept, job_id)
     except Exception:
         with session_scope() as session:
             session.execute(

@@ -1,21 +1,39 @@
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Body
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend import queue
 from backend.api.deps import SessionDep, get_job_or_404, send_or_undo
-from backend.models import Analysis, Artifact
+from backend.models import Analysis, Artifact, Job
 from backend.schemas import AnalysisOut
-from backend.spec import CheckpointAnalysis, HessianAnalysis, LandscapeAnalysis, field_errors
+from backend.spec import (
+    CheckpointAnalysis,
+    HessianAnalysis,
+    InterpolationAnalysis,
+    LandscapeAnalysis,
+    TrajectoryAnalysis,
+    field_errors,
+)
 
 router = APIRouter(prefix="/jobs", tags=["analyses"])
 _ANALYSIS = TypeAdapter(CheckpointAnalysis)
+ANALYSIS_SCHEMAS = ("HessianAnalysis", "LandscapeAnalysis", "TrajectoryAnalysis", "InterpolationAnalysis")
 
 
-def _validated(body: dict[str, Any]) -> HessianAnalysis | LandscapeAnalysis:
+def _refuse(field: str, msg: str) -> NoReturn:
+    raise RequestValidationError([{"loc": ["body", field], "msg": msg, "type": "no_checkpoint"}])
+
+
+def _kept_steps(session: Session, job_id: int) -> list[int]:
+    query = select(Artifact.step).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").order_by(Artifact.step)
+    return list(session.scalars(query))
+
+
+def _validated(body: dict[str, Any]) -> HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis:
     body = {"kind": "hessian", **body}
     try:
         return _ANALYSIS.validate_python(body)
@@ -29,7 +47,7 @@ _BODY = {
         "content": {
             "application/json": {
                 "schema": {
-                    "oneOf": [{"$ref": "#/components/schemas/HessianAnalysis"}, {"$ref": "#/components/schemas/LandscapeAnalysis"}],
+                    "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in ANALYSIS_SCHEMAS],
                 }
             }
         },
@@ -43,22 +61,37 @@ def create_analysis(
     body: Annotated[dict[str, Any], Body()],
     session: SessionDep,
 ) -> AnalysisOut:
-    """Analyze a checkpoint the job kept (the latest by default): `kind: hessian` (HessianAnalysis) or
-    `kind: landscape` (LandscapeAnalysis); results land under `{kind}_analysis`."""
+    """Analyze checkpoints the job kept: `hessian` or `landscape` around one (the latest by default),
+    `trajectory` over all of them up to one, `interpolation` between two (or to another job's latest).
+    Results land under `{kind}_analysis`."""
     get_job_or_404(session, job_id)
     request = _validated(body)
-    steps = list(
-        session.scalars(
-            select(Artifact.step).where(Artifact.job_id == job_id, Artifact.kind == "checkpoint").order_by(Artifact.step)
-        )
-    )
+    steps = _kept_steps(session, job_id)
     if not steps:
-        raise RequestValidationError([{"loc": ["body", "step"], "msg": f"job {job_id} has kept no checkpoint yet", "type": "no_checkpoint"}])
-    step = steps[-1] if request.step is None else request.step
+        _refuse("step", f"job {job_id} has kept no checkpoint yet")
+    default = steps[0] if isinstance(request, InterpolationAnalysis) and request.to_job is None else steps[-1]
+    step = default if request.step is None else request.step
     if step not in steps:
-        msg = f"job {job_id} has no checkpoint at step {step}; it has {steps}"
-        raise RequestValidationError([{"loc": ["body", "step"], "msg": msg, "type": "no_checkpoint"}])
-    analysis = Analysis(job_id=job_id, kind=request.kind, step=step, params=request.model_dump(mode="json"))
+        _refuse("step", f"job {job_id} has no checkpoint at step {step}; it has {steps}")
+    params = request.model_dump(mode="json") | {"step": step}
+    if isinstance(request, TrajectoryAnalysis) and len([s for s in steps if s <= step]) < 3:
+        kept = len([s for s in steps if s <= step])
+        _refuse("step", f"a trajectory needs at least 3 kept checkpoints up to step {step}; job {job_id} has {kept} (lower train.checkpoint_every)")
+    if isinstance(request, InterpolationAnalysis):
+        if request.to_job is not None:
+            other = session.get(Job, request.to_job)
+            if other is None:
+                _refuse("to_job", f"no job {request.to_job}")
+            if not _kept_steps(session, request.to_job):
+                _refuse("to_job", f"job {request.to_job} has kept no checkpoint yet")
+        else:
+            to_step = steps[-1] if request.to_step is None else request.to_step
+            if to_step not in steps:
+                _refuse("to_step", f"job {job_id} has no checkpoint at step {to_step}; it has {steps}")
+            if to_step == step:
+                _refuse("to_step", f"both ends are the checkpoint at step {step}: choose another step or to_job")
+            params["to_step"] = to_step
+    analysis = Analysis(job_id=job_id, kind=request.kind, step=step, params=params)
     session.add(analysis)
     session.commit()
     send_or_undo(session, lambda: queue.enqueue_analysis(analysis.id), undo=analysis)

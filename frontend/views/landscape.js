@@ -3,18 +3,24 @@
 // files: /jobs/<id>/landscapes/<result>/export. State in the URL: ls (result id), lslog, ls3d.
 import { API, api, esc, plotLayout } from "../common.js";
 
-const KINDS = ["landscape", "landscape_analysis"];
+const KINDS = ["landscape", "landscape_analysis", "trajectory_analysis", "interpolation_analysis"];
 const POLL_MS = 1500;
 
 function axisLabel(r, k) {
+  if (r.plane === "pca") return `PC${k} (${(100 * r.explained_variance_ratio[k - 1]).toFixed(1)} % of the path's variance)`;
+  if (r.plane === "interpolation") return `α: θ = (1 − α)·θ(${endLabel(r.from)}) + α·θ(${endLabel(r.to)})`;
   if (r.plane === "hessian") return `v${k} (Hessian eigenvector, λ${k} = ${Number(r.eigenvalues?.[k - 1]).toPrecision(4)})`;
   return `d${k} (${r.normalization}-normalized, seed ${r.seed}${k === 2 && r.orthogonalize ? ", ⊥ d1" : ""})`;
 }
 
+const endLabel = (end) => `job ${end.job} step ${end.step}`;
+
 function describe(item) {
   const r = item.data;
-  const what = `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : `${r.resolution}-point curve`} ${r.plane} plane`;
-  const from = item.kind === "landscape" ? "probe" : `analysis #${r.analysis_id}`;
+  const what = r.plane === "interpolation" ? `line ${endLabel(r.from)} → ${endLabel(r.to)}`
+    : r.plane === "pca" ? `${r.resolution}×${r.resolution} trajectory plane (${r.path.steps.length} checkpoints)`
+    : `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : `${r.resolution}-point curve`} ${r.plane} plane`;
+  const from = item.kind === "landscape" ? "probe" : `analysis #${r.analysis_id ?? "…"}`;
   const live = r.partial ? ` — computing ${r.points_done}/${r.points_total}` : "";
   return `step ${item.step}: ${what} (${from})${live}`;
 }
@@ -37,6 +43,12 @@ function figure(r, options) {
     if (r.accuracy) {
       traces.push({ name: "accuracy", x: r.xs, y: r.accuracy, mode: "lines", yaxis: "y2", line: { dash: "dot" } });
       layout.yaxis2 = { overlaying: "y", side: "right", range: [0, 1], title: { text: "accuracy" } };
+      layout.margin.r = 60;
+    }
+    if (r.plane === "interpolation") {
+      layout.title.text = `Loss between ${endLabel(r.from)} and ${endLabel(r.to)} · ${where}`;
+      layout.shapes = [0, 1].map((a) => ({ type: "line", x0: a, x1: a, yref: "paper", y0: 0, y1: 1, line: { dash: "dash", color: "#888" } }));
+      layout.annotations = [[0, r.from], [1, r.to]].map(([a, end]) => ({ x: a, yref: "paper", y: 1, text: endLabel(end), showarrow: false, yanchor: "bottom" }));
     }
     return { traces, layout };
   }
@@ -55,6 +67,11 @@ function figure(r, options) {
     { type: "contour", name: "loss", x: r.xs, y: r.ys, z, colorscale: "Viridis", colorbar, connectgaps: false, ncontours: 30, contours: { coloring: "heatmap" } },
     { type: "scatter", name: `weights at step ${r.step}`, x: [0], y: [0], mode: "markers", marker: { symbol: "x", size: 11, color: "#cf222e" } },
   ];
+  if (r.path) {
+    traces.push({ type: "scatter", name: "training path (checkpoints)", x: r.path.x, y: r.path.y, mode: "lines+markers+text",
+      text: r.path.steps.map((st) => `${st}`), textposition: "top center", marker: { size: 7, color: "#ff7f0e" }, line: { color: "#ff7f0e" } });
+    layout.yaxis.scaleanchor = undefined;
+  }
   if (r.evaluated) {
     const px = [], py = [];
     r.evaluated.forEach((row, i) => row.forEach((e, j) => { if (e) { px.push(r.xs[i]); py.push(r.ys[j]); } }));
@@ -94,7 +111,8 @@ export function landscapeView(container, jobId, params, onState, isLive) {
     plot.dataset.partial = r.partial ? "1" : "0";
     await Plotly.react(plot, traces, layout, { responsive: true, displaylogo: false, toImageButtonOptions: { filename: `job${jobId}-landscape-${item.id}` } });
     const rate = r.points_per_s ? `, ${r.points_per_s.toFixed(0)} points/s` : "";
-    container.querySelector("#landscape-info").textContent = `${r.indexing}; span ±${Number(r.span).toPrecision(3)}; ${r.points_done} of ${r.points_total} points computed${rate}${r.partial ? " (still computing)" : ""}.`;
+    const span = r.span == null ? "" : `; span ±${Number(r.span).toPrecision(3)}${r.span_y ? ` × ±${Number(r.span_y).toPrecision(3)}` : ""}`;
+    container.querySelector("#landscape-info").textContent = `${r.indexing}${span}; ${r.points_done} of ${r.points_total} points computed${rate}${r.partial ? " (still computing)" : ""}.`;
     container.querySelector("#landscape-export").innerHTML = r.partial ? "" : "Export " + ["csv", "json", "npz", "vtk"].map((f) =>
       `<a class="landscape-export" data-format="${f}" href="${API}/jobs/${jobId}/landscapes/${item.id}/export?format=${f}" download>${f.toUpperCase()}</a>`).join(" ");
   };

@@ -211,7 +211,7 @@ def test_hessian_of_the_latest_checkpoint_from_the_job_page(page, served: Serve)
 
 
 def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
-    raw = spec(steps=60, name="e2e-landscape")
+    raw = spec(steps=60, name="e2e-landscape", checkpoint_every=20)
     raw["model"] = {"kind": "cnn", "channels": [32, 32]}
     raw["probes"] = {"landscape": {"at": ["end"], "resolution": 21, "examples": 1000, "span": 0.8}}
     job = served.client.post("/jobs", json=raw).json()
@@ -246,3 +246,26 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('analysis'))", timeout=120_000)
     assert "landscape" in page.inner_text("#analyses-table tbody")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape.png"), full_page=True)
+    # the training path on its principal plane, drawn over the loss surface of that plane
+    page.uncheck("#landscape-3d")
+    page.click("#analyze-trajectory")
+    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('trajectory plane'))", timeout=120_000)
+    page.select_option("#landscape-pick", label=page.eval_on_selector_all("#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('trajectory plane'))"))
+    page.wait_for_function("document.getElementById('landscape-plot').data.some(t => t.name === 'training path (checkpoints)')")
+    [path] = served.client.get(f"/jobs/{job['id']}/results/trajectory_analysis").json()
+    drawn_path = page.evaluate("Array.from(document.getElementById('landscape-plot').data.find(t => t.name === 'training path (checkpoints)').x)")
+    assert drawn_path == path["data"]["path"]["x"] and path["data"]["path"]["steps"] == [20, 40, 60]
+    assert "% of the path's variance" in page.evaluate("document.getElementById('landscape-plot').layout.xaxis.title.text")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-trajectory.png"), full_page=True)
+    # the line from this job's last checkpoint to another run's (another seed)
+    other = served.client.post("/jobs", json={**raw, "name": "e2e-landscape-seed1", "probes": {}, "train": {**raw["train"], "seed": 1}}).json()
+    served.job_when(other["id"], lambda j: j["status"] == "succeeded", 120)
+    page.fill("#interpolate-job", str(other["id"]))
+    page.click("#analyze-interpolation-job")
+    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('line job'))", timeout=120_000)
+    page.select_option("#landscape-pick", label=page.eval_on_selector_all("#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('line job'))"))
+    page.wait_for_function("document.getElementById('landscape-plot').layout.xaxis.title.text.startsWith('α')")
+    [line] = served.client.get(f"/jobs/{job['id']}/results/interpolation_analysis").json()
+    assert line["data"]["to"] == {"job": other["id"], "step": 60} and line["data"]["from"]["step"] == 60
+    assert "step 60 → job" in page.inner_text("#analyses-table tbody")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-interpolation.png"), full_page=True)

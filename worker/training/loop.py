@@ -24,7 +24,7 @@ from worker.training.optim import (
     make_optimizer,
     stability_threshold,
 )
-from worker.training.landscape_probe import LandscapeTracker
+from worker.training.landscapes import LandscapeTracker
 from worker.training.probes import HessianTracker, Probe, ProbeContext, ProbeStopped
 
 
