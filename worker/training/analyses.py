@@ -9,10 +9,10 @@ from torch import Tensor
 
 from backend.spec import HessianAnalysis, HessianProbe, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
 from worker.training.checkpoint import FORMAT, read, unpack
-from worker.training.landscapes import interpolation, landscape, trajectory
+from worker.training.landscapes import GridPlan, finish, plan_interpolation, plan_landscape, plan_trajectory, run_plan
 from worker.training.loop import prepare, probe_context
 from worker.training.optim import base_config, lr_factor
-from worker.training.probes import HessianTracker, ProbeOutput
+from worker.training.probes import HessianTracker, ProbeContext, ProbeOutput
 
 
 def _reader(path: Path) -> Callable[[str], Tensor]:
@@ -23,9 +23,52 @@ def _reader(path: Path) -> Callable[[str], Tensor]:
     return tensor
 
 
+def context_at(
+    spec: JobSpec,
+    step: int,
+    tensors: dict[str, Tensor],
+    metadata: dict[str, str],
+    device: torch.device,
+    uploads: Callable[[str], Path] | None = None,
+) -> ProbeContext:
+    """The probes' view of the run at a checkpoint: its weights, and the lr (and Adam state) it had then."""
+    run = prepare(spec, device, uploads)
+    run.model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
+    if metadata.get("format") == FORMAT:
+        run.optimizer.load_state_dict(unpack(tensors, metadata).optimizer)
+    lr = base_config(spec.optimizer).lr * lr_factor(spec.train.schedule, min(step, spec.train.steps - 1), spec.train.steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    return probe_context(spec, run, should_stop=lambda: False)
+
+
+GridAnalysis = LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis
+
+
+def plan_analysis(
+    request: GridAnalysis,
+    ctx: ProbeContext,
+    step: int,
+    tensors: dict[str, Tensor],
+    kept: Mapping[tuple[int, int], Path],
+    job_id: int | None,
+) -> GridPlan:
+    """The grid of a landscape, trajectory or interpolation analysis. `kept` maps (job id, step) to the
+    checkpoint files a trajectory or an interpolation needs besides this one."""
+    if isinstance(request, LandscapeAnalysis):
+        return plan_landscape(request, ctx)
+    if isinstance(request, TrajectoryAnalysis):
+        return plan_trajectory(request, ctx, [(s, _reader(p)) for (j, s), p in sorted(kept.items()) if j == job_id and s <= step])
+    to = (request.to_job, max(s for j, s in kept if j == request.to_job)) if request.to_job else (job_id, request.to_step)
+    end, _ = read(kept[to])
+    model_part = {k: v for k, v in tensors.items() if "/" not in k}
+    ends = {"from": {"job": job_id, "step": step}, "to": {"job": to[0], "step": to[1]}}
+    return plan_interpolation(request, ctx, model_part, {k: v for k, v in end.items() if "/" not in k}, ends)
+
+
 def analyze_checkpoint(
     spec: JobSpec,
-    request: HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis,
+    request: HessianAnalysis | GridAnalysis,
     step: int,
     tensors: dict[str, Tensor],
     metadata: dict[str, str],
@@ -35,30 +78,15 @@ def analyze_checkpoint(
     kept: Mapping[tuple[int, int], Path] | None = None,
     job_id: int | None = None,
 ) -> ProbeOutput:
-    """The analysis at the checkpoint's weights, with the lr (and Adam state) the run had at that step.
-
-    `kept` maps (job id, step) to the checkpoint files a trajectory or an interpolation needs besides this one.
-    """
-    run = prepare(spec, device, uploads)
-    run.model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
-    if metadata.get("format") == FORMAT:
-        run.optimizer.load_state_dict(unpack(tensors, metadata).optimizer)
-    lr = base_config(spec.optimizer).lr * lr_factor(spec.train.schedule, min(step, spec.train.steps - 1), spec.train.steps)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    ctx = probe_context(spec, run, should_stop=lambda: False)
+    """The whole analysis at the checkpoint's weights, in this process."""
+    ctx = context_at(spec, step, tensors, metadata, device, uploads)
     ctx.report = report
-    if isinstance(request, LandscapeAnalysis):
-        return landscape(request, step, ctx)
-    kept = kept or {}
-    if isinstance(request, TrajectoryAnalysis):
-        path = [(s, _reader(p)) for (j, s), p in sorted(kept.items()) if j == job_id and s <= step]
-        return trajectory(request, ctx, path)
+    if isinstance(request, HessianAnalysis):
+        probe = HessianTracker(HessianProbe(at=[step], **request.model_dump(exclude={"kind", "step"})))
+        return probe(step, ctx)
+    plan = plan_analysis(request, ctx, step, tensors, kept or {}, job_id)
+    result = finish(plan, run_plan(ctx, plan))
     if isinstance(request, InterpolationAnalysis):
-        to = (request.to_job, max(s for j, s in kept if j == request.to_job)) if request.to_job else (job_id, request.to_step)
-        end, _ = read(kept[to])
-        model_part = {k: v for k, v in tensors.items() if "/" not in k}
-        ends = {"from": {"job": job_id, "step": step}, "to": {"job": to[0], "step": to[1]}}
-        return interpolation(request, ctx, model_part, {k: v for k, v in end.items() if "/" not in k}, ends)
-    probe = HessianTracker(HessianProbe(at=[step], **request.model_dump(exclude={"kind", "step"})))
-    return probe(step, ctx)
+        return ProbeOutput({}, result, {})
+    kind = "trajectory-directions" if isinstance(request, TrajectoryAnalysis) else "landscape-directions"
+    return ProbeOutput({}, result, {kind: plan.direction_tensors()})

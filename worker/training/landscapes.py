@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,65 +73,105 @@ def _sample(ctx: ProbeContext, examples: int) -> tuple[Tensor, Tensor]:
     return ctx.x_train[rows], ctx.y_train[rows]
 
 
-def _grid(
-    ctx: ProbeContext,
-    evaluator: ls.PlaneEvaluator,
-    xs: np.ndarray,
-    ys: np.ndarray | None,
-    meta: dict[str, Any],
-    adaptive: bool = False,
-) -> dict[str, Any]:
-    """Compute the grid with progress, cancellation and partial results; the result document."""
-    count = 1 if ys is None else 2
-    total = len(xs) * (1 if ys is None else len(ys))
+@dataclass
+class GridPlan:
+    """Everything a grid needs besides the model: its points, directions, centre and settings. The JSON part
+    (`spec()`) and the directions (`direction_tensors()`) are enough for another worker to compute any chunk."""
+
+    centre: ls.Weights
+    directions: list[ls.Weights]
+    xs: np.ndarray
+    ys: np.ndarray | None
+    meta: dict[str, Any]  # stored with the result: plane, sample size, batch-norm mode, seed, …
+
+    @property
+    def points(self) -> list[tuple[int, int]]:
+        return ls.grid_order(len(self.xs), 1 if self.ys is None else len(self.ys))
+
+    def evaluator(self, ctx: ProbeContext) -> ls.PlaneEvaluator:
+        x, y = _sample(ctx, self.meta["examples_asked"])
+        return ls.PlaneEvaluator(ctx.model, ctx.loss_fn, x, y, self.centre, self.directions, batch_norm=self.meta["batch_norm"])
+
+    def spec(self) -> dict[str, Any]:
+        return {"xs": self.xs.tolist(), "ys": None if self.ys is None else self.ys.tolist(), "meta": self.meta}
+
+    def direction_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = {f"d{k + 1}/{n}": t.detach().float().cpu().contiguous() for k, d in enumerate(self.directions) for n, t in d.items()}
+        return tensors, {k: json.dumps(v) for k, v in self.meta.items()}
+
+    @classmethod
+    def restore(cls, spec: dict[str, Any], tensors: dict[str, Tensor], centre: ls.Weights) -> "GridPlan":
+        count = 1 + any(k.startswith("d2/") for k in tensors)
+        directions = [{k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"d{i + 1}/")} for i in range(count)]
+        ys = None if spec["ys"] is None else np.asarray(spec["ys"])
+        return cls(centre, directions, np.asarray(spec["xs"]), ys, spec["meta"])
+
+    def document(self, loss: np.ndarray, accuracy: np.ndarray | None, evaluated: np.ndarray, seconds: float) -> dict[str, Any]:
+        """The result: loss[i][j] (a list for a curve), accuracy alike, and how far the grid has got."""
+        one = self.ys is None
+        done = int(evaluated.sum())
+        out: dict[str, Any] = {k: v for k, v in self.meta.items() if k != "examples_asked"}
+        out |= {"dims": 1 if one else 2, "xs": self.xs.tolist(), "ys": None if one else self.ys.tolist()}
+        out["loss"] = loss[:, 0].tolist() if one else loss.tolist()
+        out["accuracy"] = None if accuracy is None else (accuracy[:, 0].tolist() if one else accuracy.tolist())
+        out |= {"points_done": done, "points_total": evaluated.size, "points_per_s": done / seconds if seconds > 0 else None}
+        if self.meta.get("adaptive"):
+            out["evaluated"] = evaluated.astype(int).tolist()
+        return out
+
+
+def run_plan(ctx: ProbeContext, plan: GridPlan) -> dict[str, Any]:
+    """Compute the whole grid here, with progress, cancellation and partial results; the result document."""
     started = time.monotonic()
     last = [started]
-
-    def document(surf: ls.Surface) -> dict[str, Any]:
-        done = int(surf.evaluated.sum())
-        seconds = time.monotonic() - started
-        out: dict[str, Any] = {**meta, "dims": count, "xs": surf.xs.tolist(), "points_done": done, "points_total": total}
-        out["ys"] = surf.ys.tolist() if count == 2 else None
-        out["loss"] = surf.loss.tolist() if count == 2 else surf.loss[:, 0].tolist()
-        acc = surf.accuracy
-        out["accuracy"] = None if acc is None else (acc.tolist() if count == 2 else acc[:, 0].tolist())
-        out["points_per_s"] = done / seconds if seconds > 0 else None
-        if adaptive:
-            out["evaluated"] = surf.evaluated.astype(int).tolist()
-        return out
+    evaluator = plan.evaluator(ctx)
+    adaptive = bool(plan.meta.get("adaptive"))
 
     def progress(points: list[tuple[int, int]], surf: ls.Surface) -> None:
         now = time.monotonic()
-        done = int(surf.evaluated.sum())
+        done, total = int(surf.evaluated.sum()), surf.evaluated.size
         rate = done / max(now - started, 1e-9)
         eta = f", ETA {(total - done) / rate:.0f} s" if not adaptive else ""
-        ctx.report(f"{meta['plane']} landscape: {done}/{total} points, {rate:.0f} points/s{eta}")
+        ctx.report(f"{plan.meta['plane']} landscape: {done}/{total} points, {rate:.0f} points/s{eta}")
         if ctx.should_stop():
             raise ProbeStopped
         if now - last[0] >= PUBLISH_SECONDS:
             last[0] = now
-            ctx.publish({**document(surf), "partial": True})
+            ctx.publish({**plan.document(surf.loss, surf.accuracy, surf.evaluated, now - started), "partial": True})
 
     with evaluator.session():
         if adaptive:
-            surf = ls.adaptive_surface(evaluator, xs, ys if ys is not None else xs, progress=progress)
+            surf = ls.adaptive_surface(evaluator, plan.xs, plan.ys if plan.ys is not None else plan.xs, progress=progress)
         else:
-            surf = ls.loss_surface(evaluator, xs, ys, progress=progress, chunk=max(8, total // 100))
-    return {**document(surf), "partial": False, "batch_size": evaluator.batch_size}
+            total = len(plan.points)
+            surf = ls.loss_surface(evaluator, plan.xs, plan.ys, progress=progress, chunk=max(8, total // 100))
+    out = plan.document(surf.loss, surf.accuracy, surf.evaluated, time.monotonic() - started)
+    return {**out, "partial": False, "batch_size": evaluator.batch_size}
 
 
-def _direction_tensors(directions: list[ls.Weights], meta: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    tensors = {f"d{k + 1}/{n}": t.detach().float().cpu().contiguous() for k, d in enumerate(directions) for n, t in d.items()}
-    return tensors, {k: json.dumps(v) for k, v in meta.items()}
+def evaluate_points(ctx: ProbeContext, plan: GridPlan, points: list[tuple[int, int]]) -> list[list[float | None]]:
+    """[i, j, loss, accuracy] at the given grid points (a chunk of a grid split across workers)."""
+    out = []
+    with plan.evaluator(ctx).session() as evaluate:
+        for i, j in points:
+            value = evaluate((plan.xs[i],) if plan.ys is None else (plan.xs[i], plan.ys[j]))
+            out.append([i, j, value.loss if math.isfinite(value.loss) else None, value.accuracy])
+            if ctx.should_stop():
+                raise ProbeStopped
+    return out
 
 
-def landscape(cfg: Any, step: int, ctx: ProbeContext) -> ProbeOutput:
+def centre_loss(result: dict[str, Any], index: int) -> float | None:
+    return result["loss"][index] if result["dims"] == 1 else result["loss"][index][index]
+
+
+def plan_landscape(cfg: Any, ctx: ProbeContext) -> GridPlan:
     """`cfg` is a LandscapeProbe or a LandscapeAnalysis (the same settings)."""
-    x, y = _sample(ctx, cfg.examples)
     centre = ls.weights_of(ctx.model)
     count = cfg.dims
     eigenvalues: list[float] | None = None
     if cfg.plane == "hessian":
+        x, y = _sample(ctx, cfg.examples)
         directions, eigenvalues = _hessian_plane(ctx, x, y, list(centre), ctx.seed)
         directions = directions[:count]
         span = cfg.span or (3.0 / math.sqrt(eigenvalues[0]) if eigenvalues[0] > 0 else 1.0)
@@ -143,68 +184,71 @@ def landscape(cfg: Any, step: int, ctx: ProbeContext) -> ProbeOutput:
     meta = {
         "plane": cfg.plane, "resolution": cfg.resolution, "span": span, "seed": cfg.seed,
         "normalization": cfg.normalization if cfg.plane == "random" else "unit eigenvectors",
-        "include_bias_bn": cfg.include_bias_bn, "orthogonalize": cfg.orthogonalize, "examples": len(y),
+        "include_bias_bn": cfg.include_bias_bn, "orthogonalize": cfg.orthogonalize,
+        "examples": min(cfg.examples, len(ctx.y_train)), "examples_asked": cfg.examples,
         "batch_norm": cfg.batch_norm, "adaptive": cfg.adaptive, "eigenvalues": eigenvalues,
         "indexing": "loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)" if count == 2 else "loss[i] = L(θ + xs[i]·d1)",
     }  # fmt: skip
-    evaluator = ls.PlaneEvaluator(ctx.model, ctx.loss_fn, x, y, centre, directions, batch_norm=cfg.batch_norm)
-    result = _grid(ctx, evaluator, xs, xs if count == 2 else None, meta, cfg.adaptive)
-    middle = cfg.resolution // 2
-    result["centre_loss"] = result["loss"][middle][middle] if count == 2 else result["loss"][middle]
+    return GridPlan(centre, directions, xs, xs if count == 2 else None, meta)
+
+
+def landscape(cfg: Any, step: int, ctx: ProbeContext) -> ProbeOutput:
+    plan = plan_landscape(cfg, ctx)
+    result = run_plan(ctx, plan)
+    result["centre_loss"] = centre_loss(result, cfg.resolution // 2)
     metrics = {"landscape/centre_loss": result["centre_loss"]}
     finite = [v for v in np.asarray(result["loss"], dtype=float).ravel() if np.isfinite(v)]
     if finite:
         metrics["landscape/max_loss"] = max(finite)
-    artifacts = {"landscape-directions": _direction_tensors(directions, meta)} if cfg.save_directions else {}
-    return ProbeOutput(metrics, result, artifacts)
+    return ProbeOutput(metrics, result, {"landscape-directions": plan.direction_tensors()} if cfg.save_directions else {})
 
 
 Reader = Callable[[str], Tensor]
 
 
-def trajectory(cfg: TrajectoryAnalysis, ctx: ProbeContext, path: list[tuple[int, Reader]]) -> ProbeOutput:
-    """The loss surface on the plane of the path's first two principal components, centred at the model's
-    weights (the path's last checkpoint), and each checkpoint's place on that plane."""
-    x, y = _sample(ctx, cfg.examples)
+def plan_trajectory(cfg: TrajectoryAnalysis, ctx: ProbeContext, path: list[tuple[int, Reader]]) -> GridPlan:
+    """The plane of the path's first two principal components, centred at the model's weights (the path's last
+    checkpoint), and each checkpoint's place on that plane."""
     final = ls.weights_of(ctx.model)
-    names = list(final)
     ctx.report(f"trajectory: principal components of {len(path)} checkpoints")
-    plane = ls.trajectory_pca([read for _, read in path], final.__getitem__, names)
+    plane = ls.trajectory_pca([read for _, read in path], final.__getitem__, list(final))
     spans = [float(np.abs(plane.coords[:, k]).max()) * (1 + cfg.margin) or 1.0 for k in range(2)]
     xs, ys = (ls.symmetric_grid(cfg.resolution, span) for span in spans)
-    ratio = plane.explained_variance_ratio.tolist()
     meta = {
-        "plane": "pca", "resolution": cfg.resolution, "span": spans[0], "span_y": spans[1], "examples": len(y),
-        "batch_norm": cfg.batch_norm, "adaptive": cfg.adaptive, "explained_variance_ratio": ratio,
+        "plane": "pca", "resolution": cfg.resolution, "span": spans[0], "span_y": spans[1],
+        "examples": min(cfg.examples, len(ctx.y_train)), "examples_asked": cfg.examples, "batch_norm": cfg.batch_norm,
+        "adaptive": cfg.adaptive, "explained_variance_ratio": plane.explained_variance_ratio.tolist(),
         "path": {"steps": [s for s, _ in path], "x": plane.coords[:, 0].tolist(), "y": plane.coords[:, 1].tolist()},
         "indexing": "loss[i][j] = L(θ_last + xs[i]·pc1 + ys[j]·pc2), pc1 and pc2 of unit length",
     }  # fmt: skip
-    evaluator = ls.PlaneEvaluator(ctx.model, ctx.loss_fn, x, y, final, plane.directions, batch_norm=cfg.batch_norm)
-    result = _grid(ctx, evaluator, xs, ys, meta, cfg.adaptive)
-    middle = cfg.resolution // 2
-    result["centre_loss"] = result["loss"][middle][middle]
-    return ProbeOutput({}, result, {"trajectory-directions": _direction_tensors(plane.directions, meta)})
+    return GridPlan(final, plane.directions, xs, ys, meta)
 
 
-def interpolation(
+def plan_interpolation(
     cfg: InterpolationAnalysis, ctx: ProbeContext, start: dict[str, Tensor], end: dict[str, Tensor], ends: dict[str, Any]
-) -> ProbeOutput:
-    """Loss and accuracy on the line from `start` to `end` (float state: parameters and BatchNorm statistics)."""
+) -> GridPlan:
+    """The line from `start` to `end` (float state: parameters and BatchNorm statistics)."""
     state = {k: v for k, v in ctx.model.state_dict().items() if v.is_floating_point()}
     if set(start) != set(end) or any(start[k].shape != end[k].shape for k in start):
         raise ValueError("the two checkpoints are of different models: their tensors' names or shapes differ")
-    x, y = _sample(ctx, cfg.examples)
     device = next(iter(state.values())).device
     a = {k: start[k].to(device=device, dtype=state[k].dtype) for k in state}
     b = {k: end[k].to(device=device, dtype=state[k].dtype) for k in state}
     lo, hi = cfg.range
     alphas = np.unique(np.concatenate([np.linspace(lo, hi, cfg.points), [0.0, 1.0]]))
     meta = {
-        "plane": "interpolation", "resolution": len(alphas), "span": None, "examples": len(y), "batch_norm": cfg.batch_norm,
-        "from": ends["from"], "to": ends["to"], "indexing": "loss[i] = L((1 − α_i)·θ_from + α_i·θ_to)",
+        "plane": "interpolation", "resolution": len(alphas), "span": None, "examples": min(cfg.examples, len(ctx.y_train)),
+        "examples_asked": cfg.examples, "batch_norm": cfg.batch_norm, "from": ends["from"], "to": ends["to"],
+        "indexing": "loss[i] = L((1 − α_i)·θ_from + α_i·θ_to)",
     }  # fmt: skip
-    evaluator = ls.PlaneEvaluator(ctx.model, ctx.loss_fn, x, y, a, [ls.interpolation_directions(a, b)], batch_norm=cfg.batch_norm)
-    result = _grid(ctx, evaluator, alphas, None, meta)
-    result["centre_loss"] = result["loss"][int(np.flatnonzero(alphas == 0.0)[0])]
-    result["end_loss"] = result["loss"][int(np.flatnonzero(alphas == 1.0)[0])]
-    return ProbeOutput({}, result, {})
+    return GridPlan(a, [ls.interpolation_directions(a, b)], alphas, None, meta)
+
+
+def finish(plan: GridPlan, result: dict[str, Any]) -> dict[str, Any]:
+    """What each kind adds to a finished grid's document."""
+    if plan.meta["plane"] == "interpolation":
+        result["centre_loss"] = result["loss"][int(np.flatnonzero(plan.xs == 0.0)[0])]
+        result["end_loss"] = result["loss"][int(np.flatnonzero(plan.xs == 1.0)[0])]
+    else:
+        result["centre_loss"] = centre_loss(result, len(plan.xs) // 2)
+    return result
