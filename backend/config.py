@@ -1,7 +1,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path(".dynascope")
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_steps: int = 10_000_000
     max_attempts: int = 3
     max_sweep_jobs: int = 1000
+    # An analysis grid with more points is split into chunk tasks of this many points, which any idle worker
+    # takes (a lost worker costs one chunk).
+    grid_chunk_points: int = Field(2048, ge=1)
     max_upload_bytes: int = 200_000_000  # an uploaded file, counted while it streams in
     max_dataset_bytes: int = 2_000_000_000  # its arrays once decompressed (a zip bomb stops here)
     # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.

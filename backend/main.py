@@ -33,6 +33,7 @@ from backend.api import (
 )
 from backend.config import get_settings
 from backend.db import session_scope
+from backend.services.analyses import reap_stale_analyses
 from backend.services.jobs import reap_stale_jobs
 from backend.spec import HessianAnalysis, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
 
@@ -110,6 +111,13 @@ def _reap_once(timeout: float) -> None:
         for job_id in reap_stale_jobs(session, timeout):
             log.warning("job %s lost its worker; requeued", job_id)
             queue.enqueue_job(job_id)
+    with session_scope() as session:
+        for resend in reap_stale_analyses(session, timeout, get_settings().max_attempts):
+            log.warning("analysis %s lost its worker; sent again (chunk %s)", resend.analysis_id, resend.chunk)
+            if resend.chunk is None:
+                queue.enqueue_analysis(resend.analysis_id)
+            else:
+                queue.enqueue_grid_chunk(resend.analysis_id, resend.chunk)
 
 
 async def _reaper_loop(timeout: float) -> None:

@@ -8,6 +8,7 @@ from backend.config import Settings, get_settings
 
 RUN_JOB_TASK = "dynascope.run_job"
 RUN_ANALYSIS_TASK = "dynascope.run_analysis"
+RUN_GRID_CHUNK_TASK = "dynascope.run_grid_chunk"
 JOB_QUEUE = "jobs"
 
 
@@ -50,6 +51,11 @@ def enqueue_job(job_id: int) -> str:
 
 def enqueue_analysis(analysis_id: int) -> str:
     return get_celery().send_task(RUN_ANALYSIS_TASK, args=[analysis_id], queue=JOB_QUEUE).id
+
+
+def enqueue_grid_chunk(analysis_id: int, index: int) -> None:
+    """One chunk of an analysis grid; any idle worker takes the next."""
+    get_celery().send_task(RUN_GRID_CHUNK_TASK, args=[analysis_id, index], queue=JOB_QUEUE)
 
 
 def revoke(task_id: str) -> None:

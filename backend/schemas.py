@@ -122,5 +122,7 @@ class AnalysisOut(BaseModel):
     status: str
     stage: str
     error: str | None
+    cancel_requested: bool
+    attempts: int
     created_at: UTCTime
     finished_at: UTCTime | None

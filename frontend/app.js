@@ -265,7 +265,7 @@ function renderJob(id, params) {
       <label>or last checkpoint → job <input id="interpolate-job" type="number" min="1" style="width:6em"></label>
       <button id="analyze-interpolation-job">Interpolate to that job</button>
     </div>
-    <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th></tr></thead><tbody></tbody></table>
+    <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th><th></th></tr></thead><tbody></tbody></table>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
   let job = null;
@@ -433,13 +433,21 @@ function renderJob(id, params) {
     view.querySelector("#analyses-table tbody").innerHTML = rows.map((a) => {
       const r = byId[a.id] || {};
       return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${esc(a.kind)}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
-        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td></tr>`;
+        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td>
+        <td>${TERMINAL.has(a.status) || a.cancel_requested ? "" : `<button class="cancel-analysis danger" data-id="${a.id}" aria-label="cancel analysis ${a.id}">Cancel</button>`}</td></tr>`;
     }).join("");
     if (rows.some((a) => a.kind !== "hessian" && a.status === "succeeded")) showLandscape();
     clearTimeout(analysesTimer);
     if (rows.some((a) => !TERMINAL.has(a.status))) analysesTimer = setTimeout(() => showAnalyses().catch(console.error), 1000);
   };
   showAnalyses().catch(console.error);
+  view.querySelector("#analyses-table tbody").addEventListener("click", async (e) => {
+    const button = e.target.closest("button.cancel-analysis");
+    if (!button) return;
+    button.disabled = true;
+    await api(`/jobs/${id}/analyses/${button.dataset.id}/cancel`, { method: "POST" }).catch(console.error);
+    showAnalyses().catch(console.error);
+  });
   const analyze = (body) => async () => {
     try {
       await api(`/jobs/${id}/analyses`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });

@@ -1,4 +1,6 @@
-"""run_job(job_id): load the row → claim it → train with probes → record. Safe to deliver twice."""
+"""run_job(job_id): load the row → claim it → train with probes → record. Safe to deliver twice.
+
+The Celery app's entry point (`celery -A worker.tasks`): the analysis tasks register from worker.analysis_tasks."""
 
 import logging
 import socket
@@ -8,20 +10,16 @@ from datetime import timedelta
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
-from pydantic import TypeAdapter
-from safetensors.torch import save as safetensors_bytes
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db import session_scope
-from backend.models import Analysis, Artifact, Job, JobStatus, Result, utcnow
-from backend.queue import RUN_ANALYSIS_TASK, RUN_JOB_TASK, get_celery
+from backend.models import Job, JobStatus, utcnow
+from backend.queue import RUN_JOB_TASK, get_celery
 from backend.services import jobs as job_service
 from backend.services.artifacts import LocalArtifactStore
-from backend.spec import CheckpointAnalysis, JobSpec
-from worker.recorder import DbRecorder, json_safe
-from worker.training.analyses import analyze_checkpoint
+from backend.spec import JobSpec
+from worker.recorder import DbRecorder
 from worker.training import checkpoint
 from worker.training.checkpoint import TrainState, unpack
 from worker.training.loop import Outcome, train
@@ -104,59 +102,5 @@ def run_job(job_id: int) -> str:
     return outcome.value if outcome else "failed"
 
 
-@celery_app.task(name=RUN_ANALYSIS_TASK)
-def run_analysis(analysis_id: int) -> str:
-    settings = get_settings()
-    store = LocalArtifactStore(settings.artifact_dir)
-    device = pick_device(settings.device)
-    with session_scope() as session:
-        started = session.execute(
-            update(Analysis)
-            .where(Analysis.id == analysis_id, Analysis.status == JobStatus.queued.value)
-            .values(status=JobStatus.running.value, stage="loading the checkpoint")
-        ).rowcount
-        if not started:
-            return "skipped"
-        analysis = session.get(Analysis, analysis_id)
-        job = session.get(Job, analysis.job_id)
-        spec, request = JobSpec.model_validate(job.spec), TypeAdapter(CheckpointAnalysis).validate_python(analysis.params)
-        artifact = session.scalars(
-            select(Artifact).where(
-                Artifact.job_id == job.id, Artifact.kind == "checkpoint", Artifact.step == analysis.step
-            )
-        ).first()
-        job_id, step = job.id, analysis.step
-        jobs = {job.id} | ({analysis.params["to_job"]} if analysis.params.get("to_job") else set())
-        kept = {
-            (a.job_id, a.step): store.path(a.id)
-            for a in session.scalars(select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs)))
-        }
-
-    def stage(text: str) -> None:
-        with session_scope() as session:
-            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(stage=text[:200]))
-
-    try:
-        if artifact is None:
-            raise FileNotFoundError(f"job {job_id} has no checkpoint at step {step} any more")
-        tensors, metadata = checkpoint.read(store.path(artifact.id))
-        output = analyze_checkpoint(spec, request, step, tensors, metadata, device, store.path, stage, kept, job_id)
-    except Exception:
-        with session_scope() as session:
-            session.execute(
-                update(Analysis)
-                .where(Analysis.id == analysis_id)
-                .values(status=JobStatus.failed.value, error=traceback.format_exc(limit=20), finished_at=utcnow(), stage="failed")
-            )
-        return "failed"
-    with session_scope() as session:
-        session.add(Result(job_id=job_id, kind=f"{request.kind}_analysis", step=step, data=json_safe({**output.result, "analysis_id": analysis_id})))
-        for kind, (tensors, meta) in output.artifacts.items():
-            stored = store.put(safetensors_bytes(tensors, metadata={**meta, "analysis_id": str(analysis_id)}))
-            session.add(Artifact(id=stored.id, job_id=job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
-        session.execute(
-            update(Analysis)
-            .where(Analysis.id == analysis_id)
-            .values(status=JobStatus.succeeded.value, stage="done", finished_at=utcnow())
-        )
-    return "succeeded"
+# The analysis tasks live beside the job task, on the same app.
+from worker import analysis_tasks  # noqa: E402, F401

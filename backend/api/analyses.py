@@ -1,6 +1,6 @@
 from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from backend import queue
 from backend.api.deps import SessionDep, get_job_or_404, send_or_undo
-from backend.models import Analysis, Artifact, Job
+from backend.models import Analysis, Artifact, Job, JobStatus, utcnow
 from backend.schemas import AnalysisOut
 from backend.spec import (
     CheckpointAnalysis,
@@ -103,3 +103,19 @@ def list_analyses(job_id: int, session: SessionDep) -> list[AnalysisOut]:
     get_job_or_404(session, job_id)
     rows = session.scalars(select(Analysis).where(Analysis.job_id == job_id).order_by(Analysis.id))
     return [AnalysisOut.model_validate(a) for a in rows]
+
+
+@router.post("/{job_id}/analyses/{analysis_id}/cancel", response_model=AnalysisOut)
+def cancel_analysis(job_id: int, analysis_id: int, session: SessionDep) -> AnalysisOut:
+    """A queued analysis is cancelled at once; a running one stops within a heartbeat, keeping its partial result."""
+    get_job_or_404(session, job_id)
+    analysis = session.get(Analysis, analysis_id)
+    if analysis is None or analysis.job_id != job_id:
+        raise HTTPException(404, detail=f"job {job_id} has no analysis {analysis_id}")
+    if analysis.status == JobStatus.queued.value:
+        analysis.status, analysis.stage, analysis.finished_at = JobStatus.cancelled.value, "cancelled", utcnow()
+    elif analysis.status == JobStatus.running.value:
+        analysis.cancel_requested = True
+        analysis.stage = "cancelling"
+    session.commit()
+    return AnalysisOut.model_validate(analysis)

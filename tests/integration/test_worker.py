@@ -232,3 +232,55 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     assert data["loss"][2][2] == data["centre_loss"] and abs(centre - data["centre_loss"]) <= 1e-6 * centre
     assert data["examples"] == 300 and len(data["loss"]) == 5 and data["xs"][2] == 0.0
     assert "landscape-directions" in [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
+
+
+def test_a_large_grid_is_split_into_chunks_and_a_lost_worker_costs_one_chunk(make_stack, pg_url, redis_url, tmp_path):
+    import numpy as np
+    import torch
+
+    from backend.spec import JobSpec, LandscapeAnalysis
+    from worker.training.analyses import analyze_checkpoint
+    from worker.training.checkpoint import read
+
+    stack = make_stack(pg_url, redis_url, grid_chunk_points=100)
+    stack.migrate()
+    stack.start_api()
+    first = stack.start_worker("first")
+    raw = spec(steps=60, name="split-grid")
+    raw["model"] = {"kind": "cnn", "channels": [32, 32]}
+    job = stack.submit(raw)
+    stack.wait_job(job["id"], lambda j: j["status"] == "succeeded", 120)
+    request = {"kind": "landscape", "resolution": 21, "examples": 1000}
+    made = stack.client.post(f"/jobs/{job['id']}/analyses", json=request).json()
+
+    def claims() -> list:
+        return stack.client.get(f"/jobs/{job['id']}/results/grid_claim").json()
+
+    stack.wait(lambda: bool(claims()), 120, "a chunk claimed")
+    Stack.kill(first)  # kill -9 in the middle of a chunk
+    stack.start_worker("second")
+    deadline = time.monotonic() + 180
+    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[0])["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, analysis
+        time.sleep(0.5)
+    assert analysis["status"] == "succeeded" and analysis["id"] == made["id"], analysis
+    assert analysis["attempts"] == 2  # the first worker's chunk was sent again, once
+    [surface] = stack.client.get(f"/jobs/{job['id']}/results/landscape_analysis").json()
+    data = surface["data"]
+    assert data["chunks"] == 5 and data["points_done"] == data["points_total"] == 441 and not data["partial"]
+    for kind in ("grid_plan", "grid_chunk", "grid_claim"):
+        assert stack.client.get(f"/jobs/{job['id']}/results/{kind}").json() == []
+    # The assembled surface is the one computed in one piece, here.
+    [checkpoint] = [a for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json() if a["kind"] == "checkpoint"]
+    path = tmp_path / "final.safetensors"
+    path.write_bytes(stack.client.get(f"/jobs/{job['id']}/artifacts/{checkpoint['id']}").content)
+    tensors, metadata = read(path)
+    whole = analyze_checkpoint(JobSpec.model_validate(raw), LandscapeAnalysis(**request), 60, tensors, metadata, torch.device("cpu"))
+    np.testing.assert_allclose(np.array(data["loss"]), np.array(whole.result["loss"]), rtol=1e-6)
+    # A long analysis stops when cancelled, its queued chunks with it.
+    big = stack.client.post(f"/jobs/{job['id']}/analyses", json={**request, "resolution": 41}).json()
+    stack.wait(lambda: stack.client.get(f"/jobs/{job['id']}/analyses").json()[1]["status"] == "running", 60, "running")
+    cancelled = stack.client.post(f"/jobs/{job['id']}/analyses/{big['id']}/cancel").json()
+    assert cancelled["cancel_requested"] and cancelled["status"] == "running"
+    stack.wait(lambda: stack.client.get(f"/jobs/{job['id']}/analyses").json()[1]["status"] == "cancelled", 30, "cancelled")
+    assert stack.client.post(f"/jobs/{job['id']}/analyses/999999/cancel").status_code == 404

@@ -302,3 +302,16 @@ def test_adaptive_surface_refines_where_the_coarse_spline_misses():
     adaptive = (np.abs(surf.loss - truth) / truth).max()
     coarse = (np.abs(_coarse_only(truth, xs, 5) - truth) / truth).max()
     assert coarse > 0.1 and adaptive < coarse / 5
+
+
+def test_a_centre_that_is_the_models_own_state_does_not_move(digits, digits_mlp):
+    x, y = digits
+    model = copy.deepcopy(digits_mlp)
+    dirs = ls.random_directions(ls.weights_of(model), 2, seed=4)
+    xs = ls.symmetric_grid(5, 1.0)
+    with ls.PlaneEvaluator(copy.deepcopy(model), CE, x, y, ls.weights_of(model), dirs).session() as ev:
+        cloned = ls.loss_surface(ev, xs, xs).loss
+    own = {k: v for k, v in model.state_dict().items()}  # the parameters' own storage
+    with ls.PlaneEvaluator(model, CE, x, y, own, dirs).session() as ev:
+        aliased = ls.loss_surface(ev, xs, xs).loss
+    np.testing.assert_allclose(aliased, cloned, rtol=1e-6)

@@ -168,14 +168,15 @@ class PlaneEvaluator:
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         self.x, self.y = x, y
         moving = [n for n in centre if any(n in d and bool(d[n].any()) for d in self.directions)]
-        self._state, self._centre_all = state, centre
+        # a copy: a centre given as the model's own tensors (state_dict()) would move with them
+        self._state, self._centre_all = state, {n: t.detach().clone() for n, t in centre.items()}
         self._swap: tuple[nn.Module, str, nn.Module, _Precomputed] | None = None
         own: set[str] = set()
         with torch.no_grad():
             for n in centre:  # tensors that move are reset to the centre at each point, the others only here
                 state[n].copy_(centre[n])
             if precompute is not False and batch_norm == "eval" and not compile:  # (compiled: retraced per point)
-                own = self._precompute_input_layer(centre)
+                own = self._precompute_input_layer(self._centre_all)
         self._plans = {False: moving, True: [n for n in moving if n not in own]}
         self.accuracy = accuracy and not y.is_floating_point()
         self._batch_sums: Callable[[Tensor, Tensor], Tensor] = torch.compile(self._sums) if compile else self._sums

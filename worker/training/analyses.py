@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -77,16 +78,21 @@ def analyze_checkpoint(
     report: Callable[[str], None] = lambda _: None,
     kept: Mapping[tuple[int, int], Path] | None = None,
     job_id: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    publish: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> ProbeOutput:
-    """The whole analysis at the checkpoint's weights, in this process."""
+    """The whole analysis at the checkpoint's weights, in this process (it stops with ProbeStopped when
+    `should_stop` says so, and `publish`es partial grids while it runs)."""
     ctx = context_at(spec, step, tensors, metadata, device, uploads)
-    ctx.report = report
+    ctx.report, ctx.should_stop, ctx.publish = report, should_stop, publish
     if isinstance(request, HessianAnalysis):
         probe = HessianTracker(HessianProbe(at=[step], **request.model_dump(exclude={"kind", "step"})))
         return probe(step, ctx)
     plan = plan_analysis(request, ctx, step, tensors, kept or {}, job_id)
     result = finish(plan, run_plan(ctx, plan))
-    if isinstance(request, InterpolationAnalysis):
-        return ProbeOutput({}, result, {})
-    kind = "trajectory-directions" if isinstance(request, TrajectoryAnalysis) else "landscape-directions"
-    return ProbeOutput({}, result, {kind: plan.direction_tensors()})
+    return ProbeOutput({}, result, {directions_kind(request): plan.direction_tensors()})
+
+
+def directions_kind(request: GridAnalysis) -> str:
+    """The artifact kind of a grid's directions (for an interpolation: θ_to − θ_from)."""
+    return {"landscape": "landscape-directions", "trajectory": "trajectory-directions"}.get(request.kind, "interpolation-direction")
