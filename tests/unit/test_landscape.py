@@ -315,3 +315,16 @@ def test_a_centre_that_is_the_models_own_state_does_not_move(digits, digits_mlp)
     with ls.PlaneEvaluator(model, CE, x, y, own, dirs).session() as ev:
         aliased = ls.loss_surface(ev, xs, xs).loss
     np.testing.assert_allclose(aliased, cloned, rtol=1e-6)
+
+
+def test_compiled_evaluation_matches_eager(digits, digits_mlp):
+    x, y = digits
+    centre = ls.weights_of(digits_mlp)
+    dirs = ls.random_directions(centre, 2, seed=5)
+    xs = ls.symmetric_grid(3, 1.0)
+    surfaces = []
+    for compile in (False, True):
+        with ls.PlaneEvaluator(copy.deepcopy(digits_mlp), CE, x, y, centre, dirs, compile=compile).session() as ev:
+            surfaces.append(ls.loss_surface(ev, xs, xs))
+    np.testing.assert_allclose(surfaces[1].loss, surfaces[0].loss, rtol=1e-5)
+    np.testing.assert_array_equal(surfaces[1].accuracy, surfaces[0].accuracy)

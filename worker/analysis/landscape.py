@@ -189,6 +189,7 @@ class PlaneEvaluator:
                 for plan in seconds:
                     seconds[plan] = min(seconds[plan], self._seconds_per_point(plan, repeats=1))
             self._use(seconds[True] <= seconds[False])
+        self.seconds_per_point = self._seconds_per_point()
 
     def _use(self, precomputed: bool) -> None:
         if self._swap is not None:
