@@ -1,0 +1,293 @@
+"""Gradient statistics of a batch from one ordinary backward pass. Pure PyTorch numerics.
+
+Notation: ℓ_i is example i's loss, L = mean_i ℓ_i over a batch of B, g_i = ∇ℓ_i, ḡ = ∇L = mean_i g_i.
+Everything here follows from three per-parameter quantities (`Moments`): ‖g_i‖², g_i·ḡ and Σ_i g_i²
+(per coordinate). Hooks on the layers give them without materializing the B×P per-example gradients where
+the algebra allows:
+
+- Linear on one vector per example: g_i = δ_i a_iᵀ, so ‖g_i‖² = ‖δ_i‖²‖a_i‖², Σ_i g_i² = (δ∘δ)ᵀ(a∘a) and
+  g_i·ḡ = δ_iᵀ Ḡ a_i (δ: the output gradient of ℓ_i, a: the layer's input);
+- Linear on sequences and convolutions (unfolded): per-example gradients of that layer only, in chunks;
+- LayerNorm, GroupNorm and BatchNorm affine parameters: g_i = Σ δ_i∘x̂_i (x̂ the normalized input) and Σ δ_i;
+- anything else (embeddings, custom parameters): per-example gradients by torch.func, for those parameters
+  only — counted exactly, never dropped.
+
+With BatchNorm in train mode an example's "gradient" is its share of the batch gradient (examples interact
+through the batch statistics); the statistics then describe those shares.
+"""
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+CHUNK_ELEMENTS = 2**24  # per-example gradients of one layer are formed this many elements at a time
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+@dataclass
+class Moments:
+    """One parameter's part of the per-example gradients of a batch."""
+
+    mean: Tensor  # ḡ (shape of the parameter)
+    sq_norms: Tensor  # [B] ‖g_i‖²
+    dots: Tensor  # [B] g_i·ḡ
+    coord_sq: Tensor  # Σ_i g_i² (shape of the parameter)
+    rule: str  # how it was obtained: "linear", "per-example", "norm", "torch.func"
+
+
+@contextmanager
+def _captured(model: nn.Module) -> Iterator[dict[nn.Module, list[Tensor]]]:
+    """Inputs and output gradients of the layers with a fast rule: module → [input, output grad]."""
+    saved: dict[nn.Module, list[Tensor]] = {}
+
+    def forward_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        if not output.requires_grad:
+            return
+        saved[module] = [args[0].detach()]
+        output.register_hook(lambda g, m=module: saved[m].append(g.detach()))
+
+    fast = (nn.Linear, nn.Conv1d, nn.Conv2d, *NORMS)
+    handles = [m.register_forward_hook(forward_hook) for m in model.modules() if isinstance(m, fast)]
+    try:
+        yield saved
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _from_per_example(pe: Tensor, mean: Tensor, rule: str) -> Moments:
+    flat = pe.flatten(1)
+    return Moments(mean, flat.pow(2).sum(1), flat @ mean.flatten(), pe.pow(2).sum(0), rule)
+
+
+def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_example: int, mean: Tensor, rule: str) -> Moments:
+    """Moments from per-example gradients formed a chunk of examples at a time."""
+    step = max(1, CHUNK_ELEMENTS // max(per_example, 1))
+    parts = [_from_per_example(make(slice(s, s + step)), mean, rule) for s in range(0, batch, step)]
+    return Moments(
+        mean,
+        torch.cat([p.sq_norms for p in parts]),
+        torch.cat([p.dots for p in parts]),
+        sum(p.coord_sq for p in parts[1:]) + parts[0].coord_sq if len(parts) > 1 else parts[0].coord_sq,
+        rule,
+    )
+
+
+def _linear(m: nn.Linear, a: Tensor, d: Tensor) -> dict[str, Moments]:
+    b = a.shape[0]
+    a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
+    w = m.weight.grad
+    out: dict[str, Moments] = {}
+    if a3.shape[1] == 1:
+        a2, d2 = a3[:, 0], d3[:, 0]
+        sq_a, sq_d = a2.pow(2), d2.pow(2)
+        out["weight"] = Moments(w, sq_d.sum(1) * sq_a.sum(1), ((d2 @ w) * a2).sum(1), sq_d.T @ sq_a, "linear")
+    else:
+        out["weight"] = _chunked_per_example(
+            lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example"
+        )  # fmt: skip
+    if m.bias is not None:
+        out["bias"] = _from_per_example(d3.sum(1), m.bias.grad, "linear")
+    return out
+
+
+def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor) -> dict[str, Moments]:
+    b = a.shape[0]
+    if isinstance(m, nn.Conv1d):
+        a, d = a.unsqueeze(-1), d.unsqueeze(-1)
+        kernel, dilation, padding, stride = (m.kernel_size[0], 1), (m.dilation[0], 1), (m.padding[0], 0), (m.stride[0], 1)
+    else:
+        kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
+    w = m.weight.grad
+    cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C_in·k, T]
+    grads = d.flatten(2)  # [B, C_out, T]
+    out = {
+        "weight": _chunked_per_example(
+            lambda s: torch.einsum("bot,bkt->bok", grads[s], cols[s]).reshape(-1, *w.shape), b, w.numel(), w, "per-example"
+        )
+    }  # fmt: skip
+    if m.bias is not None:
+        out["bias"] = _from_per_example(grads.sum(2), m.bias.grad, "per-example")
+    return out
+
+
+def _norm(m: nn.Module, a: Tensor, d: Tensor) -> dict[str, Moments]:
+    """Affine parameters of a normalization layer, y = γ∘x̂ + β: g_i(γ) = Σ δ_i∘x̂_i, g_i(β) = Σ δ_i."""
+    if isinstance(m, nn.LayerNorm):
+        x_hat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+        reduce = tuple(range(1, a.dim() - len(m.normalized_shape)))
+    elif isinstance(m, nn.GroupNorm):
+        x_hat = F.group_norm(a, m.num_groups, eps=m.eps)
+        reduce = tuple(range(2, a.dim()))
+    else:
+        batch_stats = m.training or m.running_mean is None
+        mean, var = (None, None) if batch_stats else (m.running_mean, m.running_var)
+        x_hat = F.batch_norm(a, mean, var, training=batch_stats, eps=m.eps)
+        reduce = tuple(range(2, a.dim()))
+    out = {}
+    if getattr(m, "weight", None) is not None:
+        out["weight"] = _from_per_example((d * x_hat).sum(reduce) if reduce else d * x_hat, m.weight.grad, "norm")
+    if getattr(m, "bias", None) is not None:
+        out["bias"] = _from_per_example(d.sum(reduce) if reduce else d, m.bias.grad, "norm")
+    return out
+
+
+def _fallback(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: list[str], grads: dict[str, Tensor]
+) -> dict[str, Moments]:
+    """Per-example gradients by torch.func for the parameters no rule covers (an example's loss alone)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: t.detach() for n, t in model.named_buffers()}
+
+    def loss_one(wanted: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, ({**params, **wanted}, buffers), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))({n: params[n] for n in names}, x, y)
+    return {n: _from_per_example(per_example[n], grads[n], "torch.func") for n in names}
+
+
+def batch_moments(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[float, dict[str, Moments]]:
+    """Forward and backward of the mean loss over the batch (the gradient stays in `.grad`, so the caller can
+    step as usual); the loss and every trainable parameter's Moments."""
+    batch = len(x)
+    with _captured(model) as saved:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    moments: dict[str, Moments] = {}
+    for module, (a, *rest) in saved.items():
+        if not rest:
+            continue
+        d = rest[0] * batch  # the output gradient of ℓ_i (the mean loss carries 1/B)
+        prefix = next(n for n, m in model.named_modules() if m is module)
+        if isinstance(module, nn.Linear):
+            parts = _linear(module, a, d)
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros":
+            parts = _conv(module, a, d)
+        elif isinstance(module, NORMS):
+            parts = _norm(module, a, d)
+        else:
+            parts = {}
+        for k, v in parts.items():
+            moments[f"{prefix}.{k}" if prefix else k] = v
+    rest_names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and n not in moments]
+    if rest_names:
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        moments.update(_fallback(model, loss_fn, x, y, rest_names, grads))
+    order = [n for n, _ in model.named_parameters() if n in moments]
+    return float(loss.detach()), {n: moments[n] for n in order}
+
+
+@dataclass
+class BatchStatistics:
+    """Every first-order statistic of one batch (Cockpit's definitions where Cockpit has one)."""
+
+    batch_size: int
+    loss: float
+    grad_norm: float
+    layer_grad_norm: dict[str, float]
+    noise_scale: float  # B_simple = tr Σ / ‖G‖², per-example estimator (McCandlish et al. 2018)
+    trace_sigma: float  # unbiased tr Σ
+    grad_sq_unbiased: float  # unbiased ‖G‖²
+    alpha: float  # ‖ḡ‖² / mean ‖g_i‖² (Chatterjee & Zielinski)
+    m_coherence: float  # B·α
+    norm_test: float
+    inner_test: float
+    ortho_test: float
+    mean_gsnr: float  # mean over coordinates of ḡ_j² / (biased Var g_ij + 1e-5)
+    early_stopping: float  # 1 − B·mean_j ḡ_j² / (unbiased Var g_ij + 1e-5); > 0: stop
+    cabs_trace_over_loss: float  # CABS batch size = lr · this
+    dead_fraction: float  # coordinates whose per-example gradients never vary (GSNR undefined there)
+    rules: dict[str, str] = field(default_factory=dict)
+
+    def as_metrics(self, lr: float | None = None) -> dict[str, float]:
+        out = {
+            "grad/norm": self.grad_norm, "grad/noise_scale": self.noise_scale, "grad/alpha": self.alpha,
+            "grad/m_coherence": self.m_coherence, "grad/norm_test": self.norm_test, "grad/inner_test": self.inner_test,
+            "grad/ortho_test": self.ortho_test, "grad/mean_gsnr": self.mean_gsnr, "grad/early_stopping": self.early_stopping,
+            "grad/trace_sigma": self.trace_sigma, "grad/grad_sq_unbiased": self.grad_sq_unbiased,
+        }  # fmt: skip
+        if lr is not None:
+            out["grad/cabs_batch_size"] = lr * self.cabs_trace_over_loss
+            out["grad/temperature"] = lr / self.batch_size
+        out.update({f"grad/norm/{k}": v for k, v in self.layer_grad_norm.items()})
+        return out
+
+
+def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5) -> BatchStatistics:
+    b = len(next(iter(moments.values())).sq_norms)
+    sq = sum(m.sq_norms.double() for m in moments.values())
+    dots = sum(m.dots.double() for m in moments.values())
+    means = torch.cat([m.mean.double().flatten() for m in moments.values()])
+    coord = torch.cat([m.coord_sq.double().flatten() for m in moments.values()])
+    g2 = float(means.pow(2).sum())
+    mean_sq, total_sq = float(sq.mean()), float(sq.sum())
+    grad_sq = (b * g2 - mean_sq) / (b - 1)
+    trace = (mean_sq - g2) / (1 - 1 / b)
+    var_dots = (float(dots.pow(2).sum()) - b * g2**2) / (b - 1)
+    var_orth = (total_sq - float(dots.pow(2).sum()) / g2) / (b - 1) if g2 > 0 else math.nan
+    var_biased = coord / b - means.pow(2)
+    var_unbiased = (coord - b * means.pow(2)) / (b - 1)
+    return BatchStatistics(
+        batch_size=b,
+        loss=loss,
+        grad_norm=math.sqrt(g2),
+        layer_grad_norm={n: float(m.mean.norm()) for n, m in moments.items()},
+        noise_scale=trace / grad_sq if grad_sq > 0 else math.inf,
+        trace_sigma=trace,
+        grad_sq_unbiased=grad_sq,
+        alpha=g2 / mean_sq if mean_sq > 0 else math.nan,
+        m_coherence=b * g2 / mean_sq if mean_sq > 0 else math.nan,
+        norm_test=math.sqrt(max((total_sq - b * g2) / (b - 1), 0.0) / b / g2) if g2 > 0 else math.nan,
+        inner_test=math.sqrt(max(var_dots, 0.0) / b) / g2 if g2 > 0 else math.nan,
+        ortho_test=math.sqrt(max(var_orth, 0.0) / b / g2) if g2 > 0 else math.nan,
+        mean_gsnr=float((means.pow(2) / (var_biased + eps)).mean()),
+        early_stopping=float(1 - b * (means.pow(2) / (var_unbiased + eps)).mean()),
+        cabs_trace_over_loss=(total_sq / b - g2) / loss if loss else math.nan,
+        dead_fraction=float((var_biased <= 0).double().mean()),
+        rules={n: m.rule for n, m in moments.items()},
+    )
+
+
+def two_batch_noise(small_sq: float, big_sq: float, b_small: int, b_big: int) -> tuple[float, float]:
+    """Unbiased ‖G‖² and tr Σ from the squared norms of two mean gradients over b_small and b_big examples
+    (McCandlish et al. 2018, App. A.1)."""
+    grad_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    return grad_sq, trace
+
+
+@dataclass
+class NoiseScaleEMA:
+    """B_simple over steps: EMAs of the unbiased ‖G‖² and tr Σ kept apart, divided at the end (the ratio of
+    unbiased estimates is biased, and noisy per step)."""
+
+    decay: float = 0.95
+    grad_sq: float = 0.0
+    trace: float = 0.0
+    weight: float = 0.0
+
+    def update(self, grad_sq: float, trace: float) -> float:
+        self.grad_sq = self.decay * self.grad_sq + (1 - self.decay) * grad_sq
+        self.trace = self.decay * self.trace + (1 - self.decay) * trace
+        self.weight = self.decay * self.weight + (1 - self.decay)
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return self.trace / self.grad_sq if self.grad_sq > 0 else math.inf
+
+
+def lowrank_singular_values(d: Tensor, a: Tensor) -> Tensor:
+    """Singular values of Dᵀ A (D: r×m output gradients, A: r×n inputs, r rows: examples × positions) from
+    two thin QRs — O((m + n) r²) instead of a dense SVD of the m×n matrix."""
+    _, r1 = torch.linalg.qr(d.T)  # Dᵀ = Q1 R1
+    _, r2 = torch.linalg.qr(a.T)  # Aᵀ = Q2 R2, so DᵀA = Q1 (R1 R2ᵀ) Q2ᵀ
+    return torch.linalg.svdvals(r1 @ r2.T)
