@@ -369,11 +369,25 @@ CheckpointAnalysis = Annotated[
 ]
 
 
+class GradStatsProbe(Schedule):
+    """First-order statistics of the training batch's gradient at each due step, from that step's own backward
+    pass, per layer and global; `end` means the last update. Cosines compare successive due steps."""
+
+    spectra: bool = Field(True, description="singular values of each linear layer's batch gradient (low-rank route)")
+    histogram_examples: int = Field(
+        8, ge=0, le=1024, description="per-example gradient histogram on a fixed sample of this many examples (0: none)"
+    )
+    histogram_elements: int = Field(200_000, ge=1000, le=10_000_000, description="coordinates sampled per example")
+    details_every: int | None = Field(None, gt=0, description="steps between spectra and histograms (null: every due step)")
+    ema: float = Field(0.95, ge=0.0, lt=1.0, description="decay of the noise scale's EMAs")
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
     hessian: HessianProbe | None = None
     landscape: LandscapeProbe | None = None
+    gradstats: GradStatsProbe | None = None
 
 
 class JobSpec(StrictModel):

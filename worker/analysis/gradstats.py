@@ -18,7 +18,6 @@ through the batch statistics); the statistics then describe those shares.
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -42,24 +41,38 @@ class Moments:
     rule: str  # how it was obtained: "linear", "per-example", "norm", "torch.func"
 
 
-@contextmanager
-def _captured(model: nn.Module) -> Iterator[dict[nn.Module, list[Tensor]]]:
-    """Inputs and output gradients of the layers with a fast rule: module → [input, output grad]."""
-    saved: dict[nn.Module, list[Tensor]] = {}
+class Tape:
+    """Inputs and output gradients of the layers with a fast rule, captured during one forward and backward
+    (`with Tape(model) as tape: loss_fn(model(x), y).backward()`), for `moments`."""
 
-    def forward_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+    FAST = (nn.Linear, nn.Conv1d, nn.Conv2d, *NORMS)
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.saved: dict[nn.Module, list[Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _forward_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         if not output.requires_grad:
             return
-        saved[module] = [args[0].detach()]
-        output.register_hook(lambda g, m=module: saved[m].append(g.detach()))
+        self.saved[module] = [args[0].detach()]
+        output.register_hook(lambda g, m=module: self.saved[m].append(g.detach()))
 
-    fast = (nn.Linear, nn.Conv1d, nn.Conv2d, *NORMS)
-    handles = [m.register_forward_hook(forward_hook) for m in model.modules() if isinstance(m, fast)]
-    try:
-        yield saved
-    finally:
-        for h in handles:
+    def __enter__(self) -> "Tape":
+        self.saved.clear()
+        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.model.modules() if isinstance(m, self.FAST)]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for h in self._handles:
             h.remove()
+
+    def linear_factors(self) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """(name, D, A) of each Linear layer: the batch gradient of its weight is DᵀA / B, rows examples × positions."""
+        for module, (a, *rest) in self.saved.items():
+            if isinstance(module, nn.Linear) and rest:
+                name = next(n for n, m in self.model.named_modules() if m is module)
+                yield name, rest[0].reshape(-1, rest[0].shape[-1]), a.reshape(-1, a.shape[-1])
 
 
 def _from_per_example(pe: Tensor, mean: Tensor, rule: str) -> Moments:
@@ -154,15 +167,12 @@ def _fallback(
     return {n: _from_per_example(per_example[n], grads[n], "torch.func") for n in names}
 
 
-def batch_moments(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[float, dict[str, Moments]]:
-    """Forward and backward of the mean loss over the batch (the gradient stays in `.grad`, so the caller can
-    step as usual); the loss and every trainable parameter's Moments."""
-    batch = len(x)
-    with _captured(model) as saved:
-        loss = loss_fn(model(x), y)
-        loss.backward()
-    moments: dict[str, Moments] = {}
-    for module, (a, *rest) in saved.items():
+def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Moments]:
+    """Every trainable parameter's Moments, after a backward of the mean loss over (x, y) under `tape` (the
+    gradients in `.grad` are that backward's)."""
+    model, batch = tape.model, len(x)
+    found: dict[str, Moments] = {}
+    for module, (a, *rest) in tape.saved.items():
         if not rest:
             continue
         d = rest[0] * batch  # the output gradient of ℓ_i (the mean loss carries 1/B)
@@ -176,13 +186,21 @@ def batch_moments(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tu
         else:
             parts = {}
         for k, v in parts.items():
-            moments[f"{prefix}.{k}" if prefix else k] = v
-    rest_names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and n not in moments]
+            found[f"{prefix}.{k}" if prefix else k] = v
+    rest_names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and n not in found]
     if rest_names:
         grads = {n: p.grad for n, p in model.named_parameters()}
-        moments.update(_fallback(model, loss_fn, x, y, rest_names, grads))
-    order = [n for n, _ in model.named_parameters() if n in moments]
-    return float(loss.detach()), {n: moments[n] for n in order}
+        found.update(_fallback(model, loss_fn, x, y, rest_names, grads))
+    return {n: found[n] for n, _ in model.named_parameters() if n in found}
+
+
+def batch_moments(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[float, dict[str, Moments]]:
+    """Forward and backward of the mean loss over the batch (the gradient stays in `.grad`, so the caller can
+    step as usual); the loss and every trainable parameter's Moments."""
+    with Tape(model) as tape:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    return float(loss.detach()), moments(tape, loss_fn, x, y)
 
 
 @dataclass
@@ -291,3 +309,94 @@ def lowrank_singular_values(d: Tensor, a: Tensor) -> Tensor:
     _, r1 = torch.linalg.qr(d.T)  # Dᵀ = Q1 R1
     _, r2 = torch.linalg.qr(a.T)  # Aᵀ = Q2 R2, so DᵀA = Q1 (R1 R2ᵀ) Q2ᵀ
     return torch.linalg.svdvals(r1 @ r2.T)
+
+
+def layer_spectra(tape: Tape) -> dict[str, dict[str, float]]:
+    """Singular values of each Linear layer's batch weight gradient (Ḡ = DᵀA: rank ≤ rows), by the low-rank
+    route: nuclear norm, top singular value, σ1 ratio (σ1 / Σσ), Frobenius norm."""
+    out = {}
+    for name, d, a in tape.linear_factors():
+        if d.shape[0] >= min(d.shape[1], a.shape[1]):  # full rank possible: a dense SVD of the small side
+            values = torch.linalg.svdvals(d.double().T @ a.double())
+        else:
+            values = lowrank_singular_values(d.double(), a.double())
+        total = float(values.sum())
+        out[f"{name}.weight" if name else "weight"] = {
+            "nuclear": total, "top": float(values[0]), "sigma1_ratio": float(values[0]) / total if total > 0 else math.nan,
+            "frobenius": float(values.pow(2).sum().sqrt()), "rank_bound": int(min(d.shape[0], d.shape[1], a.shape[1])),
+        }  # fmt: skip
+    return out
+
+
+def sampled_histogram(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, elements: int, seed: int, bins: int = 100
+) -> dict[str, object]:
+    """Histogram of per-example gradient elements of the given examples (a fixed sample), at a fixed random
+    subset of `elements` coordinates — never all B·P elements. The model is evaluated in eval mode."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: t.detach() for n, t in model.named_buffers()}
+
+    def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    training = model.training
+    model.eval()  # one example at a time: batch statistics and dropout masks would not mean anything
+    try:
+        per_example = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    finally:
+        model.train(training)
+    flat = torch.cat([per_example[n].flatten(1) for n in params], 1)
+    total = flat.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(total, generator=gen)[: min(elements, total)].to(flat.device)
+    values = flat[:, picked].flatten().float()
+    finite = values[torch.isfinite(values)]
+    edge = float(finite.abs().max()) if finite.numel() else 1.0
+    edge = edge or 1.0
+    counts = torch.histc(finite, bins=bins, min=-edge, max=edge)
+    return {
+        "edges": torch.linspace(-edge, edge, bins + 1).tolist(), "counts": counts.tolist(), "examples": len(x),
+        "elements_per_example": len(picked), "parameters": total,
+    }  # fmt: skip
+
+
+class StepHistory:
+    """What successive steps say together: update-to-weight ratio per layer, cosines between successive
+    gradients and between successive updates, and the distance from the initial weights."""
+
+    def __init__(self, model: nn.Module, initial: dict[str, Tensor] | None = None) -> None:
+        self.model = model
+        self.initial = {n: t.detach().clone() for n, t in (initial or dict(model.named_parameters())).items()}
+        self.previous_grad: Tensor | None = None
+        self.previous_update: Tensor | None = None
+        self._before: dict[str, Tensor] = {}
+
+    def before_step(self) -> dict[str, float]:
+        """Call after the backward, before the optimizer's step."""
+        params = dict(self.model.named_parameters())
+        self._before = {n: p.detach().clone() for n, p in params.items()}
+        grads = torch.cat([p.grad.flatten() for p in params.values() if p.grad is not None])
+        out = {}
+        if self.previous_grad is not None:
+            out["grad/cos_previous_grad"] = float(F.cosine_similarity(grads, self.previous_grad, dim=0))
+        self.previous_grad = grads
+        return out
+
+    def after_step(self) -> dict[str, float]:
+        params = dict(self.model.named_parameters())
+        out: dict[str, float] = {}
+        updates = []
+        for n, p in params.items():
+            step = p.detach() - self._before[n]
+            updates.append(step.flatten())
+            out[f"grad/update_ratio/{n}"] = float(step.norm() / self._before[n].norm().clamp_min(1e-12))
+            out[f"grad/distance/{n}"] = float((p.detach() - self.initial[n]).norm())
+        update = torch.cat(updates)
+        now = torch.cat([p.detach().flatten() for p in params.values()])
+        start = torch.cat([self.initial[n].flatten() for n in params])
+        out["grad/update_ratio"] = float(update.norm() / torch.cat([t.flatten() for t in self._before.values()]).norm().clamp_min(1e-12))
+        out["grad/distance"] = float((now - start).norm())
+        if self.previous_update is not None:
+            out["grad/cos_previous_update"] = float(F.cosine_similarity(update, self.previous_update, dim=0))
+        self.previous_update = update
+        return out

@@ -24,6 +24,7 @@ from worker.training.optim import (
     make_optimizer,
     stability_threshold,
 )
+from worker.training.gradstats_probe import GradStatsTracker
 from worker.training.landscapes import LandscapeTracker
 from worker.training.probes import HessianTracker, Probe, ProbeContext, ProbeStopped
 
@@ -150,6 +151,8 @@ def _train(
     current_lr = lambda: optimizer.param_groups[0]["lr"]  # noqa: E731
     probes = build_probes(spec)
     ctx = probe_context(spec, run, recorder.should_stop)
+    watch = spec.probes.gradstats
+    stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
@@ -198,7 +201,8 @@ def _train(
         if evaluating:
             recorder.log(step, {f"val/{k}": v for k, v in evaluate(model, loss_fn, split.x_val, split.y_val).items()})
         x, y = split.x_train[idx], split.y_train[idx]
-        with autocast:
+        watching = stats is not None and stats.due(step)
+        with autocast, stats.capture(step) if stats is not None else nullcontext():
             out = model(x)
             loss = loss_fn(out.float(), y)
         loss_value = loss.item()
@@ -219,6 +223,12 @@ def _train(
             return Outcome.diverged
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        stats_seconds = stats.seconds if stats is not None else 0.0
+        if watching:
+            found, details = stats.after_backward(step, loss_value, loss_fn, x, y, current_lr())  # type: ignore[union-attr]
+            metrics.update(found)
+            if details is not None:
+                recorder.result("gradstats", step, details)
         if sam is not None:
             shifts = sam.ascend(params)
             optimizer.zero_grad(set_to_none=True)
@@ -228,8 +238,12 @@ def _train(
         if cfg.grad_clip is not None:
             metrics["train/grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         optimizer.step()
+        if watching:
+            metrics.update(stats.after_step())  # type: ignore[union-attr]
         recorder.log(step, metrics)
-        train_seconds += time.perf_counter() - started
+        if stats is not None:  # the statistics' time is the probe's, not the training's
+            spent["gradstats"] = spent.get("gradstats", 0.0) + stats.seconds - stats_seconds
+        train_seconds += time.perf_counter() - started - (stats.seconds - stats_seconds if stats is not None else 0.0)
         recorder.progress(step + 1, cfg.steps, "training")
     final = evaluate(model, loss_fn, split.x_val, split.y_val)
     recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})

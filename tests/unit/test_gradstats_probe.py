@@ -1,0 +1,56 @@
+"""The gradstats probe inside the training loop: the step's own gradient, and what steps say together."""
+
+import math
+
+import pytest
+import torch
+
+from backend.spec import JobSpec
+from tests.conftest import spec
+from tests.unit.test_training import ListRecorder
+from worker.training.loop import Outcome, train
+
+
+def run(steps: int, optimizer: dict | None = None, **probe) -> ListRecorder:
+    raw = spec(steps=steps, lr=0.2)
+    raw["model"]["widths"] = [32]
+    if optimizer:
+        raw["optimizer"] = optimizer
+    raw["probes"] = {"gradstats": probe}
+    recorder = ListRecorder()
+    assert train(JobSpec.model_validate(raw), recorder, torch.device("cpu")) is Outcome.finished
+    return recorder
+
+
+def test_every_step_plain_sgd_identities():
+    rec = run(30, every=1)
+    norms = rec.series("grad/norm")
+    assert len(norms) == 30 and all(v > 0 for v in norms)
+    # SGD without momentum steps along −lr·ḡ: successive updates are successive gradients, scaled
+    cos_g, cos_u = rec.series("grad/cos_previous_grad"), rec.series("grad/cos_previous_update")
+    assert len(cos_g) == len(cos_u) == 29
+    assert cos_u == pytest.approx(cos_g, abs=1e-5)
+    assert rec.series("grad/distance")[0] == pytest.approx(0.2 * norms[0], rel=1e-5)
+    layer = [v for _, k, v in rec.points if k == "grad/norm/1.weight"]
+    assert len(layer) == 30 and all(0 < a <= b * (1 + 1e-6) for a, b in zip(layer, norms))
+    alpha, coherence = rec.series("grad/alpha"), rec.series("grad/m_coherence")
+    assert all(0 < a <= 1 for a in alpha) and coherence == pytest.approx([64 * a for a in alpha])
+    assert all(math.isfinite(v) for v in rec.series("grad/noise_scale_ema"))
+    assert rec.series("grad/temperature") == pytest.approx([0.2 / 64] * 30)
+
+
+def test_schedule_details_and_momentum():
+    rec = run(50, optimizer={"kind": "sgd", "lr": 0.1, "momentum": 0.9}, every=10, at=["end"], details_every=20, histogram_examples=4)
+    steps = sorted({s for s, k, _ in rec.points if k == "grad/norm"})
+    assert steps == [0, 10, 20, 30, 40, 49]
+    details = [(s, r) for k, s, r in rec.results if k == "gradstats"]
+    assert [s for s, _ in details] == [0, 20, 40]
+    first = details[0][1]
+    assert set(first["spectra"]) == {"1.weight", "3.weight"}
+    top = first["spectra"]["1.weight"]
+    assert 0 < top["sigma1_ratio"] <= 1 and top["top"] <= top["frobenius"] * (1 + 1e-9) <= top["nuclear"] * (1 + 1e-9)
+    hist = first["histogram"]
+    assert hist["examples"] == 4 and sum(hist["counts"]) == 4 * hist["elements_per_example"]
+    assert first["rules"]["1.weight"] == "linear"
+    summary = [r for k, s, r in rec.results if k == "summary"][-1]
+    assert summary["probe_seconds"]["gradstats"] > 0
