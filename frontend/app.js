@@ -1,5 +1,6 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
 import { API, TERMINAL, api, esc, plotLayout } from "./common.js";
+import { gradstatsView } from "./views/gradstats.js";
 import { landscapeView } from "./views/landscape.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
@@ -249,6 +250,7 @@ function renderJob(id, params) {
       <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
     </div>
     <div class="plots" id="plots"></div>
+    <div id="gradstats-view"></div>
     <div id="landscape-view"></div>
     <h2>Analyses of kept checkpoints</h2>
     <div class="toolbar">
@@ -314,6 +316,7 @@ function renderJob(id, params) {
     history.replaceState(null, "", `#/jobs/${id}?${p}`);
   };
   let landscape = null;
+  let gradstats = null;
   const showLandscape = () => {
     if (landscape) return landscape.refresh();
     landscape = landscapeView(view.querySelector("#landscape-view"), id, params,
@@ -409,6 +412,7 @@ function renderJob(id, params) {
     if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
     view.querySelector("#plots").innerHTML = divs.join("");
     if (j.spec?.probes?.landscape) showLandscape();
+    if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, () => job != null && !TERMINAL.has(job.status));
   }).catch((err) => {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
@@ -416,7 +420,7 @@ function renderJob(id, params) {
   source.addEventListener("hello", () => ready.then(drawAll).catch(console.error));
   source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); });
+  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); if (gradstats) gradstats.refresh(); });
 
   let analysesTimer = null;
   const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
@@ -474,7 +478,7 @@ function renderJob(id, params) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); };
+  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); gradstats?.stop(); };
 }
 
 // ---- compare runs --------------------------------------------------------------------------------------

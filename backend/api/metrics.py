@@ -15,11 +15,14 @@ def get_metrics(
     job_id: int,
     session: SessionDep,
     names: Annotated[str | None, Query(max_length=2000, description="comma-separated series; all when absent")] = None,
+    prefix: Annotated[str | None, Query(max_length=200, description="only the series whose names start so")] = None,
     max_points: Annotated[int, Query(ge=2, le=100_000, description="per series; min/max buckets keep spikes")] = 1000,
 ) -> MetricsOut:
     get_job_or_404(session, job_id)
     available = series_names(session, job_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else available
+    if prefix is not None:
+        wanted = [n for n in wanted if n.startswith(prefix)]
     unknown = sorted(set(wanted) - set(available))
     if unknown and names:
         raise HTTPException(404, detail=f"no series {', '.join(unknown)} in job {job_id}; it has {', '.join(available)}")

@@ -269,3 +269,20 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     assert line["data"]["to"] == {"job": other["id"], "step": 60} and line["data"]["from"]["step"] == 60
     assert "step 60 → job" in page.inner_text("#analyses-table tbody")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-interpolation.png"), full_page=True)
+
+
+def test_gradient_statistics_view(page, served: Serve):
+    raw = spec(steps=200, name="e2e-gradstats")
+    raw["probes"] = {"gradstats": {"every": 5, "details_every": 50}}
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("Number(document.getElementById('gradstats-noise')?.dataset.points) === 40", timeout=30_000)
+    api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "grad/noise_scale"}).json()["series"][0]
+    assert trace(page, "gradstats-noise", 0)["y"] == api["values"]
+    assert page.evaluate("document.getElementById('gradstats-layers').dataset.layers") == "6"  # 3 Linear: weight, bias
+    [latest] = served.client.get(f"/jobs/{job['id']}/results/gradstats", params={"last": 1}).json()
+    bars = page.evaluate("Array.from(document.getElementById('gradstats-histogram').data[0].y)")
+    assert bars == latest["data"]["histogram"]["counts"] and latest["step"] == 150
+    assert "every parameter counted" in page.inner_text("#gradstats-info")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "gradstats.png"), full_page=True)

@@ -163,6 +163,10 @@ def test_metrics_downsample_keeps_spikes_and_nulls(client):
     full = client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"max_points": 100_000}).json()["series"][0]
     assert full["steps"] == list(range(50_000)), "chunks reassemble without gap or duplicate"
     assert client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"names": "nope"}).status_code == 404
+    with session_scope() as session:
+        append_points(session, job["id"], "grad/norm/0.weight", steps[:5], values[:5])
+    layers = client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"prefix": "grad/norm/"}).json()["series"]
+    assert [s["name"] for s in layers] == ["grad/norm/0.weight"]
     assert client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"max_points": 1}).status_code == 422
 
 
