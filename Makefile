@@ -29,8 +29,9 @@ test: $(STAMP) browser
 
 # The anchors are old packages pinned without their dependencies (which would pull another torch).
 bench: $(STAMP)
-	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5 loss-landscapes==3.0.6
-	$(BIN)/pip install -q h5py
+	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5 loss-landscapes==3.0.6 \
+	  cockpit-for-pytorch==1.0.2 backpack-for-pytorch==1.7.1
+	$(BIN)/pip install -q h5py "einops<1" "unfoldNd<1" json-tricks matplotlib pandas seaborn "setuptools<81"
 	$(BIN)/python -m bench
 
 clean:

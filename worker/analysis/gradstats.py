@@ -60,6 +60,7 @@ class Tape:
 
     def __enter__(self) -> "Tape":
         self.saved.clear()
+        self.names = {m: n for n, m in self.model.named_modules()}
         self._handles = [m.register_forward_hook(self._forward_hook) for m in self.model.modules() if isinstance(m, self.FAST)]
         return self
 
@@ -71,7 +72,7 @@ class Tape:
         """(name, D, A) of each Linear layer: the batch gradient of its weight is DᵀA / B, rows examples × positions."""
         for module, (a, *rest) in self.saved.items():
             if isinstance(module, nn.Linear) and rest:
-                name = next(n for n, m in self.model.named_modules() if m is module)
+                name = self.names[module]
                 yield name, rest[0].reshape(-1, rest[0].shape[-1]), a.reshape(-1, a.shape[-1])
 
 
@@ -176,7 +177,7 @@ def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Mome
         if not rest:
             continue
         d = rest[0] * batch  # the output gradient of ℓ_i (the mean loss carries 1/B)
-        prefix = next(n for n, m in model.named_modules() if m is module)
+        prefix = tape.names[module]
         if isinstance(module, nn.Linear):
             parts = _linear(module, a, d)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros":
@@ -240,24 +241,32 @@ class BatchStatistics:
 
 
 def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5) -> BatchStatistics:
+    """Every statistic from the Moments (reductions on the device, one transfer of a handful of numbers)."""
     b = len(next(iter(moments.values())).sq_norms)
-    sq = sum(m.sq_norms.double() for m in moments.values())
-    dots = sum(m.dots.double() for m in moments.values())
-    means = torch.cat([m.mean.double().flatten() for m in moments.values()])
-    coord = torch.cat([m.coord_sq.double().flatten() for m in moments.values()])
-    g2 = float(means.pow(2).sum())
-    mean_sq, total_sq = float(sq.mean()), float(sq.sum())
+    sq = torch.stack([m.sq_norms for m in moments.values()]).double().sum(0)
+    dots = torch.stack([m.dots for m in moments.values()]).double().sum(0)
+    # per-coordinate arrays stay in the gradients' precision (P elements); sums are taken in float64
+    means2 = torch.cat([m.mean.flatten() for m in moments.values()]).pow(2)
+    var_biased = torch.cat([m.coord_sq.flatten() for m in moments.values()]).div_(b).sub_(means2)
+    gsnr_terms = means2 / (var_biased + eps)
+    es_terms = means2 / (var_biased * (b / (b - 1)) + eps)
+    p = len(means2)
+    reduced = torch.stack([
+        means2.sum(dtype=torch.float64), sq.mean(), sq.sum(), dots.pow(2).sum(),
+        gsnr_terms.sum(dtype=torch.float64) / p, es_terms.sum(dtype=torch.float64) / p,
+        (var_biased <= 0).sum(dtype=torch.float64) / p,
+    ])  # fmt: skip
+    layer = torch.stack([m.mean.norm() for m in moments.values()])
+    g2, mean_sq, total_sq, dots2, gsnr, es, dead = reduced.tolist()
     grad_sq = (b * g2 - mean_sq) / (b - 1)
     trace = (mean_sq - g2) / (1 - 1 / b)
-    var_dots = (float(dots.pow(2).sum()) - b * g2**2) / (b - 1)
-    var_orth = (total_sq - float(dots.pow(2).sum()) / g2) / (b - 1) if g2 > 0 else math.nan
-    var_biased = coord / b - means.pow(2)
-    var_unbiased = (coord - b * means.pow(2)) / (b - 1)
+    var_dots = (dots2 - b * g2**2) / (b - 1)
+    var_orth = (total_sq - dots2 / g2) / (b - 1) if g2 > 0 else math.nan
     return BatchStatistics(
         batch_size=b,
         loss=loss,
         grad_norm=math.sqrt(g2),
-        layer_grad_norm={n: float(m.mean.norm()) for n, m in moments.items()},
+        layer_grad_norm=dict(zip(moments, layer.tolist())),
         noise_scale=trace / grad_sq if grad_sq > 0 else math.inf,
         trace_sigma=trace,
         grad_sq_unbiased=grad_sq,
@@ -266,10 +275,10 @@ def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5) -> B
         norm_test=math.sqrt(max((total_sq - b * g2) / (b - 1), 0.0) / b / g2) if g2 > 0 else math.nan,
         inner_test=math.sqrt(max(var_dots, 0.0) / b) / g2 if g2 > 0 else math.nan,
         ortho_test=math.sqrt(max(var_orth, 0.0) / b / g2) if g2 > 0 else math.nan,
-        mean_gsnr=float((means.pow(2) / (var_biased + eps)).mean()),
-        early_stopping=float(1 - b * (means.pow(2) / (var_unbiased + eps)).mean()),
+        mean_gsnr=gsnr,
+        early_stopping=1 - b * es,
         cabs_trace_over_loss=(total_sq / b - g2) / loss if loss else math.nan,
-        dead_fraction=float((var_biased <= 0).double().mean()),
+        dead_fraction=dead,
         rules={n: m.rule for n, m in moments.items()},
     )
 
@@ -384,19 +393,22 @@ class StepHistory:
 
     def after_step(self) -> dict[str, float]:
         params = dict(self.model.named_parameters())
-        out: dict[str, float] = {}
-        updates = []
-        for n, p in params.items():
-            step = p.detach() - self._before[n]
-            updates.append(step.flatten())
-            out[f"grad/update_ratio/{n}"] = float(step.norm() / self._before[n].norm().clamp_min(1e-12))
-            out[f"grad/distance/{n}"] = float((p.detach() - self.initial[n]).norm())
-        update = torch.cat(updates)
-        now = torch.cat([p.detach().flatten() for p in params.values()])
-        start = torch.cat([self.initial[n].flatten() for n in params])
-        out["grad/update_ratio"] = float(update.norm() / torch.cat([t.flatten() for t in self._before.values()]).norm().clamp_min(1e-12))
-        out["grad/distance"] = float((now - start).norm())
-        if self.previous_update is not None:
-            out["grad/cos_previous_update"] = float(F.cosine_similarity(update, self.previous_update, dim=0))
+        names = list(params)
+        with torch.no_grad():
+            steps = [params[n].detach() - self._before[n] for n in names]
+            update = torch.cat([t.flatten() for t in steps])
+            before = torch.cat([self._before[n].flatten() for n in names])
+            now = torch.cat([params[n].detach().flatten() for n in names])
+            start = torch.cat([self.initial[n].flatten() for n in names])
+            per_layer = torch.stack(
+                [torch.stack([t.norm() / self._before[n].norm().clamp_min(1e-12), (params[n].detach() - self.initial[n]).norm()]) for n, t in zip(names, steps)]
+            ).tolist()  # fmt: skip
+            overall = [float(update.norm() / before.norm().clamp_min(1e-12)), float((now - start).norm())]
+            cos = float(F.cosine_similarity(update, self.previous_update, dim=0)) if self.previous_update is not None else None
+        out = {f"grad/update_ratio/{n}": r for n, (r, _) in zip(names, per_layer)}
+        out |= {f"grad/distance/{n}": d for n, (_, d) in zip(names, per_layer)}
+        out["grad/update_ratio"], out["grad/distance"] = overall
+        if cos is not None:
+            out["grad/cos_previous_update"] = cos
         self.previous_update = update
         return out
