@@ -113,6 +113,9 @@ class OpposingFeaturesData(GeneratedData):
     classes: int = Field(4, ge=2, le=100)
     strength: float = Field(4.0, gt=0.0, description="the patch's value, against class patterns of size ~1")
     share: float = Field(0.3, gt=0.0, le=1.0, description="fraction of classes 0 and 1 that carry the patch")
+    class_signal: float = Field(
+        1.0, gt=0.0, le=100.0, description="scale of the class patterns (against noise of scale 1): small keeps the patch dominant"
+    )
 
 
 class TextData(StrictModel):

@@ -92,7 +92,7 @@ def opposing_features(cfg: OpposingFeaturesData, seed: int) -> Split:
     directions (Rosenfeld & Risteski's opposing signals).
     """
     rng = np.random.default_rng(cfg.seed)
-    patterns = rng.normal(size=(cfg.classes, 1, 8, 8)).astype(np.float32)
+    patterns = (rng.normal(size=(cfg.classes, 1, 8, 8)) * cfg.class_signal).astype(np.float32)
     y = rng.integers(0, cfg.classes, size=cfg.examples).astype(np.int64)
     x = patterns[y] + rng.normal(scale=1.0, size=(cfg.examples, 1, 8, 8)).astype(np.float32)
     carries = np.isin(y, (0, 1)) & (rng.random(cfg.examples) < cfg.share)

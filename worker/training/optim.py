@@ -20,7 +20,8 @@ def make_loss(kind: str, n_classes: int | None, z_loss: float = 0.0) -> LossFn:
     if kind == "mse":
         if n_classes is None:
             return lambda out, target: nn.functional.mse_loss(out.reshape(target.shape), target)
-        return lambda out, target: nn.functional.mse_loss(out, nn.functional.one_hot(target, n_classes).to(out.dtype))
+        # scatter, not one_hot: the same targets, and torch.func can vmap it (per-example gradients)
+        return lambda out, target: nn.functional.mse_loss(out, torch.zeros_like(out).scatter(-1, target.unsqueeze(-1), 1.0))
 
     def cross_entropy(out: Tensor, target: Tensor) -> Tensor:
         logits = out.reshape(-1, out.shape[-1])
