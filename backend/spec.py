@@ -385,12 +385,34 @@ class GradStatsProbe(Schedule):
     ema: float = Field(0.95, ge=0.0, lt=1.0, description="decay of the noise scale's EMAs")
 
 
+class SignalsProbe(StrictModel):
+    """Opposing signals during training: per-example losses on a fixed probe set at every step (taken from the
+    training forward itself when the batch is the whole training set), their changes and heavy tail; a search
+    for opposing groups on a schedule and when the probe loss rises; a pair is reported once the steps after it
+    show its groups' losses swinging out of phase."""
+
+    probe_examples: int = Field(1024, gt=0, le=100_000, description="size of the fixed stratified probe set")
+    detect_every: int = Field(100, gt=0, description="steps between two scheduled searches")
+    on_rise: bool = Field(True, description="search also when the probe set's mean loss rises")
+    min_gap: int = Field(10, ge=1, description="at least this many steps between two searches")
+    window: int = Field(20, ge=3, le=500, description="steps on each side for the anti-phase score")
+    antiphase_max: float = Field(-0.5, ge=-1.0, le=0.0, description="report pairs whose score is at most this")
+    top_k: int = Field(48, ge=6, le=1024, description="examples with the largest |Δℓ| considered")
+    z_min: float = Field(3.0, ge=0.0, description="robust z-score an outlier needs")
+    cut: float = Field(0.8, gt=0.0, le=2.0, description="cosine distance at which clusters are cut")
+    min_size: int = Field(3, ge=2)
+    tau: float = Field(0.3, ge=0.0, le=1.0, description="pairs need cos(ḡ_A, ḡ_B) ≤ −tau")
+    z_expand: float = Field(3.0, ge=0.0, description="robust z-score that puts an example on a group's side")
+    max_pairs: int = Field(8, ge=1, le=64, description="reported pairs whose losses are tracked to the end")
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
     hessian: HessianProbe | None = None
     landscape: LandscapeProbe | None = None
     gradstats: GradStatsProbe | None = None
+    signals: SignalsProbe | None = None
 
 
 class JobSpec(StrictModel):
@@ -418,7 +440,7 @@ class JobSpec(StrictModel):
     def _steps_in_range(self) -> "JobSpec":
         for name in Probes.model_fields:
             probe = getattr(self.probes, name)
-            late = [s for s in probe.at if s != "end" and s > self.train.steps] if probe else []
+            late = [s for s in getattr(probe, "at", []) if s != "end" and s > self.train.steps]
             if late:
                 raise ValueError(f"probes.{name}.at has steps after the last ({self.train.steps}): {late}")
         return self

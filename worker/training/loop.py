@@ -26,6 +26,7 @@ from worker.training.optim import (
 )
 from worker.training.gradstats_probe import GradStatsTracker
 from worker.training.landscapes import LandscapeTracker
+from worker.training.signals_probe import SignalsTracker
 from worker.training.probes import HessianTracker, Probe, ProbeContext, ProbeStopped
 
 
@@ -153,6 +154,9 @@ def _train(
     ctx = probe_context(spec, run, recorder.should_stop)
     watch = spec.probes.gradstats
     stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
+    listen = spec.probes.signals
+    full_batch = cfg.batch_size >= len(split.y_train)
+    signals = SignalsTracker(listen, split.x_train, split.y_train, cfg.seed, full_batch) if listen else None
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
@@ -221,6 +225,14 @@ def _train(
             recorder.log(step, metrics)
             recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value:.4g}")
             return Outcome.diverged
+        if signals is not None:
+            before = signals.seconds
+            metrics.update(signals.observe(step, model, loss_fn, out, idx, y))
+            for at, document in signals.reports:
+                recorder.result("signals", at, document)
+            signals.reports.clear()
+            spent["signals"] = spent.get("signals", 0.0) + signals.seconds - before
+            started += signals.seconds - before  # the probe's time, not the training's
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         stats_seconds = stats.seconds if stats is not None else 0.0
@@ -245,6 +257,10 @@ def _train(
             spent["gradstats"] = spent.get("gradstats", 0.0) + stats.seconds - stats_seconds
         train_seconds += time.perf_counter() - started - (stats.seconds - stats_seconds if stats is not None else 0.0)
         recorder.progress(step + 1, cfg.steps, "training")
+    if signals is not None:
+        signals.finish(cfg.steps)
+        for at, document in signals.reports:
+            recorder.result("signals", at, document)
     final = evaluate(model, loss_fn, split.x_val, split.y_val)
     recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})
     _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)

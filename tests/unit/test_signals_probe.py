@@ -1,0 +1,53 @@
+"""The signals probe in a training job: the planted opposing pair is reported with its groups and curves."""
+
+import torch
+
+from backend.spec import JobSpec, OpposingFeaturesData
+from tests.unit.test_training import ListRecorder
+from worker.training import data
+from worker.training.loop import Outcome, train
+
+
+def job(strength: float) -> dict:
+    return {
+        "name": "signals",
+        "model": {"kind": "mlp", "widths": [64]},
+        "data": {"kind": "opposing_features", "examples": 1000, "classes": 4, "strength": strength, "share": 0.5, "class_signal": 0.3},
+        "optimizer": {"kind": "sgd", "lr": 0.12},
+        "train": {"steps": 260, "batch_size": 100_000, "loss": "mse", "eval_every": 100, "checkpoint_every": None},
+        "probes": {"signals": {"detect_every": 100, "on_rise": False}},
+    }
+
+
+def test_the_planted_pair_is_reported_with_groups_curves_and_features():
+    raw = job(6.0)
+    rec = ListRecorder()
+    assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
+    reports = [(s, r) for k, s, r in rec.results if k == "signals"]
+    assert reports, "no pair passed the anti-phase score"
+    split = data.opposing_features(OpposingFeaturesData.model_validate(raw["data"]), 0)
+    planted = set(split.planted["class0_with_patch"]) | set(split.planted["class1_with_patch"])
+    step, best = min(reports, key=lambda r: r[1]["antiphase"])
+    found = set(best["A"]["expanded"]) | set(best["B"]["expanded"])
+    assert len(found & planted) / len(found) >= 0.8 and len(found & planted) / len(planted) >= 0.8
+    assert best["antiphase"] <= -0.5 and best["cos"] < -0.9 and step in (100, 200)
+    assert len(best["A"]["loss"]) == len(best["steps"]) == 41
+    patch = torch.tensor(best["A"]["mean_input_minus_all"])[0, :3, :3]
+    assert float(patch.mean()) > 1.0, "the shared feature is the planted patch"
+    pair = best["pair"]
+    a_curve = rec.series(f"signals/pair{pair}/A")
+    assert len(a_curve) >= 40 and len(rec.series("signals/heavy_tail")) == 259
+    assert len(rec.series("signals/probe_loss")) == 260
+
+
+def test_minibatches_use_a_separate_probe_forward():
+    raw = {
+        "name": "signals-sgd", "model": {"kind": "mlp", "widths": [16]}, "data": {"kind": "digits"},
+        "optimizer": {"kind": "sgd", "lr": 0.1}, "train": {"steps": 30, "batch_size": 32, "checkpoint_every": None},
+        "probes": {"signals": {"probe_examples": 200, "detect_every": 10}},
+    }  # fmt: skip
+    rec = ListRecorder()
+    assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
+    assert len(rec.series("signals/probe_loss")) == 30
+    summary = [r for k, s, r in rec.results if k == "summary"][-1]
+    assert summary["probe_seconds"]["signals"] > 0

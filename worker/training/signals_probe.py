@@ -1,0 +1,120 @@
+"""The signals probe: per-example losses on a fixed probe set at every step, and opposing pairs found in them."""
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from backend.spec import SignalsProbe
+from worker.analysis import signals as sg
+from worker.training.landscapes import stratified_sample
+from worker.training.optim import LossFn
+
+
+@dataclass
+class _Pending:
+    step: int
+    pair: sg.Pair
+
+
+class SignalsTracker:
+    """Call `observe()` at each training step with that step's forward (before the update); it returns the
+    step's metrics, and `reports` collects the pairs whose anti-phase score passed, as result documents."""
+
+    name = "signals"
+
+    def __init__(self, cfg: SignalsProbe, x_train: Tensor, y_train: Tensor, seed: int, full_batch: bool) -> None:
+        self.cfg = cfg
+        self.rows = stratified_sample(y_train, cfg.probe_examples, seed + 4).to(x_train.device)
+        self.x, self.y = x_train[self.rows], y_train[self.rows]
+        self.reuse = full_batch and len(self.rows) == len(y_train)  # the training forward is the probe
+        self.settings = sg.DetectSettings(cfg.top_k, cfg.z_min, cut=cfg.cut, min_size=cfg.min_size, tau=cfg.tau, z_expand=cfg.z_expand)
+        self.history: deque[tuple[int, np.ndarray]] = deque(maxlen=2 * cfg.window + 2)
+        self.pending: list[_Pending] = []
+        self.tracked: list[tuple[int, sg.Pair]] = []
+        self.reports: list[tuple[int, dict[str, Any]]] = []
+        self.last_search: int | None = None
+        self.rejected = 0
+        self.seconds = 0.0
+        self.mean_input = x_train.float().mean(0)
+
+    def _losses(self, model: nn.Module, loss_fn: LossFn, out: Tensor, idx: Tensor, y: Tensor) -> np.ndarray:
+        if self.reuse:  # the batch is the whole training set in some order; the probe set is it in row order
+            losses = np.empty(len(self.rows), dtype=np.float32)
+            losses[idx.cpu().numpy()] = sg.per_example_losses(out.detach().float(), y, loss_fn).cpu().numpy()
+            return losses
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return sg.per_example_losses(model(self.x).float(), self.y, loss_fn).cpu().numpy()
+        finally:
+            model.train(training)
+
+    def observe(self, step: int, model: nn.Module, loss_fn: LossFn, out: Tensor, idx: Tensor, y: Tensor) -> dict[str, float]:
+        started = time.perf_counter()
+        now = self._losses(model, loss_fn, out, idx, y)
+        metrics = {"signals/probe_loss": float(now.mean())}
+        previous = self.history[-1] if self.history else None
+        self.history.append((step, now))
+        if previous is not None:
+            delta = torch.from_numpy(now - previous[1])
+            metrics["signals/heavy_tail"] = sg.heavy_tail_share(delta)
+            rose = self.cfg.on_rise and now.mean() > previous[1].mean()
+            spaced = self.last_search is None or step - self.last_search >= self.cfg.min_gap
+            if spaced and (step % self.cfg.detect_every == 0 or rose):
+                self.last_search = step
+                found = sg.detect(model, loss_fn, self.x, self.y, delta.to(self.x.device), self.settings)
+                self.pending += [_Pending(step, p) for p in found.pairs]
+                metrics["signals/outliers"] = float(len(found.outliers))
+        self._score(step)
+        for k, (_, pair) in enumerate(self.tracked):
+            metrics[f"signals/pair{k}/A"] = float(now[pair.a].mean())
+            metrics[f"signals/pair{k}/B"] = float(now[pair.b].mean())
+        self.seconds += time.perf_counter() - started
+        return metrics
+
+    def _score(self, step: int, final: bool = False) -> None:
+        """Score the pending pairs whose window has passed (at the end of training: with what there is)."""
+        waiting = []
+        for item in self.pending:
+            if step < item.step + self.cfg.window and not final:
+                waiting.append(item)
+                continue
+            window = np.array([v for s, v in self.history if abs(s - item.step) <= self.cfg.window])
+            score = sg.antiphase(window, item.pair.a, item.pair.b) if len(window) >= 4 else None
+            item.pair.antiphase = score
+            if score is not None and score <= self.cfg.antiphase_max and len(self.tracked) < self.cfg.max_pairs:
+                self.tracked.append((item.step, item.pair))
+                self.reports.append((item.step, self._document(item, window)))
+            else:
+                self.rejected += 1
+        self.pending = waiting
+
+    def finish(self, step: int) -> None:
+        self._score(step, final=True)
+
+    def _document(self, item: _Pending, window: np.ndarray) -> dict[str, Any]:
+        pair, rows = item.pair, self.rows.cpu()
+        out: dict[str, Any] = {
+            "pair": len(self.tracked) - 1, "cos": pair.cos, "antiphase": pair.antiphase, "window": self.cfg.window,
+            "probe_examples": len(self.rows), "steps": [s for s, _ in self.history if abs(s - item.step) <= self.cfg.window],
+        }  # fmt: skip
+        for side, core, star, moved in (("A", pair.a, pair.a_star, pair.mean_delta_a), ("B", pair.b, pair.b_star, pair.mean_delta_b)):
+            members = sorted(set(core) | set(star))
+            labels = self.y[members].cpu()
+            group: dict[str, Any] = {
+                "core": rows[core].tolist(), "expanded": rows[members].tolist(), "mean_delta": moved,
+                "intra_cos": pair.intra_a if side == "A" else pair.intra_b,
+                "loss": window[:, core].mean(1).tolist(), "loss_expanded": window[:, members].mean(1).tolist(),
+                # the shared feature: the group's mean input minus the training set's
+                "mean_input_minus_all": (self.x[members].float().mean(0).cpu() - self.mean_input.cpu()).tolist(),
+            }  # fmt: skip
+            if not labels.is_floating_point():
+                group["classes"] = torch.bincount(labels.flatten()).tolist()
+            out[side] = group
+        return out
