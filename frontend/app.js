@@ -2,6 +2,7 @@
 import { API, TERMINAL, api, esc, plotLayout } from "./common.js";
 import { gradstatsView } from "./views/gradstats.js";
 import { landscapeView } from "./views/landscape.js";
+import { signalsView } from "./views/signals.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
 const view = document.getElementById("view");
@@ -251,6 +252,7 @@ function renderJob(id, params) {
     </div>
     <div class="plots" id="plots"></div>
     <div id="gradstats-view"></div>
+    <div id="signals-view"></div>
     <div id="landscape-view"></div>
     <h2>Analyses of kept checkpoints</h2>
     <div class="toolbar">
@@ -317,6 +319,7 @@ function renderJob(id, params) {
   };
   let landscape = null;
   let gradstats = null;
+  let signals = null;
   const showLandscape = () => {
     if (landscape) return landscape.refresh();
     landscape = landscapeView(view.querySelector("#landscape-view"), id, params,
@@ -412,7 +415,9 @@ function renderJob(id, params) {
     if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
     view.querySelector("#plots").innerHTML = divs.join("");
     if (j.spec?.probes?.landscape) showLandscape();
-    if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, () => job != null && !TERMINAL.has(job.status));
+    const live = () => job != null && !TERMINAL.has(job.status);
+    if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, live);
+    if (j.spec?.probes?.signals) signals = signalsView(view.querySelector("#signals-view"), id, live);
   }).catch((err) => {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
@@ -420,7 +425,7 @@ function renderJob(id, params) {
   source.addEventListener("hello", () => ready.then(drawAll).catch(console.error));
   source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); if (gradstats) gradstats.refresh(); });
+  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); if (gradstats) gradstats.refresh(); if (signals) signals.refresh(); });
 
   let analysesTimer = null;
   const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
@@ -478,7 +483,7 @@ function renderJob(id, params) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); gradstats?.stop(); };
+  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); gradstats?.stop(); signals?.stop(); };
 }
 
 // ---- compare runs --------------------------------------------------------------------------------------

@@ -286,3 +286,21 @@ def test_gradient_statistics_view(page, served: Serve):
     assert bars == latest["data"]["histogram"]["counts"] and latest["step"] == 150
     assert "every parameter counted" in page.inner_text("#gradstats-info")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "gradstats.png"), full_page=True)
+
+
+def test_opposing_signals_view(page, served: Serve):
+    from tests.unit.test_signals_probe import job as signals_job
+
+    raw = signals_job(6.0)
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    pairs = served.client.get(f"/jobs/{job['id']}/results/signals").json()
+    assert pairs
+    page.wait_for_function(f"document.getElementById('signals-loss')?.dataset.pairs === '{len(pairs)}'", timeout=30_000)
+    page.wait_for_function("document.getElementById('pair-0-curves')?.data?.length >= 6", timeout=30_000)
+    shapes = page.evaluate("document.getElementById('signals-loss').layout.shapes.map(s => s.x0)")
+    assert shapes == [p["step"] for p in pairs]
+    feature = page.evaluate("document.getElementById('pair-0-A-feature').data[0].z")
+    assert feature == pairs[0]["data"]["A"]["mean_input_minus_all"][0]
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "signals.png"), full_page=True)

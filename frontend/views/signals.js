@@ -1,0 +1,94 @@
+// The opposing-signals view of a job (the `signals` probe): the probe set's loss with the steps where a pair
+// was found, the heavy-tail share of |Δℓ|, and per pair its two groups' losses over training (with even/odd
+// envelopes: the swings have period 2), their shared feature and classes. Data: /jobs/<id>/metrics (prefix
+// signals/) and /jobs/<id>/results/signals.
+import { api, esc, plotLayout } from "../common.js";
+
+const POLL_MS = 3000;
+
+// Upper and lower envelopes of a period-2 oscillation: the max and min of each pair of neighbours.
+function envelopes(steps, values) {
+  const upper = [], lower = [];
+  for (let i = 0; i < values.length; i++) {
+    const near = [values[i - 1], values[i], values[i + 1]].filter((v) => v != null);
+    upper.push(near.length ? Math.max(...near) : null);
+    lower.push(near.length ? Math.min(...near) : null);
+  }
+  return { x: steps, upper, lower };
+}
+
+function isImage(feature) {
+  return Array.isArray(feature) && Array.isArray(feature[0]) && Array.isArray(feature[0][0]);
+}
+
+export function signalsView(container, jobId, isLive) {
+  container.innerHTML = `
+    <section aria-labelledby="signals-heading">
+      <h2 id="signals-heading">Opposing signals</h2>
+      <p class="muted" id="signals-info"></p>
+      <div class="plots">
+        <div class="chart"><div id="signals-loss" class="plot" role="img" aria-label="probe loss with the steps where pairs were found"></div></div>
+        <div class="chart"><div id="signals-tail" class="plot" role="img" aria-label="heavy-tail share of loss changes"></div></div>
+      </div>
+      <div id="signals-pairs"></div>
+    </section>`;
+  let timer = null, stopped = false, drawnPairs = -1;
+  const draw = async () => {
+    const [m, pairs] = await Promise.all([api(`/jobs/${jobId}/metrics?prefix=signals/&max_points=2000`), api(`/jobs/${jobId}/results/signals`)]);
+    const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
+    const loss = byName["signals/probe_loss"];
+    const lossLayout = plotLayout("Probe-set loss; dotted: steps where a reported pair was found", true);
+    lossLayout.shapes = pairs.map((p) => ({ type: "line", x0: p.step, x1: p.step, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#cf222e" } }));
+    await Plotly.react(container.querySelector("#signals-loss"), loss ? [{ name: "probe loss", x: loss.steps, y: loss.values, mode: "lines" }] : [], lossLayout, { responsive: true, displaylogo: false });
+    const tail = byName["signals/heavy_tail"];
+    await Plotly.react(container.querySelector("#signals-tail"), tail ? [{ name: "share of Σ|Δℓ_i| in the top 1 %", x: tail.steps, y: tail.values, mode: "lines" }] : [],
+      plotLayout("Heavy tail: share of Σ|Δℓ_i| carried by the top 1 % of examples", false), { responsive: true, displaylogo: false });
+    container.querySelector("#signals-info").textContent = pairs.length
+      ? `${pairs.length} pair${pairs.length === 1 ? "" : "s"} of groups pulling against each other, each confirmed by its groups' losses swinging out of phase (anti-phase score ≤ the threshold).`
+      : "No opposing pair confirmed yet.";
+    container.querySelector("#signals-loss").dataset.pairs = pairs.length;
+    if (pairs.length === drawnPairs && !isLive()) return;
+    drawnPairs = pairs.length;
+    const box = container.querySelector("#signals-pairs");
+    box.innerHTML = pairs.map((p, k) => `
+      <h3>Pair ${p.data.pair + 1}, found at step ${p.step}: cos(ḡ_A, ḡ_B) = ${p.data.cos.toFixed(2)}, anti-phase ${p.data.antiphase.toFixed(2)}</h3>
+      <div class="plots">
+        <div class="chart"><div id="pair-${k}-curves" class="plot pair-curves" role="img" aria-label="group losses of pair ${k + 1}"></div></div>
+        <div class="chart"><div id="pair-${k}-classes" class="plot" role="img" aria-label="classes of pair ${k + 1}"></div></div>
+        ${["A", "B"].map((g) => `<div class="chart"><div id="pair-${k}-${g}-feature" class="plot" role="img" aria-label="shared feature of group ${g}"></div>
+          <p class="muted">Group ${g}: ${p.data[g].core.length} core examples, ${p.data[g].expanded.length} with those that side with them; rows ${esc(p.data[g].core.slice(0, 12).join(", "))}${p.data[g].core.length > 12 ? ", …" : ""}</p></div>`).join("")}
+      </div>`).join("");
+    for (const [k, p] of pairs.entries()) {
+      const traces = [];
+      for (const [g, color] of [["A", "#1f77b4"], ["B", "#ff7f0e"]]) {
+        const s = byName[`signals/pair${p.data.pair}/${g}`];
+        if (!s) continue;
+        const env = envelopes(s.steps, s.values);
+        traces.push({ name: `group ${g}`, x: s.steps, y: s.values, mode: "lines", line: { color, width: 1 }, opacity: 0.35 });
+        traces.push({ name: `${g} upper envelope`, x: env.x, y: env.upper, mode: "lines", line: { color } });
+        traces.push({ name: `${g} lower envelope`, x: env.x, y: env.lower, mode: "lines", line: { color, dash: "dot" } });
+      }
+      await Plotly.react(container.querySelector(`#pair-${k}-curves`), traces, plotLayout("Group losses after the pair was found (raw and even/odd envelopes)", true), { responsive: true, displaylogo: false });
+      const classes = ["A", "B"].map((g) => ({ type: "bar", name: `group ${g}`, x: (p.data[g].classes || []).map((_, c) => `class ${c}`), y: p.data[g].classes || [] }));
+      await Plotly.react(container.querySelector(`#pair-${k}-classes`), classes, plotLayout("Classes in each group (expanded)", false), { responsive: true, displaylogo: false });
+      for (const g of ["A", "B"]) {
+        const f = p.data[g].mean_input_minus_all;
+        const el = container.querySelector(`#pair-${k}-${g}-feature`);
+        const layout = plotLayout(`Group ${g}: mean input − dataset mean`, false);
+        if (isImage(f)) {
+          layout.yaxis = { autorange: "reversed", scaleanchor: "x" };
+          await Plotly.react(el, [{ type: "heatmap", z: f[0], colorscale: "RdBu", reversescale: true, zmid: 0 }], layout, { responsive: true, displaylogo: false });
+        } else {
+          await Plotly.react(el, [{ type: "bar", y: f.flat(3) }], layout, { responsive: true, displaylogo: false });
+        }
+      }
+    }
+  };
+  const poll = () => {
+    clearTimeout(timer);
+    if (stopped) return;
+    draw().catch(console.error).finally(() => { if (!stopped && isLive()) timer = setTimeout(poll, POLL_MS); });
+  };
+  poll();
+  return { refresh: poll, stop: () => { stopped = true; clearTimeout(timer); } };
+}
