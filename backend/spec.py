@@ -391,7 +391,9 @@ class SignalsProbe(StrictModel):
     for opposing groups on a schedule and when the probe loss rises; a pair is reported once the steps after it
     show its groups' losses swinging out of phase."""
 
-    probe_examples: int = Field(1024, gt=0, le=100_000, description="size of the fixed stratified probe set")
+    probe_examples: int = Field(
+        1024, gt=0, le=100_000, description="size of the fixed stratified probe set (full-batch training: the training set)"
+    )
     detect_every: int = Field(100, gt=0, description="steps between two scheduled searches")
     on_rise: bool = Field(True, description="search also when the probe set's mean loss rises")
     min_gap: int = Field(10, ge=1, description="at least this many steps between two searches")

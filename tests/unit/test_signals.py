@@ -7,7 +7,7 @@ import torch
 from backend.spec import OpposingFeaturesData
 from worker.analysis import signals as sg
 from worker.training import data, models
-from worker.training.optim import make_loss
+from worker.training.optim import make_example_loss, make_loss
 
 
 def run(strength: float, detect_at: int, after: int = 20):
@@ -18,14 +18,14 @@ def run(strength: float, detect_at: int, after: int = 20):
     x, y = split.x_train, split.y_train
     torch.manual_seed(0)
     model = models.mlp(64, [64], 4, "relu")
-    loss_fn = make_loss("mse", 4)
+    loss_fn, each = make_loss("mse", 4), make_example_loss("mse", 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.12)
     losses, found = [], None
     for step in range(detect_at + after + 1):
         out = model(x)
-        losses.append(sg.per_example_losses(out.detach(), y, loss_fn).numpy())
+        losses.append(each(out.detach(), y).numpy())
         if step == detect_at:
-            found = sg.detect(model, loss_fn, x, y, torch.tensor(losses[-1] - losses[-2]), sg.DetectSettings())
+            found = sg.detect(model, each, x, y, torch.tensor(losses[-1] - losses[-2]), sg.DetectSettings())
         opt.zero_grad()
         loss_fn(out, y).backward()
         opt.step()
@@ -72,7 +72,26 @@ def test_projections_are_per_example_gradient_dot_products():
     torch.manual_seed(0)
     model = models.mlp(5, [7], 3, "tanh").double()
     x, y = torch.randn(9, 5, dtype=torch.float64), torch.randint(0, 3, (9,))
-    loss_fn = make_loss("cross_entropy", 3)
-    g = sg.example_gradients(model, loss_fn, x, y)
+    each = make_example_loss("cross_entropy", 3)
+    g = sg.example_gradients(model, each, x, y)
     u = torch.randn(g.shape[1], dtype=torch.float64)
-    torch.testing.assert_close(sg.projections(model, loss_fn, x, y, u), g @ u, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sg.projections(model, each, x, y, u), g @ u, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kind", "classes", "z", "out_shape", "target_shape"),
+    [("cross_entropy", 5, 0.0, (8, 5), (8,)), ("cross_entropy", 5, 0.1, (8, 6, 5), (8, 6)),
+     ("mse", 5, 0.0, (8, 5), (8,)), ("mse", None, 0.0, (8, 3), (8, 3))],
+)  # fmt: skip
+def test_each_example_loss_is_the_batch_loss_per_example(kind, classes, z, out_shape, target_shape):
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(out_shape, generator=gen, dtype=torch.float64)
+    if classes:
+        y = torch.randint(0, classes, target_shape, generator=gen)
+    else:
+        y = torch.randn(target_shape, generator=gen, dtype=torch.float64)
+    mean, each = make_loss(kind, classes, z), make_example_loss(kind, classes, z)
+    values = each(out, y)
+    assert values.shape == (8,)
+    torch.testing.assert_close(values.mean(), mean(out, y), rtol=1e-12, atol=0)
+    torch.testing.assert_close(values, sg.per_example_losses(out, y, mean), rtol=1e-12, atol=0)

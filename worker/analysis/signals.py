@@ -24,7 +24,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def per_example_losses(out: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    """ℓ_i for each row of a batch's outputs (the batch loss function applied to one example at a time)."""
+    """ℓ_i for each row of a batch's outputs from a mean-loss function (one example at a time, by vmap). When
+    an each-example loss is at hand, call it directly: it is much cheaper."""
     return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
 
 
@@ -46,18 +47,18 @@ def _params(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     return {n: p.detach() for n, p in model.named_parameters()}, {n: b.detach() for n, b in model.named_buffers()}
 
 
-def example_gradients(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
-    """[k, P] per-example gradients of the given (few) examples, the model in eval mode."""
+def example_gradients(model: nn.Module, each: LossFn, x: Tensor, y: Tensor) -> Tensor:
+    """[k, P] per-example gradients of the given (few) examples (`each`: per-example losses)."""
     params, buffers = _params(model)
 
     def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+        return each(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))[0]
 
     pe = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
     return torch.cat([pe[n].flatten(1) for n in params], 1)
 
 
-def projections(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, direction: Tensor) -> Tensor:
+def projections(model: nn.Module, each: LossFn, x: Tensor, y: Tensor, direction: Tensor) -> Tensor:
     """g_i·u for every example at once: one forward-mode JVP of the per-example losses along u."""
     params, buffers = _params(model)
     tangent, start = {}, 0
@@ -66,7 +67,7 @@ def projections(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, directi
         start += p.numel()
 
     def losses(p: dict[str, Tensor]) -> Tensor:
-        return per_example_losses(functional_call(model, (p, buffers), (x,)), y, loss_fn)
+        return each(functional_call(model, (p, buffers), (x,)), y)
 
     return jvp(losses, (params,), (tangent,))[1]
 
@@ -109,8 +110,9 @@ def _intra(unit: Tensor, members: np.ndarray) -> float:
     return float((block.sum() - k) / (k * (k - 1))) if k > 1 else 1.0
 
 
-def detect(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, delta: Tensor, cfg: DetectSettings) -> Detection:
-    """Opposing pairs among the examples whose loss moved most (`delta`: Δℓ_i over the probe set (x, y))."""
+def detect(model: nn.Module, each: LossFn, x: Tensor, y: Tensor, delta: Tensor, cfg: DetectSettings) -> Detection:
+    """Opposing pairs among the examples whose loss moved most (`delta`: Δℓ_i over the probe set (x, y);
+    `each`: the per-example losses of a batch's outputs)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
@@ -125,7 +127,7 @@ def detect(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, delta: Tenso
     model.eval()
     try:
         rows = torch.tensor(picked, device=x.device)
-        g = example_gradients(model, loss_fn, x[rows], y[rows]).double()
+        g = example_gradients(model, each, x[rows], y[rows]).double()
         unit = torch.nn.functional.normalize(g, dim=1)
         distance = (1 - unit @ unit.T).clamp_min(0).cpu().numpy()
         np.fill_diagonal(distance, 0.0)
@@ -144,8 +146,8 @@ def detect(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, delta: Tenso
             if cos > -cfg.tau or i in used or j in used:
                 continue
             used |= {i, j}
-            score_a = projections(model, loss_fn, x, y, torch.nn.functional.normalize(means[i], dim=0)).double().cpu()
-            score_b = projections(model, loss_fn, x, y, torch.nn.functional.normalize(means[j], dim=0)).double().cpu()
+            score_a = projections(model, each, x, y, torch.nn.functional.normalize(means[i], dim=0)).double().cpu()
+            score_b = projections(model, each, x, y, torch.nn.functional.normalize(means[j], dim=0)).double().cpu()
             a = [picked[k] for k in clusters[i]]
             b = [picked[k] for k in clusters[j]]
             moves = delta.double().cpu()

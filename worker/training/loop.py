@@ -20,6 +20,7 @@ from worker.training.optim import (
     adam_preconditioner,
     base_config,
     lr_factor,
+    make_example_loss,
     make_loss,
     make_optimizer,
     stability_threshold,
@@ -156,7 +157,8 @@ def _train(
     stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
     listen = spec.probes.signals
     full_batch = cfg.batch_size >= len(split.y_train)
-    signals = SignalsTracker(listen, split.x_train, split.y_train, cfg.seed, full_batch) if listen else None
+    each = make_example_loss(cfg.loss, split.n_classes, getattr(spec.model, "z_loss", 0.0))
+    signals = SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch) if listen else None
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
@@ -227,7 +229,7 @@ def _train(
             return Outcome.diverged
         if signals is not None:
             before = signals.seconds
-            metrics.update(signals.observe(step, model, loss_fn, out, idx, y))
+            metrics.update(signals.observe(step, model, out, idx, y))
             for at, document in signals.reports:
                 recorder.result("signals", at, document)
             signals.reports.clear()

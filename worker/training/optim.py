@@ -38,6 +38,23 @@ def make_loss(kind: str, n_classes: int | None, z_loss: float = 0.0) -> LossFn:
     return cross_entropy
 
 
+def make_example_loss(kind: str, n_classes: int | None, z_loss: float = 0.0) -> LossFn:
+    """Each example's loss, ℓ_i (a vector over the batch), such that make_loss's value is their mean."""
+    if kind == "mse":
+        if n_classes is None:
+            return lambda out, target: (out.reshape(target.shape) - target).pow(2).reshape(len(target), -1).mean(1)
+        return lambda out, target: (out - torch.zeros_like(out).scatter(-1, target.unsqueeze(-1), 1.0)).pow(2).mean(-1)
+
+    def cross_entropy(out: Tensor, target: Tensor) -> Tensor:
+        lse = torch.logsumexp(out, -1)
+        each = lse - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        if z_loss:
+            each = each + z_loss * lse.pow(2)
+        return each.reshape(len(target), -1).mean(1)  # sequences: the mean over positions
+
+    return cross_entropy
+
+
 def base_config(cfg: Optimizer) -> SGDOptimizer | AdamOptimizer:
     return cfg.base if isinstance(cfg, SAMOptimizer) else cfg
 

@@ -27,11 +27,13 @@ class SignalsTracker:
 
     name = "signals"
 
-    def __init__(self, cfg: SignalsProbe, x_train: Tensor, y_train: Tensor, seed: int, full_batch: bool) -> None:
-        self.cfg = cfg
-        self.rows = stratified_sample(y_train, cfg.probe_examples, seed + 4).to(x_train.device)
+    def __init__(self, cfg: SignalsProbe, each: LossFn, x_train: Tensor, y_train: Tensor, seed: int, full_batch: bool) -> None:
+        self.cfg, self.each = cfg, each
+        # Under full-batch training the probe set is the training set, whose losses the training forward gives.
+        size = len(y_train) if full_batch else cfg.probe_examples
+        self.rows = stratified_sample(y_train, size, seed + 4).to(x_train.device)
         self.x, self.y = x_train[self.rows], y_train[self.rows]
-        self.reuse = full_batch and len(self.rows) == len(y_train)  # the training forward is the probe
+        self.reuse = full_batch
         self.settings = sg.DetectSettings(cfg.top_k, cfg.z_min, cut=cfg.cut, min_size=cfg.min_size, tau=cfg.tau, z_expand=cfg.z_expand)
         self.history: deque[tuple[int, np.ndarray]] = deque(maxlen=2 * cfg.window + 2)
         self.pending: list[_Pending] = []
@@ -42,22 +44,23 @@ class SignalsTracker:
         self.seconds = 0.0
         self.mean_input = x_train.float().mean(0)
 
-    def _losses(self, model: nn.Module, loss_fn: LossFn, out: Tensor, idx: Tensor, y: Tensor) -> np.ndarray:
+    def _losses(self, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> np.ndarray:
         if self.reuse:  # the batch is the whole training set in some order; the probe set is it in row order
             losses = np.empty(len(self.rows), dtype=np.float32)
-            losses[idx.cpu().numpy()] = sg.per_example_losses(out.detach().float(), y, loss_fn).cpu().numpy()
+            with torch.no_grad():
+                losses[idx.cpu().numpy()] = self.each(out.detach().float(), y).cpu().numpy()
             return losses
         training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                return sg.per_example_losses(model(self.x).float(), self.y, loss_fn).cpu().numpy()
+                return self.each(model(self.x).float(), self.y).cpu().numpy()
         finally:
             model.train(training)
 
-    def observe(self, step: int, model: nn.Module, loss_fn: LossFn, out: Tensor, idx: Tensor, y: Tensor) -> dict[str, float]:
+    def observe(self, step: int, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> dict[str, float]:
         started = time.perf_counter()
-        now = self._losses(model, loss_fn, out, idx, y)
+        now = self._losses(model, out, idx, y)
         metrics = {"signals/probe_loss": float(now.mean())}
         previous = self.history[-1] if self.history else None
         self.history.append((step, now))
@@ -68,7 +71,7 @@ class SignalsTracker:
             spaced = self.last_search is None or step - self.last_search >= self.cfg.min_gap
             if spaced and (step % self.cfg.detect_every == 0 or rose):
                 self.last_search = step
-                found = sg.detect(model, loss_fn, self.x, self.y, delta.to(self.x.device), self.settings)
+                found = sg.detect(model, self.each, self.x, self.y, delta.to(self.x.device), self.settings)
                 self.pending += [_Pending(step, p) for p in found.pairs]
                 metrics["signals/outliers"] = float(len(found.outliers))
         self._score(step)
