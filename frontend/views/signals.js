@@ -52,9 +52,11 @@ export function signalsView(container, jobId, isLive) {
     const box = container.querySelector("#signals-pairs");
     box.innerHTML = pairs.map((p, k) => `
       <h3>Pair ${p.data.pair + 1}, found at step ${p.step}: cos(ḡ_A, ḡ_B) = ${p.data.cos.toFixed(2)}, anti-phase ${p.data.antiphase.toFixed(2)}</h3>
+      ${p.data.hessian_alignment ? `<p class="muted">|cos(top Hessian eigenvector at step ${p.data.hessian_alignment.eigenvector_step}, ĝ_A − ĝ_B)| = ${p.data.hessian_alignment.abs_cos.toFixed(3)} (a random direction: ${p.data.hessian_alignment.random_abs_cos.toFixed(3)})</p>` : ""}
       <div class="plots">
         <div class="chart"><div id="pair-${k}-curves" class="plot pair-curves" role="img" aria-label="group losses of pair ${k + 1}"></div></div>
         <div class="chart"><div id="pair-${k}-classes" class="plot" role="img" aria-label="classes of pair ${k + 1}"></div></div>
+        ${["A", "B"].map((g) => `<div class="chart"><div id="pair-${k}-${g}-examples" class="plot thumbs" role="img" aria-label="examples of group ${g}"></div></div>`).join("")}
         ${["A", "B"].map((g) => `<div class="chart"><div id="pair-${k}-${g}-feature" class="plot" role="img" aria-label="shared feature of group ${g}"></div>
           <p class="muted">Group ${g}: ${p.data[g].core.length} core examples, ${p.data[g].expanded.length} with those that side with them; rows ${esc(p.data[g].core.slice(0, 12).join(", "))}${p.data[g].core.length > 12 ? ", …" : ""}</p></div>`).join("")}
       </div>`).join("");
@@ -72,6 +74,19 @@ export function signalsView(container, jobId, isLive) {
       const classes = ["A", "B"].map((g) => ({ type: "bar", name: `group ${g}`, x: (p.data[g].classes || []).map((_, c) => `class ${c}`), y: p.data[g].classes || [] }));
       await Plotly.react(container.querySelector(`#pair-${k}-classes`), classes, plotLayout("Classes in each group (expanded)", false), { responsive: true, displaylogo: false });
       for (const g of ["A", "B"]) {
+        const shown = p.data[g].examples || [];
+        const thumbs = container.querySelector(`#pair-${k}-${g}-examples`);
+        const thumbLayout = plotLayout(`Group ${g}: ${shown.length} of its examples`, false);
+        if (shown.length && isImage(shown[0])) {  // side by side, one column of gap between images
+          const rows = shown[0][0].length;
+          const z = Array.from({ length: rows }, (_, r) => shown.flatMap((img, i) => [...img[0][r], ...(i < shown.length - 1 ? [null] : [])]));
+          thumbLayout.yaxis = { autorange: "reversed", scaleanchor: "x", showticklabels: false };
+          thumbLayout.xaxis = { showticklabels: false };
+          await Plotly.react(thumbs, [{ type: "heatmap", z, colorscale: "Greys", reversescale: true, showscale: false, hoverongaps: false }], thumbLayout, { responsive: true, displaylogo: false });
+        } else if (shown.length) {
+          await Plotly.react(thumbs, [{ type: "table", header: { values: ["example", "values"] }, cells: { values: [shown.map((_, i) => i + 1), shown.map((row) => row.flat(3).slice(0, 12).map((v) => Number(v).toPrecision(3)).join(", "))] } }], thumbLayout, { responsive: true, displaylogo: false });
+        }
+        thumbs.dataset.examples = shown.length;
         const f = p.data[g].mean_input_minus_all;
         const el = container.querySelector(`#pair-${k}-${g}-feature`);
         const layout = plotLayout(`Group ${g}: mean input − dataset mean`, false);

@@ -303,4 +303,5 @@ def test_opposing_signals_view(page, served: Serve):
     assert shapes == [p["step"] for p in pairs]
     feature = page.evaluate("document.getElementById('pair-0-A-feature').data[0].z")
     assert feature == pairs[0]["data"]["A"]["mean_input_minus_all"][0]
+    assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(pairs[0]["data"]["A"]["examples"]))
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "signals.png"), full_page=True)

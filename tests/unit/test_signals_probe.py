@@ -8,19 +8,20 @@ from worker.training import data
 from worker.training.loop import Outcome, train
 
 
-def job(strength: float) -> dict:
+def job(strength: float, hessian: bool = False) -> dict:
     return {
         "name": "signals",
         "model": {"kind": "mlp", "widths": [64]},
         "data": {"kind": "opposing_features", "examples": 1000, "classes": 4, "strength": strength, "share": 0.5, "class_signal": 0.3},
         "optimizer": {"kind": "sgd", "lr": 0.12},
         "train": {"steps": 260, "batch_size": 100_000, "loss": "mse", "eval_every": 100, "checkpoint_every": None},
-        "probes": {"signals": {"detect_every": 100, "on_rise": False}},
+        "probes": {"signals": {"detect_every": 100, "on_rise": False}}
+        | ({"hessian": {"every": 50, "top_k": 1, "examples": 100_000, "tol": 1e-4}} if hessian else {}),
     }
 
 
 def test_the_planted_pair_is_reported_with_groups_curves_and_features():
-    raw = job(6.0)
+    raw = job(6.0, hessian=True)
     rec = ListRecorder()
     assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
     reports = [(s, r) for k, s, r in rec.results if k == "signals"]
@@ -34,6 +35,10 @@ def test_the_planted_pair_is_reported_with_groups_curves_and_features():
     assert len(best["A"]["loss"]) == len(best["steps"]) == 41
     patch = torch.tensor(best["A"]["mean_input_minus_all"])[0, :3, :3]
     assert float(patch.mean()) > 1.0, "the shared feature is the planted patch"
+    assert len(best["A"]["examples"]) == 8 and torch.tensor(best["A"]["examples"]).shape == (8, 1, 8, 8)
+    # the pair's disagreement lies along the sharpest direction, far beyond a random direction
+    aligned = best["hessian_alignment"]
+    assert aligned["eigenvector_step"] <= step and aligned["abs_cos"] > 0.5 > 20 * aligned["random_abs_cos"]
     pair = best["pair"]
     a_curve = rec.series(f"signals/pair{pair}/A")
     assert len(a_curve) >= 40 and len(rec.series("signals/heavy_tail")) == 259

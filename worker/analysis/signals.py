@@ -84,6 +84,7 @@ class Pair:
     a_star: list[int] = field(default_factory=list)  # the whole probe set's examples that side with A
     b_star: list[int] = field(default_factory=list)
     antiphase: float | None = None  # set once the window after the step has been seen
+    direction: Tensor | None = None  # ĝ_A − ĝ_B (unit mean gradients), in named_parameters order
 
 
 @dataclass
@@ -159,6 +160,7 @@ def detect(model: nn.Module, each: LossFn, x: Tensor, y: Tensor, delta: Tensor, 
                 Pair(
                     a, b, cos, _intra(unit, clusters[i]), _intra(unit, clusters[j]), mean_a, mean_b,
                     torch.nonzero(side_a).flatten().tolist(), torch.nonzero(side_b).flatten().tolist(),
+                    direction=torch.nn.functional.normalize(means[i], dim=0) - torch.nn.functional.normalize(means[j], dim=0),
                 )  # fmt: skip
             )
     finally:

@@ -158,7 +158,12 @@ def _train(
     listen = spec.probes.signals
     full_batch = cfg.batch_size >= len(split.y_train)
     each = make_example_loss(cfg.loss, split.n_classes, getattr(spec.model, "z_loss", 0.0))
-    signals = SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch) if listen else None
+    hessian = next((p for p in probes if isinstance(p, HessianTracker)), None)
+
+    def top_eigenvector() -> tuple[int, torch.Tensor] | None:
+        return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
+
+    signals = SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch, top_eigenvector) if listen else None
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)

@@ -88,7 +88,8 @@ class HessianTracker:
 
     def __init__(self, cfg: HessianProbe) -> None:
         self.schedule = self.cfg = cfg
-        self.previous: Tensor | None = None
+        self.previous: Tensor | None = None  # the top eigenvectors of the last call, as columns
+        self.last_step: int | None = None
 
     def __call__(self, step: int, ctx: ProbeContext) -> ProbeOutput:
         cfg = self.cfg
@@ -99,7 +100,7 @@ class HessianTracker:
             op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=ctx.seed + step, device=op.device,
             progress=_ticker(ctx, f"hessian top-{cfg.top_k}"),
         )  # fmt: skip
-        self.previous = top.vectors
+        self.previous, self.last_step = top.vectors, step
         threshold, rule = ctx.threshold()
         metrics = {f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.values)}
         if not ctx.adaptive:

@@ -2,6 +2,7 @@
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,14 @@ from worker.training.landscapes import stratified_sample
 from worker.training.optim import LossFn
 
 
+EXAMPLES_SHOWN = 8
+
+
 @dataclass
 class _Pending:
     step: int
     pair: sg.Pair
+    alignment: dict[str, float] | None  # |cos(top Hessian eigenvector, ĝ_A − ĝ_B)|, and a random direction's
 
 
 class SignalsTracker:
@@ -27,8 +32,17 @@ class SignalsTracker:
 
     name = "signals"
 
-    def __init__(self, cfg: SignalsProbe, each: LossFn, x_train: Tensor, y_train: Tensor, seed: int, full_batch: bool) -> None:
-        self.cfg, self.each = cfg, each
+    def __init__(
+        self,
+        cfg: SignalsProbe,
+        each: LossFn,
+        x_train: Tensor,
+        y_train: Tensor,
+        seed: int,
+        full_batch: bool,
+        top_eigenvector: Callable[[], tuple[int, Tensor] | None] = lambda: None,
+    ) -> None:
+        self.cfg, self.each, self.top_eigenvector = cfg, each, top_eigenvector
         # Under full-batch training the probe set is the training set, whose losses the training forward gives.
         size = len(y_train) if full_batch else cfg.probe_examples
         self.rows = stratified_sample(y_train, size, seed + 4).to(x_train.device)
@@ -72,7 +86,7 @@ class SignalsTracker:
             if spaced and (step % self.cfg.detect_every == 0 or rose):
                 self.last_search = step
                 found = sg.detect(model, self.each, self.x, self.y, delta.to(self.x.device), self.settings)
-                self.pending += [_Pending(step, p) for p in found.pairs]
+                self.pending += [_Pending(step, p, self._alignment(p)) for p in found.pairs]
                 metrics["signals/outliers"] = float(len(found.outliers))
         self._score(step)
         for k, (_, pair) in enumerate(self.tracked):
@@ -98,6 +112,18 @@ class SignalsTracker:
                 self.rejected += 1
         self.pending = waiting
 
+    def _alignment(self, pair: sg.Pair) -> dict[str, float] | None:
+        """How much of the Hessian's sharpest direction the pair's disagreement explains (the Hessian probe's
+        latest top eigenvector), against a random direction's |cos| as a baseline."""
+        latest = self.top_eigenvector()
+        if latest is None or pair.direction is None:
+            return None
+        at, vector = latest
+        u = pair.direction.to(vector)
+        noise = torch.randn(len(u), generator=torch.Generator().manual_seed(at), dtype=u.dtype).to(u.device)
+        cos = torch.nn.functional.cosine_similarity
+        return {"eigenvector_step": at, "abs_cos": float(cos(u, vector, dim=0).abs()), "random_abs_cos": float(cos(u, noise, dim=0).abs())}
+
     def finish(self, step: int) -> None:
         self._score(step, final=True)
 
@@ -105,6 +131,7 @@ class SignalsTracker:
         pair, rows = item.pair, self.rows.cpu()
         out: dict[str, Any] = {
             "pair": len(self.tracked) - 1, "cos": pair.cos, "antiphase": pair.antiphase, "window": self.cfg.window,
+            "hessian_alignment": item.alignment,
             "probe_examples": len(self.rows), "steps": [s for s, _ in self.history if abs(s - item.step) <= self.cfg.window],
         }  # fmt: skip
         for side, core, star, moved in (("A", pair.a, pair.a_star, pair.mean_delta_a), ("B", pair.b, pair.b_star, pair.mean_delta_b)):
@@ -116,6 +143,8 @@ class SignalsTracker:
                 "loss": window[:, core].mean(1).tolist(), "loss_expanded": window[:, members].mean(1).tolist(),
                 # the shared feature: the group's mean input minus the training set's
                 "mean_input_minus_all": (self.x[members].float().mean(0).cpu() - self.mean_input.cpu()).tolist(),
+                # a few of its examples as they are (images, table rows, token ids)
+                "examples": self.x[core[:EXAMPLES_SHOWN]].cpu().tolist(),
             }  # fmt: skip
             if not labels.is_floating_point():
                 group["classes"] = torch.bincount(labels.flatten()).tolist()
