@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -129,6 +129,22 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # Copied from the spec at submission, for filtering a long history by index.
+    model_kind: Mapped[str | None] = mapped_column(String(50), index=True)
+    data_kind: Mapped[str | None] = mapped_column(String(50), index=True)
+    notes: Mapped[str | None] = mapped_column(Text)
+    tag_rows: Mapped[list["JobTag"]] = relationship(cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag")
+
+    @property
+    def tags(self) -> list[str]:
+        return [t.tag for t in self.tag_rows]
+
+
+class JobTag(Base):
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class MetricChunk(Base):

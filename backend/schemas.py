@@ -1,9 +1,9 @@
-"""Response bodies of the REST API."""
+"""Request and response bodies of the REST API (the job spec itself lives in backend.spec)."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, computed_field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
 from backend.models import utcnow
 
@@ -32,6 +32,10 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     sweep_id: int | None = None
     sweep_params: dict[str, Any] | None = None
+    model_kind: str | None = None
+    data_kind: str | None = None
+    tags: list[str] = []
+    notes: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -39,6 +43,30 @@ class JobOut(BaseModel):
         if self.started_at is None:
             return None
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+
+Tag = Annotated[str, Field(pattern=r"^[\w.:-]{1,64}$", description="letters, digits, _ . : - (at most 64)")]
+
+
+class JobUpdate(BaseModel):
+    """What a user may change on a job after submitting it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[Tag] | None = Field(None, max_length=32)
+    notes: str | None = Field(None, max_length=10_000)
+
+
+class BulkAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["cancel", "delete"]
+    ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class BulkOutcome(BaseModel):
+    done: list[int]
+    refused: dict[int, str]  # job id → why (not found, or still running for a delete)
 
 
 class JobPage(BaseModel):

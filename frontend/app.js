@@ -12,61 +12,117 @@ const fmtDuration = (s) => (s == null ? "" : s < 60 ? `${s.toFixed(1)} s` : s < 
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 
 // ---- job list ------------------------------------------------------------------------------------------
+const MODEL_KINDS = ["mlp", "cnn", "resnet", "transformer"];
+const DATA_KINDS = ["digits", "iris", "wine", "breast_cancer", "gaussian_mixture", "teacher_student", "opposing_features", "text", "upload"];
+const LIST_KEYS = ["status", "q", "sweep", "tag", "model", "data", "after", "before", "sort", "offset"];
+
 function renderJobs(params) {
-  const state = { status: params.get("status") || "", q: params.get("q") || "", sweep: params.get("sweep") || "",
-    offset: Number(params.get("offset") || 0), limit: 25 };
+  const state = Object.fromEntries(LIST_KEYS.map((k) => [k, params.get(k) || ""]));
+  state.offset = Number(state.offset || 0);
+  state.sort = state.sort || "-created";
+  const limit = 25;
+  const options = (values, chosen, all = "all") => `<option value="">${all}</option>` + values.map((v) => `<option ${v === chosen ? "selected" : ""}>${v}</option>`).join("");
   view.innerHTML = `
     <h1>Jobs${state.sweep ? ` of sweep ${esc(state.sweep)} <a href="#/jobs" class="muted" style="font-size:1rem">(all jobs)</a>` : ""}</h1>
-    <div class="toolbar">
-      <label>Status <select id="status-filter"><option value="">all</option>
-        ${STATUSES.map((s) => `<option ${s === state.status ? "selected" : ""}>${s}</option>`).join("")}</select></label>
+    <div class="toolbar" role="search">
+      <label>Status <select id="status-filter">${options(STATUSES, state.status)}</select></label>
       <label>Search <input id="search" type="search" placeholder="name" value="${esc(state.q)}"></label>
+      <label>Tag <input id="tag-filter" type="search" placeholder="tag" value="${esc(state.tag)}" size="10"></label>
+      <label>Model <select id="model-filter">${options(MODEL_KINDS, state.model)}</select></label>
+      <label>Data <select id="data-filter">${options(DATA_KINDS, state.data)}</select></label>
+      <label>From <input id="after-filter" type="date" value="${esc(state.after)}"></label>
+      <label>To <input id="before-filter" type="date" value="${esc(state.before)}"></label>
+      <label>Sort <select id="sort">${[["-created", "newest"], ["created", "oldest"], ["name", "name A–Z"], ["-name", "name Z–A"], ["status", "status"]]
+        .map(([v, t]) => `<option value="${v}" ${v === state.sort ? "selected" : ""}>${t}</option>`).join("")}</select></label>
+    </div>
+    <div class="toolbar">
       <span id="jobs-count" class="muted"></span>
       <button id="prev-page">Previous</button><button id="next-page">Next</button>
+      <button id="bulk-cancel" class="danger" disabled>Cancel selected</button>
+      <button id="bulk-delete" class="danger" disabled>Delete selected</button>
+      <span id="bulk-state" class="muted" aria-live="polite"></span>
       ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
     </div>
-    <table id="jobs-table"><thead><tr><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Sweep</th></tr></thead>
+    <table id="jobs-table"><thead><tr><th><input type="checkbox" id="select-all" aria-label="select all on this page"></th><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Model</th><th>Data</th><th>Tags</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
+  const selected = new Set();
   const setHash = () => {
     const p = new URLSearchParams();
-    if (state.status) p.set("status", state.status);
-    if (state.q) p.set("q", state.q);
-    if (state.sweep) p.set("sweep", state.sweep);
-    if (state.offset) p.set("offset", state.offset);
+    for (const k of LIST_KEYS) if (state[k] && !(k === "sort" && state[k] === "-created")) p.set(k, state[k]);
     history.replaceState(null, "", `#/jobs${p.size ? "?" + p : ""}`);
+  };
+  const showSelection = () => {
+    view.querySelector("#bulk-cancel").disabled = view.querySelector("#bulk-delete").disabled = selected.size === 0;
+    view.querySelector("#bulk-state").textContent = selected.size ? `${selected.size} selected` : "";
   };
   let timer;
   const load = async () => {
-    const p = new URLSearchParams({ limit: state.limit, offset: state.offset });
-    if (state.status) p.set("status", state.status);
-    if (state.q) p.set("q", state.q);
-    if (state.sweep) p.set("sweep_id", state.sweep);
+    const p = new URLSearchParams({ limit, offset: state.offset, sort: state.sort });
+    for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["model", "model"], ["data", "data"]]) if (state[k]) p.set(name, state[k]);
+    if (state.after) p.set("created_after", `${state.after}T00:00:00`);
+    if (state.before) p.set("created_before", `${state.before}T23:59:59.999`);
     const page = await api(`/jobs?${p}`);
     view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +
-      (page.total > state.limit ? `, ${state.offset + 1}–${Math.min(state.offset + state.limit, page.total)}` : "");
+      (page.total > limit ? `, ${state.offset + 1}–${Math.min(state.offset + limit, page.total)}` : "");
     view.querySelector("#prev-page").disabled = state.offset === 0;
-    view.querySelector("#next-page").disabled = state.offset + state.limit >= page.total;
+    view.querySelector("#next-page").disabled = state.offset + limit >= page.total;
     view.querySelector("#jobs-table tbody").innerHTML = page.items.map((j) => `
       <tr class="job-row" data-id="${j.id}" tabindex="0">
+        <td><input type="checkbox" class="select-job" data-id="${j.id}" ${selected.has(j.id) ? "checked" : ""} aria-label="select job ${j.id}"></td>
         <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>
         <td class="status ${j.status}">${j.status}</td>
         <td><progress max="1" value="${j.progress}" aria-label="progress of job ${j.id}"></progress></td>
         <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td>
+        <td>${esc(j.model_kind ?? "")}</td><td>${esc(j.data_kind ?? "")}</td>
+        <td>${j.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join(" ")}</td>
         <td>${j.sweep_id ? `<a href="#/jobs?sweep=${j.sweep_id}">${j.sweep_id}</a>` : ""}</td></tr>`).join("");
   };
   const refresh = () => { setHash(); load().catch(console.error); };
-  view.querySelector("#status-filter").addEventListener("change", (e) => { state.status = e.target.value; state.offset = 0; refresh(); });
+  const filter = (id, key, event = "change") => view.querySelector(id).addEventListener(event, (e) => { state[key] = e.target.value.trim(); state.offset = 0; refresh(); });
+  filter("#status-filter", "status");
+  filter("#model-filter", "model");
+  filter("#data-filter", "data");
+  filter("#after-filter", "after");
+  filter("#before-filter", "before");
+  filter("#sort", "sort");
   let debounce;
-  view.querySelector("#search").addEventListener("input", (e) => {
-    clearTimeout(debounce);
-    debounce = setTimeout(() => { state.q = e.target.value.trim(); state.offset = 0; refresh(); }, 250);
+  for (const [id, key] of [["#search", "q"], ["#tag-filter", "tag"]]) {
+    view.querySelector(id).addEventListener("input", (e) => {
+      clearTimeout(debounce);
+      debounce = setTimeout(() => { state[key] = e.target.value.trim(); state.offset = 0; refresh(); }, 250);
+    });
+  }
+  view.querySelector("#prev-page").addEventListener("click", () => { state.offset = Math.max(0, state.offset - limit); refresh(); });
+  view.querySelector("#next-page").addEventListener("click", () => { state.offset += limit; refresh(); });
+  view.querySelector("#select-all").addEventListener("change", (e) => {
+    for (const box of view.querySelectorAll("input.select-job")) {
+      box.checked = e.target.checked;
+      e.target.checked ? selected.add(Number(box.dataset.id)) : selected.delete(Number(box.dataset.id));
+    }
+    showSelection();
   });
-  view.querySelector("#prev-page").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); refresh(); });
-  view.querySelector("#next-page").addEventListener("click", () => { state.offset += state.limit; refresh(); });
   view.querySelector("#jobs-table tbody").addEventListener("click", (e) => {
+    const box = e.target.closest("input.select-job");
+    if (box) {
+      box.checked ? selected.add(Number(box.dataset.id)) : selected.delete(Number(box.dataset.id));
+      showSelection();
+      return;
+    }
     const row = e.target.closest("tr.job-row");
-    if (row) location.hash = `#/jobs/${row.dataset.id}`;
+    if (row && !e.target.closest("a")) location.hash = `#/jobs/${row.dataset.id}`;
   });
+  const bulk = (action) => async () => {
+    if (action === "delete" && !confirm(`Delete ${selected.size} job(s) and everything they recorded?`)) return;
+    const out = await api("/jobs/bulk", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ action, ids: [...selected] }) });
+    const refused = Object.entries(out.refused);
+    view.querySelector("#bulk-state").textContent = `${action === "delete" ? "deleted" : "cancelled"} ${out.done.length}` +
+      (refused.length ? `; not ${refused.map(([id, why]) => `${id} (${why})`).join(", ")}` : "");
+    out.done.forEach((id) => selected.delete(id));
+    view.querySelector("#bulk-cancel").disabled = view.querySelector("#bulk-delete").disabled = selected.size === 0;
+    load().catch(console.error);
+  };
+  view.querySelector("#bulk-cancel").addEventListener("click", bulk("cancel"));
+  view.querySelector("#bulk-delete").addEventListener("click", bulk("delete"));
   load().catch(console.error);
   timer = setInterval(() => load().catch(console.error), 3000);
   return () => clearInterval(timer);
@@ -242,6 +298,11 @@ function renderJob(id, params) {
       <button id="cancel-job" class="danger">Cancel</button>
       <button id="clone-job">Clone and edit</button>
     </div>
+    <div class="toolbar" id="job-annotations">
+      <label>Tags <input id="job-tags" placeholder="comma-separated, e.g. baseline, lr-sweep" size="30"></label>
+      <label>Notes <textarea id="job-notes" rows="2" cols="50" placeholder="what this run is for, what you saw"></textarea></label>
+      <button id="save-annotations">Save</button><span id="annotations-state" class="muted" aria-live="polite"></span>
+    </div>
     <progress id="progress-bar" max="1" value="0" aria-label="progress"></progress>
     <p id="job-stage" class="muted"></p>
     <p id="job-error" class="error-text"></p>
@@ -397,6 +458,8 @@ function renderJob(id, params) {
   const source = new EventSource(`${API}/jobs/${id}/events`);
   const ready = api(`/jobs/${id}`).then((j) => {
     showJob(j);
+    view.querySelector("#job-tags").value = j.tags.join(", ");
+    view.querySelector("#job-notes").value = j.notes ?? "";
     const summarize = () => api(`/jobs/${id}/results/summary`).then((s) => {
       if (!s.length) return;
       const last = s[s.length - 1].data;
@@ -474,6 +537,18 @@ function renderJob(id, params) {
     if (other > 0) analyze({ kind: "interpolation", to_job: other })().catch(console.error);
   });
 
+  view.querySelector("#save-annotations").addEventListener("click", async () => {
+    const tags = view.querySelector("#job-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const state = view.querySelector("#annotations-state");
+    try {
+      const j = await api(`/jobs/${id}`, { method: "PATCH", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ tags, notes: view.querySelector("#job-notes").value }) });
+      view.querySelector("#job-tags").value = j.tags.join(", ");
+      state.textContent = "saved";
+    } catch (err) {
+      state.textContent = (err.body?.detail ?? []).map?.((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ") || String(err);
+    }
+  });
   view.querySelector("#cancel-job").addEventListener("click", async () => {
     view.querySelector("#cancel-job").disabled = true;
     showJob(await api(`/jobs/${id}/cancel`, { method: "POST" }));

@@ -1,5 +1,6 @@
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -10,7 +11,8 @@ from sqlalchemy.orm import Session
 from backend import queue
 from backend.api.deps import SessionDep, SettingsDep, get_job_or_404, send_or_undo
 from backend.models import Dataset, Job, JobStatus
-from backend.schemas import JobOut, JobPage
+from backend.schemas import BulkAction, BulkOutcome, JobOut, JobPage, JobUpdate
+from backend.services.artifacts import LocalArtifactStore
 from backend.services import jobs as job_service
 from backend.shapes import misfit
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
@@ -102,13 +104,70 @@ def list_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
     q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
     sweep_id: Annotated[int | None, Query(description="only the jobs of this sweep")] = None,
+    tag: Annotated[list[str] | None, Query(description="only jobs with every one of these tags")] = None,
+    model: Annotated[str | None, Query(max_length=50, description="model kind (mlp, cnn, resnet, transformer)")] = None,
+    data: Annotated[str | None, Query(max_length=50, description="data kind (digits, gaussian_mixture, …)")] = None,
+    created_after: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
+    created_before: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
+    sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
-    rows, total = job_service.list_jobs(
-        session, status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, limit=limit, offset=offset
-    )
+    filters = job_service.JobFilter(
+        status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, tags=tag, model=model, data=data,
+        created_after=_naive_utc(created_after), created_before=_naive_utc(created_before),
+    )  # fmt: skip
+    rows, total = job_service.list_jobs(session, filters, limit=limit, offset=offset, sort=sort)
     return JobPage(items=[JobOut.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    """The database keeps naive UTC times."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+@router.patch("/{job_id}", response_model=JobOut)
+def update_job(job_id: int, change: JobUpdate, session: SessionDep) -> JobOut:
+    """Tags and free-text notes; what is not given stays as it is."""
+    job = get_job_or_404(session, job_id)
+    if change.tags is not None:
+        job_service.set_tags(session, job, change.tags)
+    if change.notes is not None:
+        job.notes = change.notes or None
+    session.commit()
+    session.refresh(job)
+    return JobOut.model_validate(job)
+
+
+@router.post("/bulk", response_model=BulkOutcome)
+def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep) -> BulkOutcome:
+    """Cancel or delete many jobs. A delete takes only finished jobs (cancel a running one first) and removes
+    their series, results and artifact files."""
+    outcome = BulkOutcome(done=[], refused={})
+    store = LocalArtifactStore(settings.artifact_dir)
+    revoke = []
+    for job_id in dict.fromkeys(request.ids):
+        job = session.get(Job, job_id)
+        if job is None:
+            outcome.refused[job_id] = "no such job"
+        elif request.action == "cancel":
+            if task := job_service.request_cancel(session, job):
+                revoke.append(task)
+            outcome.done.append(job_id)
+        elif job.status in (JobStatus.queued.value, JobStatus.running.value):
+            outcome.refused[job_id] = f"still {job.status}: cancel it first"
+        else:
+            job_service.delete_job(session, job, store)
+            outcome.done.append(job_id)
+    session.commit()
+    for task in revoke:
+        try:
+            queue.revoke(task)
+        except Exception:  # the rows already say cancelled; the worker checks them before running
+            log.warning("could not revoke task %s", task, exc_info=True)
+    return outcome
 
 
 @router.get("/{job_id}", response_model=JobOut)

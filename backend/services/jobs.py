@@ -4,12 +4,13 @@ Every transition is a conditional UPDATE on the row, so two workers, a reaper an
 same job cannot both win.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Job, JobStatus, Result, Sweep, utcnow
+from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, utcnow
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -67,25 +68,67 @@ def create_job(
         max_attempts=max_attempts,
         sweep_id=sweep.id if sweep else None,
         sweep_params=params,
+        model_kind=spec.model.kind,
+        data_kind=spec.data.kind,
     )
     session.add(job)
     session.flush()
     return job
 
 
-def list_jobs(
-    session: Session, *, status: list[str] | None, q: str | None, limit: int, offset: int, sweep_id: int | None = None
-) -> tuple[list[Job], int]:
+SORTS = {
+    "created": (Job.created_at, Job.id),
+    "name": (Job.name, Job.id),
+    "status": (Job.status, Job.id),
+}
+
+
+@dataclass
+class JobFilter:
+    status: list[str] | None = None
+    q: str | None = None
+    sweep_id: int | None = None
+    tags: list[str] | None = None  # every one of them
+    model: str | None = None
+    data: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, sort: str = "-created") -> tuple[list[Job], int]:
     query = select(Job)
-    if sweep_id is not None:
-        query = query.where(Job.sweep_id == sweep_id)
-    if status:
-        query = query.where(Job.status.in_(status))
-    if q:
-        query = query.where(func.lower(Job.name).contains(q.lower(), autoescape=True))
+    if filters.sweep_id is not None:
+        query = query.where(Job.sweep_id == filters.sweep_id)
+    if filters.status:
+        query = query.where(Job.status.in_(filters.status))
+    if filters.q:
+        query = query.where(func.lower(Job.name).contains(filters.q.lower(), autoescape=True))
+    for tag in filters.tags or []:
+        query = query.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+    if filters.model:
+        query = query.where(Job.model_kind == filters.model)
+    if filters.data:
+        query = query.where(Job.data_kind == filters.data)
+    if filters.created_after is not None:
+        query = query.where(Job.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(Job.created_at < filters.created_before)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
+    key, tie = SORTS[sort.lstrip("-")]
+    order = (key.desc(), tie.desc()) if sort.startswith("-") else (key.asc(), tie.asc())
+    rows = session.scalars(query.order_by(*order).limit(limit).offset(offset))
     return list(rows), total
+
+
+def delete_job(session: Session, job: Job, store: ArtifactStore) -> None:
+    """The job and everything it recorded (rows go by cascade; artifact files here)."""
+    for artifact_id in session.scalars(select(Artifact.id).where(Artifact.job_id == job.id)).all():
+        store.delete(artifact_id)
+    session.delete(job)
+
+
+def set_tags(session: Session, job: Job, tags: list[str]) -> None:
+    job.tag_rows = [JobTag(job_id=job.id, tag=t) for t in sorted(set(tags))]
 
 
 def request_cancel(session: Session, job: Job) -> str | None:

@@ -80,12 +80,12 @@ def test_job_list_filters_and_searches(page, served: Serve):
     page.goto("/#/jobs")
     page.wait_for_selector("tr.job-row")
     page.fill("#search", "alpha")
-    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(2)')].map(t => t.textContent).join() === 'alpha-two,alpha-one'")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-two,alpha-one'")
     assert "q=alpha" in page.url, "the search is kept in the URL"
     page.select_option("#status-filter", "cancelled")
     page.wait_for_function("document.querySelectorAll('tr.job-row').length === 0")
     page.fill("#search", "")
-    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].every(t => t.textContent === 'cancelled') && document.querySelectorAll('tr.job-row').length >= 1")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(4)')].every(t => t.textContent === 'cancelled') && document.querySelectorAll('tr.job-row').length >= 1")
     page.select_option("#status-filter", "")
     page.wait_for_selector("tr.job-row >> text=beta-one")
     header = page.inner_text("#jobs-table thead")
@@ -94,6 +94,24 @@ def test_job_list_filters_and_searches(page, served: Serve):
     page.click("tr.job-row >> text=beta-one")
     page.wait_for_url("**/#/jobs/*")
     page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'")
+    # tags and notes on the job, then the history filtered by tag, sorted, and pruned in bulk
+    page.fill("#job-tags", "keeper, e2e")
+    page.fill("#job-notes", "the one to keep")
+    page.click("#save-annotations")
+    page.wait_for_function("document.querySelector('#annotations-state').textContent === 'saved'")
+    beta = int(page.url.rsplit("/", 1)[1].split("?")[0])
+    assert served.client.get(f"/jobs/{beta}").json()["tags"] == ["e2e", "keeper"]
+    page.goto("/#/jobs?tag=keeper")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'beta-one'")
+    assert page.input_value("#tag-filter") == "keeper" and "keeper" in page.inner_text("tr.job-row")
+    page.goto("/#/jobs?q=alpha&sort=name")
+    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-one,alpha-two'")
+    page.check("#select-all")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#bulk-delete")
+    page.wait_for_function("document.querySelectorAll('tr.job-row').length === 0")
+    assert "deleted 2" in page.inner_text("#bulk-state")
+    assert [j["name"] for j in served.client.get("/jobs", params={"q": "alpha"}).json()["items"]] == []
 
 
 def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve):
@@ -135,9 +153,9 @@ def test_submit_a_sweep_from_the_form(page, served: Serve):
     page.wait_for_url("**/#/jobs?sweep=*")
     page.wait_for_function("document.querySelectorAll('tr.job-row').length === 6")
     page.wait_for_function(
-        "[...document.querySelectorAll('tr.job-row td:nth-child(3)')].every(t => t.textContent === 'succeeded')", timeout=120_000
+        "[...document.querySelectorAll('tr.job-row td:nth-child(4)')].every(t => t.textContent === 'succeeded')", timeout=120_000
     )
-    names = page.eval_on_selector_all("tr.job-row td:nth-child(2)", "els => els.map(e => e.textContent)")
+    names = page.eval_on_selector_all("tr.job-row td:nth-child(3)", "els => els.map(e => e.textContent)")
     assert sorted(names) == sorted(f"e2e-grid[lr={lr},seed={s}]" for lr in ("0.1", "0.2") for s in range(3))
 
 

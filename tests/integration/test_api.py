@@ -273,3 +273,39 @@ def test_security_headers_on_pages_and_api(client):
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
     assert "access-control-allow-origin" not in client.get("/api/v1/health", headers={"origin": "http://evil.example"}).headers
+
+
+def test_history_filters_sorts_tags_notes_and_bulk_actions(client):
+    def submit(name: str, **change) -> dict:
+        raw = spec(name=name)
+        raw.update(change)
+        return client.post("/api/v1/jobs", json=raw).json()
+
+    a = submit("alpha")
+    b = submit("bravo", model={"kind": "cnn", "channels": [8]})
+    c = submit("charlie", data={"kind": "gaussian_mixture", "examples": 200, "dim": 4, "classes": 3}, model={"kind": "mlp", "widths": [8]})
+    assert (a["model_kind"], a["data_kind"], a["tags"], a["notes"]) == ("mlp", "digits", [], None)
+    tagged = client.patch(f"/api/v1/jobs/{a['id']}", json={"tags": ["lr-sweep", "baseline", "baseline"], "notes": "first try"}).json()
+    assert tagged["tags"] == ["baseline", "lr-sweep"] and tagged["notes"] == "first try"
+    client.patch(f"/api/v1/jobs/{b['id']}", json={"tags": ["baseline"]})
+    assert list(field_errors(client.patch(f"/api/v1/jobs/{a['id']}", json={"tags": ["no spaces"]}))) == ["tags.0"]
+    assert client.patch(f"/api/v1/jobs/{a['id']}", json={"color": "red"}).status_code == 422
+
+    def names(**params) -> list[str]:
+        return [j["name"] for j in client.get("/api/v1/jobs", params=params).json()["items"]]
+
+    assert names(tag="baseline") == ["bravo", "alpha"]
+    assert names(tag=["baseline", "lr-sweep"]) == ["alpha"]
+    assert names(model="cnn") == ["bravo"] and names(data="gaussian_mixture") == ["charlie"]
+    assert names(sort="name") == ["alpha", "bravo", "charlie"] and names(sort="-name") == ["charlie", "bravo", "alpha"]
+    assert names(sort="created") == ["alpha", "bravo", "charlie"]
+    assert names(created_after="2000-01-01T00:00:00Z") == ["charlie", "bravo", "alpha"] and names(created_before="2000-01-01T00:00:00") == []
+    assert client.get("/api/v1/jobs", params={"sort": "duration; drop table"}).status_code == 422
+    # bulk: cancel three (queued: at once), then delete them; a job still running would be refused
+    out = client.post("/api/v1/jobs/bulk", json={"action": "cancel", "ids": [a["id"], b["id"], c["id"], 99999]}).json()
+    assert out["done"] == [a["id"], b["id"], c["id"]] and out["refused"] == {"99999": "no such job"}
+    assert {j["status"] for j in client.get("/api/v1/jobs").json()["items"]} == {"cancelled"}
+    gone = client.post("/api/v1/jobs/bulk", json={"action": "delete", "ids": [a["id"], b["id"]]}).json()
+    assert gone["done"] == [a["id"], b["id"]] and names() == ["charlie"]
+    assert client.get(f"/api/v1/jobs/{a['id']}").status_code == 404
+    assert client.post("/api/v1/jobs/bulk", json={"action": "explode", "ids": [1]}).status_code == 422
