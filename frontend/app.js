@@ -2,6 +2,7 @@
 import { API, TERMINAL, api, esc, plotLayout } from "./common.js";
 import { gradstatsView } from "./views/gradstats.js";
 import { landscapeView } from "./views/landscape.js";
+import { phaseView } from "./views/phase.js";
 import { signalsView } from "./views/signals.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
@@ -579,8 +580,11 @@ function renderCompare(params) {
       <button id="compare-draw">Draw</button>
     </div>
     <div class="chart"><button class="csv-export" data-for="compare-plot" aria-label="export the comparison as CSV">CSV</button>
-      <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>`;
+      <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>
+    <div id="phase-view"></div>`;
   const el = view.querySelector("#compare-plot");
+  const phaseState = Object.fromEntries(["metric", "px", "py"].map((k) => [k, params.get(k) || ""]));
+  let phaseShown = null;
   const read = () => {
     state.jobs = view.querySelector("#compare-jobs").value.replace(/\s/g, "");
     state.sweep = view.querySelector("#compare-sweep").value.trim();
@@ -590,11 +594,16 @@ function renderCompare(params) {
     const p = new URLSearchParams();
     for (const k of ["jobs", "sweep", "series", "legend"]) if (state[k]) p.set(k, state[k]);
     if (state.logy) p.set("logy", "1");
+    for (const [k, v] of Object.entries(phaseState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/compare?${p}`);
   };
   const draw = async () => {
     read();
     let jobs = [];
+    if (state.sweep && phaseShown !== state.sweep) {
+      phaseShown = state.sweep;
+      phaseView(view.querySelector("#phase-view"), state.sweep, params, (changed) => { Object.assign(phaseState, changed); read(); });
+    }
     if (state.sweep) {
       const sweep = await api(`/sweeps/${state.sweep}`);
       jobs = sweep.jobs;

@@ -1,6 +1,6 @@
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
@@ -9,6 +9,7 @@ from backend.api.jobs import check_upload, queue_jobs, raw_spec_from_body
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
+from backend.services.phase import phase_diagram
 from backend.sweeps import SweepError, expand
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -59,3 +60,27 @@ def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
         raise HTTPException(404, detail=f"sweep {sweep_id} not found")
     jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
     return _out(sweep, jobs)
+
+
+@router.get("/{sweep_id}/phase")
+def get_phase_diagram(
+    sweep_id: int,
+    session: SessionDep,
+    metric: Annotated[
+        str, Query(pattern=r"^((final|max|min):[\w/.\-]{1,200}|diverged)$", description="final:val/loss, max:hessian/sharpness, diverged, …")
+    ] = "final:val/loss",
+    x: Annotated[str | None, Query(max_length=200, description="the swept field across (default: the first)")] = None,
+    y: Annotated[str | None, Query(max_length=200, description="the swept field down (default: the second, if any)")] = None,
+) -> dict[str, Any]:
+    """A number per job on the grid of two swept fields (the mean where other swept fields vary in a cell)."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise HTTPException(404, detail=f"sweep {sweep_id} not found")
+    fields = list(sweep.spec["sweep"])
+    x = x or fields[0]
+    y = y if y is not None else (fields[1] if len(fields) > 1 and fields[1] != x else None)
+    for name, value in (("x", x), ("y", y)):
+        if value is not None and value not in fields:
+            raise RequestValidationError([{"loc": ["query", name], "msg": f"not a swept field; the sweep has {fields}", "type": "value_error"}])
+    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
+    return phase_diagram(session, jobs, x, y, metric)

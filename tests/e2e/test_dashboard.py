@@ -157,6 +157,18 @@ def test_submit_a_sweep_from_the_form(page, served: Serve):
     )
     names = page.eval_on_selector_all("tr.job-row td:nth-child(3)", "els => els.map(e => e.textContent)")
     assert sorted(names) == sorted(f"e2e-grid[lr={lr},seed={s}]" for lr in ("0.1", "0.2") for s in range(3))
+    # the sweep as a phase diagram: final validation accuracy over lr × seed, cells open their job
+    page.click("#compare-sweep-link")
+    page.wait_for_function("document.getElementById('phase-plot')?.dataset.metric === 'final:val/loss'")
+    page.fill("#phase-metric", "final:val/accuracy")
+    page.click("#phase-draw")
+    page.wait_for_function("document.getElementById('phase-plot')?.dataset.metric === 'final:val/accuracy'")
+    sweep_id = page.url.split("sweep=")[1].split("&")[0]
+    phase = served.client.get(f"/sweeps/{sweep_id}/phase", params={"metric": "final:val/accuracy"}).json()
+    drawn = page.evaluate("document.getElementById('phase-plot').data[0].z")
+    assert drawn == phase["z"] and len(drawn) == 3 and len(drawn[0]) == 2 and all(0.5 < v <= 1 for row in drawn for v in row)
+    assert "metric=final%3Aval%2Faccuracy" in page.url
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "phase-diagram.png"), full_page=True)
 
 
 def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve):

@@ -309,3 +309,22 @@ def test_history_filters_sorts_tags_notes_and_bulk_actions(client):
     assert gone["done"] == [a["id"], b["id"]] and names() == ["charlie"]
     assert client.get(f"/api/v1/jobs/{a['id']}").status_code == 404
     assert client.post("/api/v1/jobs/bulk", json={"action": "explode", "ids": [1]}).status_code == 422
+
+
+def test_a_sweep_as_a_phase_diagram(client):
+    made = client.post("/api/v1/sweeps", json={**spec(name="grid"), "sweep": {"optimizer.lr": [0.5, 0.1], "train.batch_size": [64, 32]}}).json()
+    with session_scope() as session:
+        for job in made["jobs"]:
+            lr, batch = job["sweep_params"]["optimizer.lr"], job["sweep_params"]["train.batch_size"]
+            append_points(session, job["id"], "val/loss", np.arange(3), np.array([9.0, lr * 100 + batch, np.nan]))
+            status = "diverged" if lr == 0.5 and batch == 64 else "succeeded"
+            session.get(Job, job["id"]).status = status
+    phase = client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "final:val/loss"}).json()
+    assert phase["x"] == "optimizer.lr" and phase["y"] == "train.batch_size"
+    assert phase["xs"] == [0.1, 0.5] and phase["ys"] == [32, 64]  # sorted, whatever the sweep's order
+    assert phase["z"] == [[42.0, 82.0], [74.0, 114.0]]  # the last finite value; z[row = y][column = x]
+    assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "max:val/loss"}).json()["z"][0][0] == 42.0
+    diverged = client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "diverged", "x": "train.batch_size", "y": "optimizer.lr"}).json()
+    assert diverged["xs"] == [32, 64] and diverged["z"] == [[0.0, 0.0], [0.0, 1.0]]
+    assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"x": "optimizer.momentum"}).status_code == 422
+    assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
