@@ -27,6 +27,7 @@ from backend.api import (
     jobs,
     landscapes,
     metrics,
+    reports,
     results,
     specs,
     sweeps,
@@ -171,7 +172,7 @@ def create_app() -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
-    for module in (health, specs, datasets, jobs, sweeps, metrics, results, landscapes, artifacts, analyses, events):
+    for module in (health, specs, datasets, jobs, sweeps, metrics, results, landscapes, reports, artifacts, analyses, events):
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"

@@ -298,6 +298,7 @@ function renderJob(id, params) {
       <span>Status: <span id="job-status" class="status"></span></span>
       <button id="cancel-job" class="danger">Cancel</button>
       <button id="clone-job">Clone and edit</button>
+      <a id="job-report" href="${API}/jobs/${id}/report.html" download>HTML report</a>
     </div>
     <div class="toolbar" id="job-annotations">
       <label>Tags <input id="job-tags" placeholder="comma-separated, e.g. baseline, lr-sweep" size="30"></label>

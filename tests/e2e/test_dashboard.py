@@ -171,7 +171,7 @@ def test_submit_a_sweep_from_the_form(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "phase-diagram.png"), full_page=True)
 
 
-def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve):
+def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve, tmp_path):
     job = served.client.post("/jobs", json=spec(steps=600, name="e2e-views")).json()
     served.job_when(job["id"], lambda j: j["status"] == "succeeded", 120)
     page.goto(f"/#/jobs/{job['id']}?smooth=0.9&logx=1")
@@ -203,6 +203,18 @@ def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve):
     assert [float(r[2]) for r in loss_rows] == pytest.approx(api["values"], rel=1e-12)
     lr = trace(page, "lr-plot", 0)
     assert set(lr["y"]) == {0.5} and lr["x"][0] == 0
+    # the whole job as one HTML file, which draws its charts with no network at all
+    with page.expect_download() as download:
+        page.click("#job-report")
+    report = tmp_path / "report.html"
+    download.value.save_as(report)
+    offline = page.context.browser.new_context()
+    offline.set_offline(True)
+    viewer = offline.new_page()
+    viewer.goto(report.as_uri())
+    viewer.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=30_000)
+    assert "e2e-views" in viewer.title()
+    offline.close()
 
 
 def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):

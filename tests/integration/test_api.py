@@ -328,3 +328,27 @@ def test_a_sweep_as_a_phase_diagram(client):
     assert diverged["xs"] == [32, 64] and diverged["z"] == [[0.0, 0.0], [0.0, 1.0]]
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"x": "optimizer.momentum"}).status_code == 422
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
+
+
+def test_job_report_is_one_self_contained_html_file(client):
+    from backend.models import Result
+
+    job = client.post("/api/v1/jobs", json=spec(name="reported <job>")).json()
+    with session_scope() as session:
+        append_points(session, job["id"], "train/loss", np.arange(5), np.array([2.0, 1.5, np.inf, 1.0, 0.8]))
+        append_points(session, job["id"], "hessian/sharpness", np.arange(0, 5, 2), np.array([1.0, 2.0, 3.0]))
+        append_points(session, job["id"], "hessian/threshold", np.arange(0, 5, 2), np.array([4.0, 4.0, 4.0]))
+        surface = {"dims": 2, "plane": "random", "xs": [-1.0, 0.0, 1.0], "ys": [-1.0, 0.0, 1.0],
+                   "loss": [[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]], "partial": False}  # fmt: skip
+        session.add(Result(job_id=job["id"], kind="landscape", step=5, data=surface))
+    response = client.get(f"/api/v1/jobs/{job['id']}/report.html")
+    assert response.status_code == 200 and "attachment" in response.headers["content-disposition"]
+    body = response.text
+    assert "reported &lt;job&gt;" in body and "<job>" not in body.split("<pre>")[0]  # escaped
+    assert body.count('class="plotly-graph-div"') == 3  # loss, sharpness, landscape
+    from backend.api.reports import _plotly_js
+
+    assert _plotly_js() in body  # plotly.js inside; nothing else is loaded from anywhere
+    rest = body.replace(_plotly_js(), "")
+    assert "<script src=" not in rest and "http" not in rest.split("<h2>Spec</h2>")[0]
+    assert client.get("/api/v1/jobs/99999/report.html").status_code == 404
