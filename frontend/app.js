@@ -47,6 +47,7 @@ function renderJobs(params) {
     <table id="jobs-table"><thead><tr><th><input type="checkbox" id="select-all" aria-label="select all on this page"></th><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Model</th><th>Data</th><th>Tags</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
   const selected = new Set();
+  let alive = true;
   const setHash = () => {
     const p = new URLSearchParams();
     for (const k of LIST_KEYS) if (state[k] && !(k === "sort" && state[k] === "-created")) p.set(k, state[k]);
@@ -63,6 +64,7 @@ function renderJobs(params) {
     if (state.after) p.set("created_after", `${state.after}T00:00:00`);
     if (state.before) p.set("created_before", `${state.before}T23:59:59.999`);
     const page = await api(`/jobs?${p}`);
+    if (!alive) return;  // the user has moved on to another page meanwhile
     view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +
       (page.total > limit ? `, ${state.offset + 1}–${Math.min(state.offset + limit, page.total)}` : "");
     view.querySelector("#prev-page").disabled = state.offset === 0;
@@ -126,7 +128,7 @@ function renderJobs(params) {
   view.querySelector("#bulk-delete").addEventListener("click", bulk("delete"));
   load().catch(console.error);
   timer = setInterval(() => load().catch(console.error), 3000);
-  return () => clearInterval(timer);
+  return () => { alive = false; clearInterval(timer); };
 }
 
 // ---- spec editor ---------------------------------------------------------------------------------------
@@ -383,6 +385,7 @@ function renderJob(id, params) {
   let landscape = null;
   let gradstats = null;
   let signals = null;
+  let mountViews = () => {};
   const showLandscape = () => {
     if (landscape) return landscape.refresh();
     landscape = landscapeView(view.querySelector("#landscape-view"), id, params,
@@ -429,7 +432,8 @@ function renderJob(id, params) {
 
   const drawAll = async () => {
     drawn = false;
-    const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}`);
+    const wanted = [...new Set(Object.values(charts).flatMap((c) => c.series))].join(",");
+    const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}&missing_ok=true&names=${encodeURIComponent(wanted)}`);
     const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
     for (const [div, chart] of Object.entries(charts)) {
       const raw = chart.series.map((name) => {
@@ -454,6 +458,7 @@ function renderJob(id, params) {
     }
     if (view.querySelector("#density-plot")) await drawDensity(id, view.querySelector("#density-plot"));
     drawn = true;
+    mountViews();
     pending.splice(0).forEach(appendPoints);
   };
 
@@ -479,10 +484,14 @@ function renderJob(id, params) {
     const divs = Object.entries(charts).map(([k, c]) => chartBox(k, `${c.title} over steps`));
     if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
     view.querySelector("#plots").innerHTML = divs.join("");
-    if (j.spec?.probes?.landscape) showLandscape();
-    const live = () => job != null && !TERMINAL.has(job.status);
-    if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, live);
-    if (j.spec?.probes?.signals) signals = signalsView(view.querySelector("#signals-view"), id, live);
+    // The probes' own views start once the training charts are drawn: the first chart comes first.
+    mountViews = () => {
+      mountViews = () => {};
+      const live = () => job != null && !TERMINAL.has(job.status);
+      if (j.spec?.probes?.landscape) showLandscape();
+      if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, live);
+      if (j.spec?.probes?.signals) signals = signalsView(view.querySelector("#signals-view"), id, live);
+    };
   }).catch((err) => {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;

@@ -25,11 +25,11 @@ def test_submit_the_example_from_the_form_and_watch_it_live(page, served: Serve)
     page.wait_for_url("**/#/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
     # Live: while the job runs, the loss curve grows without a reload.
-    page.wait_for_function(f"document.querySelector('#job-status').textContent === 'running' && ({TRACE_LEN})('loss-plot', 0) > 0", timeout=60_000)
+    page.wait_for_function(f"document.querySelector('#job-status')?.textContent === 'running' && ({TRACE_LEN})('loss-plot', 0) > 0", timeout=60_000)
     first = page.evaluate(f"({TRACE_LEN})('loss-plot', 0)")
     page.wait_for_function(f"({TRACE_LEN})('loss-plot', 0) > {first}", timeout=30_000)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=180_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=180_000)
     assert page.evaluate("document.querySelector('#progress-bar').value") == 1
     loss = trace(page, "loss-plot", 0)
     assert loss["name"] == "train/loss" and len(loss["x"]) > 100
@@ -67,9 +67,9 @@ def test_validation_errors_show_next_to_the_field(page, served: Serve):
 def test_cancel_from_the_job_page(page, served: Serve):
     job = served.client.post("/jobs", json=spec(steps=2_000_000, name="e2e-cancel")).json()
     page.goto(f"/#/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'running'", timeout=60_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'running'", timeout=60_000)
     page.click("#cancel-job")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'cancelled'", timeout=15_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'cancelled'", timeout=15_000)
     assert served.client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
 
 
@@ -93,7 +93,7 @@ def test_job_list_filters_and_searches(page, served: Serve):
         assert column in header
     page.click("tr.job-row >> text=beta-one")
     page.wait_for_url("**/#/jobs/*")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'")
     # tags and notes on the job, then the history filtered by tag, sorted, and pruned in bulk
     page.fill("#job-tags", "keeper, e2e")
     page.fill("#job-notes", "the one to keep")
@@ -120,7 +120,7 @@ def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve)
     raw["probes"] = {"hessian": {"every": 50, "top_k": 3, "density": True, "examples": 600}}
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=180_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=180_000)
     # The density follows the newest result: the one at the end of training, once the job is over.
     page.wait_for_function("document.getElementById('density-plot')?.dataset.step === '400'", timeout=30_000)
     api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "hessian/lambda_1,hessian/threshold"}).json()
@@ -262,7 +262,7 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     page.wait_for_function("document.getElementById('landscape-plot')?.dataset.partial === '1'", timeout=120_000)
     gaps = page.evaluate("document.getElementById('landscape-plot').data[0].z.flat().filter(v => v == null).length")
     assert gaps > 0
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
     page.wait_for_function("document.getElementById('landscape-plot')?.dataset.partial === '0'", timeout=30_000)
     [result] = served.client.get(f"/jobs/{job['id']}/results/landscape").json()
     data = result["data"]
@@ -318,7 +318,7 @@ def test_gradient_statistics_view(page, served: Serve):
     raw["probes"] = {"gradstats": {"every": 5, "details_every": 50}}
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
     page.wait_for_function("Number(document.getElementById('gradstats-noise')?.dataset.points) === 40", timeout=30_000)
     api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "grad/noise_scale"}).json()["series"][0]
     assert trace(page, "gradstats-noise", 0)["y"] == api["values"]
@@ -336,7 +336,7 @@ def test_opposing_signals_view(page, served: Serve):
     raw = signals_job(6.0)
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
     pairs = served.client.get(f"/jobs/{job['id']}/results/signals").json()
     assert pairs
     page.wait_for_function(f"document.getElementById('signals-loss')?.dataset.pairs === '{len(pairs)}'", timeout=30_000)
