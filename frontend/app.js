@@ -496,7 +496,9 @@ function renderJob(id, params) {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
   });
-  source.addEventListener("hello", () => ready.then(drawAll).catch(console.error));
+  // Drawn at once, not after the stream's hello: points the stream brings meanwhile wait in `pending`, and
+  // appending skips the steps already drawn.
+  ready.then(drawAll).catch(console.error);
   source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
   source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
   source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); if (gradstats) gradstats.refresh(); if (signals) signals.refresh(); });
