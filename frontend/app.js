@@ -114,6 +114,13 @@ function renderJobs(params) {
     const row = e.target.closest("tr.job-row");
     if (row && !e.target.closest("a")) location.hash = `#/jobs/${row.dataset.id}`;
   });
+  view.querySelector("#jobs-table tbody").addEventListener("keydown", (e) => {
+    const row = e.target.closest("tr.job-row");
+    if (row && e.target === row && (e.key === "Enter" || e.key === " ")) {
+      e.preventDefault();
+      location.hash = `#/jobs/${row.dataset.id}`;
+    }
+  });
   const bulk = (action) => async () => {
     if (action === "delete" && !confirm(`Delete ${selected.size} job(s) and everything they recorded?`)) return;
     const out = await api("/jobs/bulk", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ action, ids: [...selected] }) });
