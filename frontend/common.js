@@ -19,3 +19,36 @@ export function plotLayout(title, ylog) {
     paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { color: dark ? "#e6edf3" : "#1b1f24" },
   };
 }
+
+function save(text, filename, type) {
+  const link = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([text], { type })), download: filename });
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+// A chart's data as drawn: CSV rows (trace, x, y[, z]) or the traces as JSON.
+export function chartData(el, format) {
+  const traces = (el.data || []).map((t) => ({ name: t.name ?? "", type: t.type ?? "scatter", x: Array.from(t.x ?? []), y: Array.from(t.y ?? []), z: t.z }));
+  if (format === "json") return JSON.stringify(traces);
+  const rows = ["trace,x,y,z"];
+  for (const t of traces) {
+    if (t.z) t.z.forEach((row, i) => row.forEach((v, j) => rows.push(`"${t.name}",${t.x[j] ?? j},${t.y[i] ?? i},${v ?? ""}`)));
+    else t.x.forEach((x, i) => rows.push(`"${t.name}",${x},${t.y[i] ?? ""},`));
+  }
+  return rows.join("\n") + "\n";
+}
+
+// CSV and JSON buttons on every chart of a view (PNG is in each chart's own toolbar).
+export function addExports(container, prefix) {
+  for (const el of container.querySelectorAll(".plot[id]")) {
+    if (el.previousElementSibling?.classList.contains("exports")) continue;
+    const bar = document.createElement("div");
+    bar.className = "exports";
+    bar.innerHTML = `<button class="export" data-format="csv" aria-label="export ${el.id} as CSV">CSV</button> <button class="export" data-format="json" aria-label="export ${el.id} as JSON">JSON</button>`;
+    bar.addEventListener("click", (e) => {
+      const format = e.target.dataset.format;
+      if (format) save(chartData(el, format), `${prefix}-${el.id}.${format}`, format === "csv" ? "text/csv" : "application/json");
+    });
+    el.before(bar);
+  }
+}

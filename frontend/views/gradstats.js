@@ -1,7 +1,7 @@
 // The gradient-statistics view of a job (the `gradstats` probe): noise scale, coherence and Cockpit's tests,
 // update ratios and cosines over steps, per-layer gradient norms as a heat map, and the latest per-example
 // histogram and layer spectra. Its data: /jobs/<id>/metrics (prefix grad/) and /jobs/<id>/results/gradstats.
-import { api, esc, plotLayout } from "../common.js";
+import { addExports, api, esc, plotLayout } from "../common.js";
 
 const POLL_MS = 3000;
 const HEAT_COLUMNS = 400;
@@ -88,6 +88,7 @@ export function gradstatsView(container, jobId, isLive) {
       const dropped = Object.entries(d.rules || {}).filter(([, r]) => r === "torch.func").map(([n]) => n);
       container.querySelector("#gradstats-info").textContent = `Batch of ${d.batch_size}; every parameter counted${dropped.length ? ` (per-example gradients by torch.func for ${dropped.join(", ")})` : ""}; ${(100 * d.dead_fraction).toFixed(1)} % of coordinates never vary (their GSNR is undefined).`;
     }
+    addExports(container, `job${jobId}`);
     container.querySelector("#gradstats-noise").dataset.points = byName["grad/noise_scale"]?.steps.length ?? 0;
   };
   const poll = () => {

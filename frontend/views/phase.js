@@ -1,7 +1,7 @@
 // A sweep as a phase diagram: one number per job (final/max/min of a series, or diverged) on the grid of two
 // swept fields, as a heat map whose cells open their job. Data: /sweeps/<id>/phase. State in the URL:
 // metric, px, py.
-import { api, esc, plotLayout } from "../common.js";
+import { addExports, api, esc, plotLayout } from "../common.js";
 
 const PRESETS = ["final:val/loss", "final:val/accuracy", "final:train/loss", "max:hessian/sharpness", "max:train/loss", "diverged"];
 
@@ -53,6 +53,7 @@ export function phaseView(container, sweepId, params, onState) {
       customdata: phase.jobs, hovertemplate: "%{x}, %{y}: %{z}<br>jobs %{customdata}<extra></extra>",
     }], layout, { responsive: true, displaylogo: false });
     el.dataset.metric = phase.metric;
+    addExports(container, `sweep${sweepId}`);
     const missing = phase.z.flat().filter((v) => v == null).length;
     container.querySelector("#phase-info").textContent = missing ? `${missing} cell(s) without a value yet` : "";
     el.removeAllListeners?.("plotly_click");

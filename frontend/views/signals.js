@@ -2,7 +2,7 @@
 // was found, the heavy-tail share of |Δℓ|, and per pair its two groups' losses over training (with even/odd
 // envelopes: the swings have period 2), their shared feature and classes. Data: /jobs/<id>/metrics (prefix
 // signals/) and /jobs/<id>/results/signals.
-import { api, esc, plotLayout } from "../common.js";
+import { addExports, api, esc, plotLayout } from "../common.js";
 
 const POLL_MS = 3000;
 
@@ -47,6 +47,7 @@ export function signalsView(container, jobId, isLive) {
       ? `${pairs.length} pair${pairs.length === 1 ? "" : "s"} of groups pulling against each other, each confirmed by its groups' losses swinging out of phase (anti-phase score ≤ the threshold).`
       : "No opposing pair confirmed yet.";
     container.querySelector("#signals-loss").dataset.pairs = pairs.length;
+    addExports(container, `job${jobId}`);
     if (pairs.length === drawnPairs && !isLive()) return;
     drawnPairs = pairs.length;
     const box = container.querySelector("#signals-pairs");
@@ -99,10 +100,11 @@ export function signalsView(container, jobId, isLive) {
       }
     }
   };
+  const exportAll = () => addExports(container, `job${jobId}`);
   const poll = () => {
     clearTimeout(timer);
     if (stopped) return;
-    draw().catch(console.error).finally(() => { if (!stopped && isLive()) timer = setTimeout(poll, POLL_MS); });
+    draw().then(exportAll).catch(console.error).finally(() => { if (!stopped && isLive()) timer = setTimeout(poll, POLL_MS); });
   };
   poll();
   return { refresh: poll, stop: () => { stopped = true; clearTimeout(timer); } };

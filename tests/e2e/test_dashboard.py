@@ -328,6 +328,13 @@ def test_gradient_statistics_view(page, served: Serve):
     bars = page.evaluate("Array.from(document.getElementById('gradstats-histogram').data[0].y)")
     assert bars == latest["data"]["histogram"]["counts"] and latest["step"] == 150
     assert "every parameter counted" in page.inner_text("#gradstats-info")
+    with page.expect_download() as download:  # every chart of a view exports what it draws
+        page.click("#gradstats-noise >> xpath=preceding-sibling::div[@class='exports'] >> button[data-format='csv']")
+    rows = download.value.path().read_text().strip().splitlines()
+    noise = [r.split(",") for r in rows[1:] if r.startswith('"per step')]
+    assert [int(r[1]) for r in noise] == api["steps"]
+    for (_, _, value, _), want in zip(noise, api["values"], strict=True):  # gaps stay gaps
+        assert (value == "" and want is None) or float(value) == pytest.approx(want, rel=1e-12)
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "gradstats.png"), full_page=True)
 
 
