@@ -19,6 +19,18 @@ def stack(make_stack, pg_url, redis_url) -> Stack:
     return s
 
 
+def ended_analysis(stack: Stack, job_id: int, index: int, timeout: float) -> dict:
+    """The job's index-th analysis, once it has ended."""
+    box: dict = {}
+
+    def ended() -> bool:
+        box["analysis"] = stack.client.get(f"/jobs/{job_id}/analyses").json()[index]
+        return box["analysis"]["status"] in TERMINAL
+
+    stack.wait(ended, timeout, f"analysis {index} of job {job_id} to end")
+    return box["analysis"]
+
+
 def metric(stack: Stack, job_id: int, name: str) -> dict:
     body = stack.client.get(f"/jobs/{job_id}/metrics", params={"names": name, "max_points": 100_000}).json()
     return body["series"][0]
@@ -196,10 +208,7 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"top_k": 3, "tol": 1e-6, "examples": 100_000, "density": True})
     assert made.status_code == 201, made.text
     assert made.json()["step"] == 300 and made.json()["status"] == "queued"
-    deadline = time.monotonic() + 120
-    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[0])["status"] not in TERMINAL:
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.3)
+    analysis = ended_analysis(stack, job["id"], 0, 120)
     assert analysis["status"] == "succeeded", analysis
     [result] = stack.client.get(f"/jobs/{job['id']}/results/hessian_analysis").json()
     assert result["step"] == 300 and result["data"]["analysis_id"] == analysis["id"]
@@ -219,10 +228,7 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
 
     made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"kind": "landscape", "resolution": 5, "examples": 300})
     assert made.status_code == 201, made.text
-    deadline = time.monotonic() + 120
-    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[1])["status"] not in TERMINAL:
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.3)
+    analysis = ended_analysis(stack, job["id"], 1, 120)
     assert analysis["status"] == "succeeded", analysis
     [surface] = stack.client.get(f"/jobs/{job['id']}/results/landscape_analysis").json()
     data = surface["data"]
@@ -259,10 +265,7 @@ def test_a_large_grid_is_split_into_chunks_and_a_lost_worker_costs_one_chunk(mak
     stack.wait(lambda: bool(claims()), 120, "a chunk claimed")
     Stack.kill(first)  # kill -9 in the middle of a chunk
     stack.start_worker("second")
-    deadline = time.monotonic() + 180
-    while (analysis := stack.client.get(f"/jobs/{job['id']}/analyses").json()[0])["status"] not in TERMINAL:
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.5)
+    analysis = ended_analysis(stack, job["id"], 0, 180)
     assert analysis["status"] == "succeeded" and analysis["id"] == made["id"], analysis
     assert analysis["attempts"] == 2  # the first worker's chunk was sent again, once
     [surface] = stack.client.get(f"/jobs/{job['id']}/results/landscape_analysis").json()
