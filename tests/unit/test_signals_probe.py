@@ -56,3 +56,24 @@ def test_minibatches_use_a_separate_probe_forward():
     assert len(rec.series("signals/probe_loss")) == 30
     summary = [r for k, s, r in rec.results if k == "summary"][-1]
     assert summary["probe_seconds"]["signals"] > 0
+
+
+def test_text_groups_come_as_text():
+    """On next-character prediction the groups' examples are shown as the text they are."""
+    raw = {
+        "name": "signals-text", "model": {"kind": "transformer", "layers": 1, "heads": 2, "width": 32, "context": 16},
+        "data": {"kind": "text", "max_chars": 4000}, "optimizer": {"kind": "sgd", "lr": 0.5},
+        "train": {"steps": 60, "batch_size": 100_000, "eval_every": 60, "checkpoint_every": None},
+        "probes": {"signals": {"detect_every": 20, "window": 5, "antiphase_max": 0.0, "z_min": 1.0, "tau": 0.0}},
+    }  # fmt: skip
+    rec = ListRecorder()
+    assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
+    reports = [r for k, s, r in rec.results if k == "signals"]
+    assert reports, "permissive settings report some pair"
+    split = data.load(JobSpec.model_validate(raw).data, 0, 16)
+    for report in reports:
+        for side in ("A", "B"):
+            assert "mean_input_minus_all" not in report[side]
+            rows = split.x_train[report[side]["core"][: len(report[side]["snippets"])]]
+            assert report[side]["snippets"] == ["".join(split.vocab[t] for t in row) for row in rows.tolist()]
+    assert len(rec.series("signals/probe_loss")) == 60

@@ -163,7 +163,9 @@ def _train(
     def top_eigenvector() -> tuple[int, torch.Tensor] | None:
         return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
 
-    signals = SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch, top_eigenvector) if listen else None
+    signals = (
+        SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch, top_eigenvector, split.vocab) if listen else None
+    )
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)

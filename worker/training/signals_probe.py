@@ -41,8 +41,9 @@ class SignalsTracker:
         seed: int,
         full_batch: bool,
         top_eigenvector: Callable[[], tuple[int, Tensor] | None] = lambda: None,
+        vocab: str | None = None,
     ) -> None:
-        self.cfg, self.each, self.top_eigenvector = cfg, each, top_eigenvector
+        self.cfg, self.each, self.top_eigenvector, self.vocab = cfg, each, top_eigenvector, vocab
         # Under full-batch training the probe set is the training set, whose losses the training forward gives.
         size = len(y_train) if full_batch else cfg.probe_examples
         self.rows = stratified_sample(y_train, size, seed + 4).to(x_train.device)
@@ -141,11 +142,13 @@ class SignalsTracker:
                 "core": rows[core].tolist(), "expanded": rows[members].tolist(), "mean_delta": moved,
                 "intra_cos": pair.intra_a if side == "A" else pair.intra_b,
                 "loss": window[:, core].mean(1).tolist(), "loss_expanded": window[:, members].mean(1).tolist(),
-                # the shared feature: the group's mean input minus the training set's
-                "mean_input_minus_all": (self.x[members].float().mean(0).cpu() - self.mean_input.cpu()).tolist(),
                 # a few of its examples as they are (images, table rows, token ids)
                 "examples": self.x[core[:EXAMPLES_SHOWN]].cpu().tolist(),
             }  # fmt: skip
+            if self.vocab is None:  # the shared feature: the group's mean input minus the training set's
+                group["mean_input_minus_all"] = (self.x[members].float().mean(0).cpu() - self.mean_input.cpu()).tolist()
+            else:  # token ids mean nothing on average: the text itself
+                group["snippets"] = ["".join(self.vocab[t] for t in row) for row in self.x[core[:EXAMPLES_SHOWN]].cpu().tolist()]
             if not labels.is_floating_point():
                 group["classes"] = torch.bincount(labels.flatten()).tolist()
             out[side] = group
