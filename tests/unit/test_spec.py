@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -96,3 +98,8 @@ def test_bad_probe_settings_name_their_field(probe, loc):
 def test_probe_steps_after_the_end_are_refused():
     with pytest.raises(ValidationError, match=r"probes.hessian.at has steps after the last \(300\): \[400\]"):
         JobSpec.model_validate({**spec(steps=300), "probes": {"hessian": {"at": [10, 400]}}})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_specs_are_valid(path):
+    JobSpec.model_validate(parse_spec_text(path.read_text()))
