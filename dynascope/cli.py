@@ -73,13 +73,20 @@ def serve(
     from backend import queue
     from backend.db import session_scope
     from backend.main import create_app
+    from backend.services import analyses
     from backend.services.jobs import recover_after_restart
 
     if redis_server is not None:
         with session_scope() as session:
             pending = recover_after_restart(session)
+            again = analyses.recover_after_restart(session)
         for job_id in pending:
             queue.enqueue_job(job_id)
+        for resend in again:
+            if resend.chunk is None:
+                queue.enqueue_analysis(resend.analysis_id)
+            else:
+                queue.enqueue_grid_chunk(resend.analysis_id, resend.chunk)
 
     procs = [
         subprocess.Popen(_worker_argv(1, f"worker{i}@%h"), start_new_session=True, env=os.environ.copy())

@@ -86,3 +86,21 @@ def reap_stale_analyses(session: Session, timeout: float, max_attempts: int) -> 
 def _fail(analysis: Analysis, cap: int) -> None:
     analysis.status, analysis.stage, analysis.finished_at = JobStatus.failed.value, "failed", utcnow()
     analysis.error = f"worker lost {analysis.attempts} times (attempt cap {cap})"
+
+
+def recover_after_restart(session: Session) -> list[Resend]:
+    """Embedded mode only (its one worker and queue are gone): every unfinished analysis is sent again — a
+    split one as its missing chunks (their stale claims dropped), any other one whole."""
+    resend: list[Resend] = []
+    pending = (JobStatus.queued.value, JobStatus.running.value)
+    for analysis in session.scalars(select(Analysis).where(Analysis.status.in_(pending))).all():
+        plan = rows(session, analysis, PLAN)
+        if plan and analysis.status == JobStatus.running.value:
+            for claim in rows(session, analysis, CLAIM):
+                session.delete(claim)
+            done = {c.data["index"] for c in rows(session, analysis, CHUNK)}
+            resend += [Resend(analysis.id, k) for k in range(plan[0].data["chunks"]) if k not in done]
+        else:
+            analysis.status, analysis.stage = JobStatus.queued.value, "requeued after restart"
+            resend.append(Resend(analysis.id))
+    return resend

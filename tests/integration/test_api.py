@@ -352,3 +352,25 @@ def test_job_report_is_one_self_contained_html_file(client):
     rest = body.replace(_plotly_js(), "")
     assert "<script src=" not in rest and "http" not in rest.split("<h2>Spec</h2>")[0]
     assert client.get("/api/v1/jobs/99999/report.html").status_code == 404
+
+
+def test_unfinished_analyses_are_sent_again_after_an_embedded_restart(client):
+    from backend.models import Analysis, Result
+    from backend.services import analyses
+
+    job = client.post("/api/v1/jobs", json=spec(name="restarted")).json()
+    with session_scope() as session:
+        rows = [Analysis(job_id=job["id"], kind="hessian", step=1, params={}, status=s) for s in ("queued", "running", "running", "succeeded")]
+        session.add_all(rows)
+        session.flush()
+        split = rows[2]
+        session.add(Result(job_id=job["id"], kind="grid_plan", step=1, data={"analysis_id": split.id, "chunks": 3}))
+        session.add(Result(job_id=job["id"], kind="grid_chunk", step=1, data={"analysis_id": split.id, "index": 1, "values": []}))
+        session.add(Result(job_id=job["id"], kind="grid_claim", step=1, data={"analysis_id": split.id, "index": 0, "beat": "2000-01-01T00:00:00"}))
+        ids = [a.id for a in rows]
+    with session_scope() as session:
+        again = analyses.recover_after_restart(session)
+    assert [(r.analysis_id, r.chunk) for r in again] == [(ids[0], None), (ids[1], None), (ids[2], 0), (ids[2], 2)]
+    with session_scope() as session:
+        assert [session.get(Analysis, i).status for i in ids] == ["queued", "queued", "running", "succeeded"]
+        assert session.scalars(select(Result).where(Result.kind == "grid_claim")).all() == []
