@@ -374,41 +374,39 @@ class StepHistory:
     gradients and between successive updates, and the distance from the initial weights."""
 
     def __init__(self, model: nn.Module, initial: dict[str, Tensor] | None = None) -> None:
-        self.model = model
-        self.initial = {n: t.detach().clone() for n, t in (initial or dict(model.named_parameters())).items()}
+        self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters()], strict=True)
+        self.initial = [(initial[n] if initial else p).detach().clone() for n, p in zip(self.names, self.params, strict=True)]
         self.previous_grad: Tensor | None = None
         self.previous_update: Tensor | None = None
-        self._before: dict[str, Tensor] = {}
+        self._before: list[Tensor] = []
+
+    @staticmethod
+    def _cos(a: Tensor, b: Tensor) -> float:
+        return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
 
     def before_step(self) -> dict[str, float]:
         """Call after the backward, before the optimizer's step."""
-        params = dict(self.model.named_parameters())
-        self._before = {n: p.detach().clone() for n, p in params.items()}
-        grads = torch.cat([p.grad.flatten() for p in params.values() if p.grad is not None])
-        out = {}
-        if self.previous_grad is not None:
-            out["grad/cos_previous_grad"] = float(F.cosine_similarity(grads, self.previous_grad, dim=0))
+        self._before = [p.detach().clone() for p in self.params]
+        grads = torch.cat([p.grad.flatten() for p in self.params if p.grad is not None])
+        out = {} if self.previous_grad is None else {"grad/cos_previous_grad": self._cos(grads, self.previous_grad)}
         self.previous_grad = grads
         return out
 
+    @torch.no_grad()
     def after_step(self) -> dict[str, float]:
-        params = dict(self.model.named_parameters())
-        names = list(params)
-        with torch.no_grad():
-            steps = [params[n].detach() - self._before[n] for n in names]
-            update = torch.cat([t.flatten() for t in steps])
-            before = torch.cat([self._before[n].flatten() for n in names])
-            now = torch.cat([params[n].detach().flatten() for n in names])
-            start = torch.cat([self.initial[n].flatten() for n in names])
-            per_layer = torch.stack(
-                [torch.stack([t.norm() / self._before[n].norm().clamp_min(1e-12), (params[n].detach() - self.initial[n]).norm()]) for n, t in zip(names, steps)]
-            ).tolist()  # fmt: skip
-            overall = [float(update.norm() / before.norm().clamp_min(1e-12)), float((now - start).norm())]
-            cos = float(F.cosine_similarity(update, self.previous_update, dim=0)) if self.previous_update is not None else None
-        out = {f"grad/update_ratio/{n}": r for n, (r, _) in zip(names, per_layer)}
-        out |= {f"grad/distance/{n}": d for n, (_, d) in zip(names, per_layer)}
-        out["grad/update_ratio"], out["grad/distance"] = overall
-        if cos is not None:
-            out["grad/cos_previous_update"] = cos
+        now = [p.detach() for p in self.params]
+        steps = torch._foreach_sub(now, self._before)
+        moved = torch._foreach_sub(now, self.initial)
+        norms = torch.stack([*torch._foreach_norm(steps), *torch._foreach_norm(self._before), *torch._foreach_norm(moved)])
+        step, before, distance = norms.double().view(3, -1)
+        update = torch.cat([t.flatten() for t in steps])
+        values = torch.cat([step / before.clamp_min(1e-12), distance]).tolist()
+        totals = [float(step.pow(2).sum().sqrt() / before.pow(2).sum().sqrt().clamp_min(1e-12)), float(distance.pow(2).sum().sqrt())]
+        k = len(self.names)
+        out = {f"grad/update_ratio/{n}": values[i] for i, n in enumerate(self.names)}
+        out |= {f"grad/distance/{n}": values[k + i] for i, n in enumerate(self.names)}
+        out["grad/update_ratio"], out["grad/distance"] = totals
+        if self.previous_update is not None:
+            out["grad/cos_previous_update"] = self._cos(update, self.previous_update)
         self.previous_update = update
         return out
