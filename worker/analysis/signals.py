@@ -29,12 +29,12 @@ def per_example_losses(out: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
     return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
 
 
-def heavy_tail_share(delta: Tensor, fraction: float = 0.01) -> float:
+def heavy_tail_share(delta: Tensor | np.ndarray, fraction: float = 0.01) -> float:
     """The share of Σ|Δℓ_i| carried by the top `fraction` of examples."""
-    a = delta.abs()
+    a = np.abs(delta.detach().cpu().numpy() if isinstance(delta, Tensor) else delta).astype(np.float64)
     top = max(1, int(round(fraction * len(a))))
     total = float(a.sum())
-    return float(a.topk(top).values.sum()) / total if total > 0 else 0.0
+    return float(np.partition(a, len(a) - top)[len(a) - top :].sum()) / total if total > 0 else 0.0
 
 
 def robust_z(values: Tensor) -> Tensor:

@@ -56,14 +56,14 @@ class SignalsTracker:
         self.reports: list[tuple[int, dict[str, Any]]] = []
         self.last_search: int | None = None
         self.rejected = 0
+        self.previous_mean = float("inf")
         self.seconds = 0.0
         self.mean_input = x_train.float().mean(0)
 
     def _losses(self, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> np.ndarray:
         if self.reuse:  # the batch is the whole training set in some order; the probe set is it in row order
             losses = np.empty(len(self.rows), dtype=np.float32)
-            with torch.no_grad():
-                losses[idx.cpu().numpy()] = self.each(out.detach().float(), y).cpu().numpy()
+            losses[idx.cpu().numpy()] = self.each(out.detach().float(), y).cpu().numpy()
             return losses
         training = model.training
         model.eval()
@@ -76,20 +76,23 @@ class SignalsTracker:
     def observe(self, step: int, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> dict[str, float]:
         started = time.perf_counter()
         now = self._losses(model, out, idx, y)
-        metrics = {"signals/probe_loss": float(now.mean())}
+        mean = float(now.mean())
+        metrics = {"signals/probe_loss": mean}
         previous = self.history[-1] if self.history else None
         self.history.append((step, now))
         if previous is not None:
-            delta = torch.from_numpy(now - previous[1])
+            delta = now - previous[1]
             metrics["signals/heavy_tail"] = sg.heavy_tail_share(delta)
-            rose = self.cfg.on_rise and now.mean() > previous[1].mean()
+            rose = self.cfg.on_rise and mean > self.previous_mean
             spaced = self.last_search is None or step - self.last_search >= self.cfg.min_gap
             if spaced and (step % self.cfg.detect_every == 0 or rose):
                 self.last_search = step
-                found = sg.detect(model, self.each, self.x, self.y, delta.to(self.x.device), self.settings)
+                found = sg.detect(model, self.each, self.x, self.y, torch.from_numpy(delta).to(self.x.device), self.settings)
                 self.pending += [_Pending(step, p, self._alignment(p)) for p in found.pairs]
                 metrics["signals/outliers"] = float(len(found.outliers))
-        self._score(step)
+        self.previous_mean = mean
+        if self.pending:
+            self._score(step)
         for k, (_, pair) in enumerate(self.tracked):
             metrics[f"signals/pair{k}/A"] = float(now[pair.a].mean())
             metrics[f"signals/pair{k}/B"] = float(now[pair.b].mean())
