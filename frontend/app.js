@@ -1,5 +1,5 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
-import { API, TERMINAL, api, esc, plotLayout } from "./common.js";
+import { API, TERMINAL, api, download, esc, plotLayout } from "./common.js";
 import { gradstatsView } from "./views/gradstats.js";
 import { landscapeView } from "./views/landscape.js";
 import { phaseView } from "./views/phase.js";
@@ -238,10 +238,7 @@ function smoothed(y, weight) {
 function downloadCsv(el, filename) {
   const rows = ["series,step,value"];
   for (const t of el.data) t.x.forEach((x, i) => rows.push(`"${t.name}",${x},${t.y[i] ?? ""}`));
-  const link = Object.assign(document.createElement("a"), {
-    href: URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" })), download: filename });
-  link.click();
-  URL.revokeObjectURL(link.href);
+  download(rows.join("\n") + "\n", filename, "text/csv");
 }
 
 // The charts a job has follow from its spec: each probe adds its own views.

@@ -20,7 +20,7 @@ export function plotLayout(title, ylog) {
   };
 }
 
-function save(text, filename, type) {
+export function download(text, filename, type) {
   const link = Object.assign(document.createElement("a"), { href: URL.createObjectURL(new Blob([text], { type })), download: filename });
   link.click();
   URL.revokeObjectURL(link.href);
@@ -47,7 +47,7 @@ export function addExports(container, prefix) {
     bar.innerHTML = `<button class="export" data-format="csv" aria-label="export ${el.id} as CSV">CSV</button> <button class="export" data-format="json" aria-label="export ${el.id} as JSON">JSON</button>`;
     bar.addEventListener("click", (e) => {
       const format = e.target.dataset.format;
-      if (format) save(chartData(el, format), `${prefix}-${el.id}.${format}`, format === "csv" ? "text/csv" : "application/json");
+      if (format) download(chartData(el, format), `${prefix}-${el.id}.${format}`, format === "csv" ? "text/csv" : "application/json");
     });
     el.before(bar);
   }

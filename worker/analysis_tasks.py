@@ -100,10 +100,8 @@ def _load(session: Session, analysis: Analysis, store: LocalArtifactStore) -> di
 
 def _publish(session: Session, analysis: Analysis, kind: str, data: dict[str, Any]) -> None:
     """The analysis' result document, replacing an earlier (partial) one."""
-    rows = session.scalars(select(Result).where(Result.job_id == analysis.job_id, Result.kind == kind, Result.step == analysis.step))
-    for row in rows:
-        if row.data.get("analysis_id") == analysis.id:
-            session.delete(row)
+    for row in liveness.rows(session, analysis, kind):
+        session.delete(row)
     session.add(Result(job_id=analysis.job_id, kind=kind, step=analysis.step, data=json_safe({**data, "analysis_id": analysis.id})))
 
 

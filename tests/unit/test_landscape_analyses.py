@@ -9,7 +9,7 @@ from backend.spec import InterpolationAnalysis, JobSpec, TrajectoryAnalysis
 from tests.conftest import spec
 from tests.unit.test_training import ListRecorder
 from worker.training.analyses import analyze_checkpoint
-from worker.training.landscapes import stratified_sample
+from worker.training.data import stratified_sample
 from worker.training.loop import Outcome, prepare, train
 
 

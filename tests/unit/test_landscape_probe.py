@@ -11,7 +11,7 @@ from tests.conftest import spec
 from tests.unit.test_training import ListRecorder
 from worker.analysis.hessian import hessian_top_eigenpairs
 from worker.training import data, landscapes, models
-from worker.training.landscapes import stratified_sample
+from worker.training.data import stratified_sample
 from worker.training.loop import Outcome, train
 from worker.training.optim import make_loss
 

@@ -89,7 +89,7 @@ def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_exampl
         mean,
         torch.cat([p.sq_norms for p in parts]),
         torch.cat([p.dots for p in parts]),
-        sum(p.coord_sq for p in parts[1:]) + parts[0].coord_sq if len(parts) > 1 else parts[0].coord_sq,
+        sum((p.coord_sq for p in parts[1:]), parts[0].coord_sq),
         rule,
     )
 

@@ -182,14 +182,14 @@ class PlaneEvaluator:
         self._batch_sums: Callable[[Tensor, Tensor], Tensor] = torch.compile(self._sums) if compile else self._sums
         self.precomputed = bool(own)
         self._use(self.precomputed)
-        self.batch_size = batch_size or self._tune(candidates=[len(y), *(b for b in (1024, 512, 256, 128) if b < len(y))])
+        candidates = [batch_size] if batch_size else [len(y), *(b for b in (1024, 512, 256, 128) if b < len(y))]
+        self.batch_size, self.seconds_per_point = self._tune(candidates)
         if self.precomputed and precompute is None:  # a cheap input layer may be faster to run than to combine
-            seconds = {True: math.inf, False: math.inf}
+            seconds = {True: self.seconds_per_point, False: math.inf}
             for _ in range(3):
-                for plan in seconds:
-                    seconds[plan] = min(seconds[plan], self._seconds_per_point(plan, repeats=1))
+                seconds[False] = min(seconds[False], self._seconds_per_point(False, repeats=1))
             self._use(seconds[True] <= seconds[False])
-        self.seconds_per_point = self._seconds_per_point()
+            self.seconds_per_point = min(seconds.values())
 
     def _use(self, precomputed: bool) -> None:
         if self._swap is not None:
@@ -213,17 +213,20 @@ class PlaneEvaluator:
             best = min(best, time.perf_counter() - start)
         return best
 
-    def _tune(self, candidates: list[int]) -> int:
-        """The fastest batch size; candidates are timed in turns, best of three, against a noisy machine."""
+    def _tune(self, candidates: list[int]) -> tuple[int, float]:
+        """The fastest batch size and its seconds per point; candidates are timed in turns, best of three,
+        against a noisy machine."""
         timings = dict.fromkeys(candidates, math.inf)
-        for _ in range(3):
+        for _ in range(3 if len(candidates) > 1 else 1):
             for size in list(timings):
                 self.batch_size = size
                 try:
                     timings[size] = min(timings[size], self._seconds_per_point(repeats=1))
                 except torch.OutOfMemoryError:
                     del timings[size]
-        return min(timings, key=timings.__getitem__)
+        best = min(timings, key=timings.__getitem__)
+        self.batch_size = best
+        return best, timings[best]
 
     def _precompute_input_layer(self, centre: Weights) -> set[str]:
         """Swap the input layer for its precomputed outputs when that is exact and fits; its tensors' names."""
@@ -365,6 +368,18 @@ class Surface:
     accuracy: np.ndarray | None
     evaluated: np.ndarray  # bool mask of the points actually computed (the rest interpolated)
 
+    @classmethod
+    def empty(cls, xs: np.ndarray, ys: np.ndarray) -> "Surface":
+        return cls(xs, ys, np.full((len(xs), len(ys)), np.nan), None, np.zeros((len(xs), len(ys)), bool))
+
+    def record(self, i: int, j: int, value: PointValue) -> None:
+        self.loss[i, j] = value.loss if math.isfinite(value.loss) else np.nan
+        if value.accuracy is not None:
+            if self.accuracy is None:
+                self.accuracy = np.full_like(self.loss, np.nan)
+            self.accuracy[i, j] = value.accuracy
+        self.evaluated[i, j] = True
+
 
 Progress = Callable[[list[tuple[int, int]], Surface], None]
 
@@ -380,18 +395,12 @@ def loss_surface(
     """L on the grid xs × ys (1-D when ys is None: the result has shape [len(xs), 1]), coarse levels first;
     `progress` gets each finished chunk of points and the partial surface (it may raise to stop)."""
     ys_ = np.zeros(1) if ys is None else ys
-    surf = Surface(xs, ys_, np.full((len(xs), len(ys_)), np.nan), None, np.zeros((len(xs), len(ys_)), bool))
-    acc = np.full_like(surf.loss, np.nan)
+    surf = Surface.empty(xs, ys_)
     points = grid_order(len(xs), len(ys_))
     for start in range(0, len(points), chunk):
         done = points[start : start + chunk]
         for i, j in done:
-            value = evaluate((xs[i], ys_[j]) if ys is not None else (xs[i],))
-            surf.loss[i, j] = value.loss if math.isfinite(value.loss) else np.nan
-            if value.accuracy is not None:
-                acc[i, j] = value.accuracy
-                surf.accuracy = acc
-            surf.evaluated[i, j] = True
+            surf.record(i, j, evaluate((xs[i], ys_[j]) if ys is not None else (xs[i],)))
         if progress is not None:
             progress(done, surf)
     return surf
@@ -421,18 +430,12 @@ def adaptive_surface(
     s = next((s for s in (5, 4, 3, 2) if (n - 1) % s == 0 and (m - 1) % s == 0 and min(n - 1, m - 1) // s >= 8), 0)
     if not s:
         raise ValueError(f"the adaptive mode needs a grid of k·s + 1 points per axis with s in 2..5, k ≥ 8 (got {n}×{m})")
-    surf = Surface(xs, ys, np.full((n, m), np.nan), None, np.zeros((n, m), bool))
-    acc = np.full((n, m), np.nan)
+    surf = Surface.empty(xs, ys)
 
     def compute(points: list[tuple[int, int]]) -> None:
         todo = [p for p in points if not surf.evaluated[p]]
         for i, j in todo:
-            value = evaluate((xs[i], ys[j]))
-            surf.loss[i, j] = value.loss
-            if value.accuracy is not None:
-                acc[i, j] = value.accuracy
-                surf.accuracy = acc
-            surf.evaluated[i, j] = True
+            surf.record(i, j, evaluate((xs[i], ys[j])))
         if progress is not None and todo:
             progress(todo, surf)
 

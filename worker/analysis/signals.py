@@ -23,12 +23,6 @@ from torch.func import functional_call, grad, jvp, vmap
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def per_example_losses(out: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    """ℓ_i for each row of a batch's outputs from a mean-loss function (one example at a time, by vmap). When
-    an each-example loss is at hand, call it directly: it is much cheaper."""
-    return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
-
-
 def heavy_tail_share(delta: Tensor | np.ndarray, fraction: float = 0.01) -> float:
     """The share of Σ|Δℓ_i| carried by the top `fraction` of examples."""
     a = np.abs(delta.detach().cpu().numpy() if isinstance(delta, Tensor) else delta).astype(np.float64)

@@ -4,6 +4,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from backend.spec import GradStatsProbe
@@ -25,8 +26,6 @@ class GradStatsTracker:
         self.last_details: int | None = None
         self.seconds = 0.0
         if cfg.histogram_examples:
-            import torch
-
             rows = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + 3))[: cfg.histogram_examples]
             self.sample = (x_train[rows.to(x_train.device)], y_train[rows.to(y_train.device)])
         self.seed = seed

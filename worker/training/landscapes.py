@@ -18,34 +18,13 @@ from backend.spec import InterpolationAnalysis, LandscapeProbe, TrajectoryAnalys
 from worker.analysis import hessian as hs
 from worker.analysis import landscape as ls
 from worker.analysis.hvp import HessianOperator
+from worker.training.data import stratified_sample
 from worker.training.probes import ProbeContext, ProbeOutput, ProbeStopped
 
 PUBLISH_SECONDS = 2.0  # how often a partial surface is published for the dashboard
 # A grid whose eager estimate is longer compiles its forward first (a few seconds once; measured 1.25× on the
 # benchmark CNN, channels-last eager → compiled, on a CPU).
 COMPILE_AFTER_SECONDS = 60.0
-
-
-def stratified_sample(y: Tensor, size: int, seed: int) -> Tensor:
-    """Indices of a fixed sample of `size` rows keeping each class's share (largest remainders); plain random
-    rows for regression targets. The same seed gives the same rows at every step."""
-    n = len(y)
-    gen = torch.Generator().manual_seed(seed)
-    if size >= n:
-        return torch.arange(n)
-    if y.is_floating_point() or y.dim() > 1:
-        return torch.randperm(n, generator=gen)[:size].sort().values
-    labels = y.cpu()
-    classes, counts = labels.unique(return_counts=True)
-    exact = counts.double() * size / n
-    take = exact.floor().long()
-    short = size - int(take.sum())
-    take[torch.argsort(exact - take, descending=True)[:short]] += 1
-    picked = []
-    for c, k in zip(classes.tolist(), take.tolist()):
-        rows = (labels == c).nonzero().squeeze(1)
-        picked.append(rows[torch.randperm(len(rows), generator=gen)[:k]])
-    return torch.cat(picked).sort().values
 
 
 class LandscapeTracker:
@@ -63,12 +42,8 @@ def _hessian_plane(ctx: ProbeContext, x: Tensor, y: Tensor, names: list[str], se
     top = hs.eigenpairs(op, op.n, 2, tol=1e-3, seed=seed, device=op.device)
     directions = []
     for k in range(2):
-        flat, start, d = top.vectors[:, k], 0, {}
-        for name, shape in zip(op.names, op.shapes):
-            size = math.prod(shape)
-            d[name] = flat[start : start + size].reshape(shape).to(torch.float32)
-            start += size
-        directions.append({n: d[n] for n in names if n in d})
+        d = dict(zip(op.names, op.split(top.vectors[:, k].to(op.dtype)), strict=True))
+        directions.append({n: d[n].to(torch.float32) for n in names if n in d})
     return directions, [float(v) for v in top.values]
 
 

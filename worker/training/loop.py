@@ -137,6 +137,20 @@ def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool])
     )  # fmt: skip
 
 
+def _signals_tracker(spec: JobSpec, split: data.Split, probes: list[Probe]) -> SignalsTracker | None:
+    """The signals probe, fed the Hessian probe's latest top eigenvector when there is one."""
+    if spec.probes.signals is None:
+        return None
+    hessian = next((p for p in probes if isinstance(p, HessianTracker)), None)
+
+    def top_eigenvector() -> tuple[int, torch.Tensor] | None:
+        return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
+
+    each = make_example_loss(spec.train.loss, split.n_classes, getattr(spec.model, "z_loss", 0.0))
+    full_batch = spec.train.batch_size >= len(split.y_train)
+    return SignalsTracker(spec.probes.signals, each, split.x_train, split.y_train, spec.train.seed, full_batch, top_eigenvector, split.vocab)
+
+
 def _train(
     spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None, uploads: Callable[[str], Path] | None
 ) -> Outcome:
@@ -155,17 +169,7 @@ def _train(
     ctx = probe_context(spec, run, recorder.should_stop)
     watch = spec.probes.gradstats
     stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
-    listen = spec.probes.signals
-    full_batch = cfg.batch_size >= len(split.y_train)
-    each = make_example_loss(cfg.loss, split.n_classes, getattr(spec.model, "z_loss", 0.0))
-    hessian = next((p for p in probes if isinstance(p, HessianTracker)), None)
-
-    def top_eigenvector() -> tuple[int, torch.Tensor] | None:
-        return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
-
-    signals = (
-        SignalsTracker(listen, each, split.x_train, split.y_train, cfg.seed, full_batch, top_eigenvector, split.vocab) if listen else None
-    )
+    signals = _signals_tracker(spec, split, probes)
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)

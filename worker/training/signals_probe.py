@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from backend.spec import SignalsProbe
 from worker.analysis import signals as sg
-from worker.training.landscapes import stratified_sample
+from worker.training.data import stratified_sample
 from worker.training.optim import LossFn
 
 
