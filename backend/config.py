@@ -1,8 +1,11 @@
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 DATA_DIR = Path(".dynascope")
 
@@ -23,7 +26,18 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the API from elsewhere (none by default; never "*").
     cors_origins: list[str] = []
 
-    # Limits.
+    # Keys the hashes of tokens, sessions and CSRF tokens. Required (32+ characters) unless the database is
+    # SQLite (the embedded mode), where one is made on first start and kept beside the database.
+    secret_key: SecretStr = SecretStr("")
+    # Session cookies are Secure (sent over HTTPS only; browsers accept them from http://localhost too).
+    cookie_secure: bool = True
+    session_hours: float = Field(24 * 7, gt=0)
+
+    # Limits. A team's own quotas (set by an admin) replace the three defaults marked "per team".
+    max_running_jobs: int = Field(8, ge=1)  # per team
+    max_queued_jobs: int = Field(1000, ge=1)  # per team
+    token_rate_limit_per_minute: int = Field(1200, ge=1)  # per API token, unless the token sets its own
+    login_attempts_per_minute: int = Field(10, ge=1)  # per username
     max_body_bytes: int = 1_000_000
     max_steps: int = 10_000_000
     max_attempts: int = 3
@@ -31,7 +45,7 @@ class Settings(BaseSettings):
     # An analysis grid with more points is split into chunk tasks of this many points, which any idle worker
     # takes (a lost worker costs one chunk).
     grid_chunk_points: int = Field(2048, ge=1)
-    max_upload_bytes: int = 200_000_000  # an uploaded file, counted while it streams in
+    max_upload_bytes: int = 200_000_000  # an uploaded file, counted while it streams in (per team)
     max_dataset_bytes: int = 2_000_000_000  # its arrays once decompressed (a zip bomb stops here)
     # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.
     heartbeat_interval: float = 2.0
@@ -53,7 +67,37 @@ class Settings(BaseSettings):
             raise ValueError("cors_origins must list origins explicitly, not *")
         if self.heartbeat_interval * 2 > self.heartbeat_timeout:
             raise ValueError("heartbeat_timeout must be at least twice heartbeat_interval")
+        if not self.secret_key.get_secret_value():
+            if not self.embedded:
+                raise ValueError(
+                    "DYNASCOPE_SECRET_KEY must be set outside the embedded mode (SQLite): 32+ random characters, "
+                    "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+            self.secret_key = SecretStr(_local_secret(self.sqlite_dir))
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("DYNASCOPE_SECRET_KEY must have at least 32 characters")
         return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_dir(self) -> Path:
+        """Where the embedded mode keeps its files: beside the database (an in-memory one: the data directory)."""
+        path = make_url(self.database_url).database
+        return Path(path).parent if path and path != ":memory:" else DATA_DIR
+
+
+def _local_secret(directory: Path) -> str:
+    """The embedded mode's key, made once and readable by its owner only."""
+    path = directory / "secret_key"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 @lru_cache

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
 from backend.api import (
+    account,
     analyses,
     artifacts,
     datasets,
@@ -31,15 +32,33 @@ from backend.api import (
     results,
     specs,
     sweeps,
+    teams,
+    tokens,
 )
 from backend.config import get_settings
 from backend.db import session_scope
+from backend.schemas import ErrorOut
 from backend.services.analyses import reap_stale_analyses
 from backend.services.jobs import reap_stale_jobs
 from backend.spec import HessianAnalysis, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
+# What any route may answer besides its own success and 422 (documented so that clients and fuzzers know).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text, "content": {"application/json": {}}}  # JSON, also on HTML and file routes
+    for code, text in (
+        (400, "a Host header not on the allow-list"),
+        (401, "not signed in, or an unknown or revoked token"),
+        (403, "the role in this team does not allow it, or a missing CSRF token"),
+        (404, "no such row in this team"),
+        (409, "conflicts with the current state"),
+        (413, "the body is over a limit (named in the message)"),
+        (422, "invalid input: each item of detail names its field in loc"),
+        (429, "over a quota or rate limit (named in the message)"),
+        (503, "the job queue is unreachable"),
+    )
+}
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 
 
@@ -86,6 +105,13 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
+    # Scripts only from this server, never inline; 'unsafe-eval' because plotly.js builds its WebGL traces
+    # (the 3-D surface) with the Function constructor. Plotly injects styles, and exports images as data: URLs.
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        b"font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
 ]
 
 
@@ -157,6 +183,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(
+        responses=ERROR_RESPONSES,
         title="Dynascope",
         version="0.1.0",
         openapi_url=f"{API_PREFIX}/openapi.json",
@@ -172,7 +199,9 @@ def create_app() -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
-    for module in (health, specs, datasets, jobs, sweeps, metrics, results, landscapes, reports, artifacts, analyses, events):
+    for module in (
+        health, account, tokens, teams, specs, datasets, jobs, sweeps, metrics, results, landscapes, reports, artifacts, analyses, events,
+    ):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -42,11 +43,28 @@ class JobStatus(enum.StrEnum):
         return self not in (JobStatus.queued, JobStatus.running)
 
 
+class Role(enum.StrEnum):
+    """What a member may do in a team: viewers read, members also submit and cancel, owners also manage members."""
+
+    viewer = "viewer"
+    member = "member"
+    owner = "owner"
+
+    @property
+    def rank(self) -> int:
+        return ("viewer", "member", "owner").index(self.value)
+
+
 class Team(Base):
+    """Quotas left null take the service-wide defaults from the settings."""
+
     __tablename__ = "teams"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_upload_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class User(Base):
@@ -54,20 +72,53 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ApiToken(Base):
-    """Only a hash of the token is kept; the prefix lets a user tell tokens apart."""
+    """Only a keyed hash of the token is kept; the prefix lets a user tell tokens apart. A token acts in one
+    team, with its user's role there at the time of each request."""
 
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="", server_default="")
     prefix: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie holds the secret, this row only its keyed hash."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class LoginCode(Base):
+    """A one-time sign-in (the embedded `dynascope serve` prints one for the local user)."""
+
+    __tablename__ = "login_codes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Dataset(Base):
@@ -134,10 +185,15 @@ class Job(Base):
     data_kind: Mapped[str | None] = mapped_column(String(50), index=True)
     notes: Mapped[str | None] = mapped_column(Text)
     tag_rows: Mapped[list["JobTag"]] = relationship(cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag")
+    creator_row: Mapped[User | None] = relationship(lazy="selectin")
 
     @property
     def tags(self) -> list[str]:
         return [t.tag for t in self.tag_rows]
+
+    @property
+    def creator(self) -> str | None:
+        return self.creator_row.username if self.creator_row else None
 
 
 class JobTag(Base):

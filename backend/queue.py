@@ -43,9 +43,9 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: int) -> str:
+def enqueue_job(job_id: int, countdown: float | None = None) -> str:
     """Send only the job id; returns the Celery task id (kept in the row for revoke)."""
-    result = get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
+    result = get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE, countdown=countdown)
     return result.id
 
 

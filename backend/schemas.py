@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
-from backend.models import utcnow
+from backend.models import Role, utcnow
 
 UTCTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(timespec="milliseconds") + "Z", return_type=str)]
 
@@ -36,6 +36,7 @@ class JobOut(BaseModel):
     data_kind: str | None = None
     tags: list[str] = []
     notes: str | None = None
+    creator: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -61,7 +62,7 @@ class BulkAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["cancel", "delete"]
-    ids: list[int] = Field(min_length=1, max_length=1000)
+    ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=1000)
 
 
 class BulkOutcome(BaseModel):
@@ -119,6 +120,10 @@ class ArtifactOut(BaseModel):
     created_at: UTCTime
 
 
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
 class Health(BaseModel):
     status: str
     database: str
@@ -154,3 +159,126 @@ class AnalysisOut(BaseModel):
     attempts: int
     created_at: UTCTime
     finished_at: UTCTime | None
+
+
+# --- accounts ---
+
+Username = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$", description="letters, digits, _ . @ - (at most 100)")]
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+
+
+class PasswordLogin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(max_length=100)
+    password: str = Field(max_length=256)
+
+
+class CodeLogin(BaseModel):
+    """A one-time code (`dynascope serve` prints one for the local user, `dynascope user login-code` for anyone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(max_length=100)
+
+
+class TeamRole(BaseModel):
+    id: int
+    name: str
+    role: Role
+
+
+class Me(BaseModel):
+    username: str
+    is_admin: bool
+    team: TeamRole | None
+    teams: list[TeamRole]
+    csrf_token: str | None = Field(None, description="send it as X-CSRF-Token with state-changing requests (cookie sign-in only)")
+
+
+class TeamChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team_id: int = Field(ge=1, le=2**31 - 1)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current: str = Field(max_length=256)
+    new: Password
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=1_000_000, description="default: the service's")
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    prefix: str
+    team_id: int | None
+    rate_limit_per_minute: int | None
+    created_at: UTCTime
+    last_used_at: UTCTime | None
+    revoked_at: UTCTime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown this once; only a hash of it is kept")
+
+
+class TeamCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[\w .-]{1,100}$")
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+
+
+class MemberOut(BaseModel):
+    username: str
+    role: Role
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username
+    password: Password
+    admin: bool = False
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    is_admin: bool
+
+
+class QuotaUpdate(BaseModel):
+    """Null returns a quota to the service default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running_jobs: int | None = Field(None, ge=1, le=100_000)
+    max_queued_jobs: int | None = Field(None, ge=1, le=10_000_000)
+    max_upload_bytes: int | None = Field(None, ge=1, le=1 << 40)
+
+
+class QuotaOut(BaseModel):
+    max_running_jobs: int
+    max_queued_jobs: int
+    max_upload_bytes: int
+    running: int
+    queued: int

@@ -345,7 +345,7 @@ class InterpolationAnalysis(_SurfaceSampling):
     kind: Literal["interpolation"] = "interpolation"
     step: int | None = Field(None, ge=0, description="θ_from: this job's checkpoint (null: the first kept; with to_job, the latest)")
     to_step: int | None = Field(None, ge=0, description="θ_to: this job's checkpoint (null: the latest)")
-    to_job: int | None = Field(None, ge=1, description="θ_to: that job's latest checkpoint instead")
+    to_job: int | None = Field(None, ge=1, le=2**31 - 1, description="θ_to: that job's latest checkpoint instead")
     points: int = Field(41, ge=3, le=2001)
     range: tuple[float, float] = Field((-0.5, 1.5), description="α from, to")
 

@@ -33,15 +33,24 @@ SPEC = {
 }
 
 
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")} | {"DYNASCOPE_TORCH_THREADS": "1"}
+
+
+def _cli(workdir: Path, *args: str) -> str:
+    """A `dynascope` server-side command in the served directory (its database and secret key)."""
+    done = subprocess.run([sys.executable, "-m", "dynascope.cli", *args], cwd=workdir, env=ENV, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def _serve(workdir: Path) -> tuple[subprocess.Popen, httpx.Client]:
     port = 8700 + os.getpid() % 200
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")} | {"DYNASCOPE_TORCH_THREADS": "1"}
     log = open(workdir / "serve.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "dynascope.cli", "serve", "--port", str(port)], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "dynascope.cli", "serve", "--port", str(port)], cwd=workdir, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
     for _ in range(300):
         try:
             if client.get("/health").status_code == 200:
+                client.headers["authorization"] = f"Bearer {_cli(workdir, 'token', 'create', 'local', '--team', 'default')}"
                 return proc, client
         except httpx.TransportError:
             pass
@@ -66,8 +75,14 @@ def run() -> list[dict]:
             times, worst = [], 0.0
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                base = str(client.base_url).removesuffix("/api/v1/")
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                signing_in = context.new_page()  # the session cookie, then every load as a signed-in user
+                signing_in.goto(f"{base}/#login={_cli(Path(tmp), 'user', 'login-code', 'local')}")
+                signing_in.wait_for_selector("#nav-account")
+                signing_in.close()
                 for _ in range(LOADS):
-                    page = browser.new_page(viewport={"width": 1280, "height": 900})
+                    page = context.new_page()
                     ratios: list[float] = []
 
                     def check(response, ratios=ratios) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +92,7 @@ def run() -> list[dict]:
                             ratios += [len(s["steps"]) / limit for s in body["series"]]
 
                     page.on("response", check)
-                    page.goto(f"{str(client.base_url).removesuffix('/api/v1/')}/#/jobs/{job['id']}")
+                    page.goto(f"{base}/#/jobs/{job['id']}")
                     page.wait_for_function("document.getElementById('loss-plot')?.data?.[0]?.x?.length > 0", timeout=30_000)
                     times.append(page.evaluate("performance.now()"))
                     page.wait_for_function("document.getElementById('gradstats-noise')?.dataset.points > 0", timeout=30_000)

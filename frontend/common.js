@@ -4,12 +4,27 @@ export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "diverged"]
 
 export const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
+// The session's CSRF token (from /auth/me or sign-in), sent with every state-changing request.
+let csrfToken = null;
+export const setCsrfToken = (token) => { csrfToken = token; };
+
 export async function api(path, options = {}) {
-  const response = await fetch(API + path, options);
+  const method = (options.method || "GET").toUpperCase();
+  const headers = { ...(options.headers || {}) };
+  if (csrfToken && !["GET", "HEAD"].includes(method)) headers["x-csrf-token"] = csrfToken;
+  const response = await fetch(API + path, { ...options, headers, credentials: "same-origin" });
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
+  if (response.status === 401 && path !== "/auth/login") window.dispatchEvent(new Event("dynascope:signed-out"));
   if (!response.ok) throw Object.assign(new Error(`HTTP ${response.status}`), { status: response.status, body });
   return body;
 }
+
+// A readable line from an API error: the detail's message (or each field's), else the status.
+export const errorText = (err) => {
+  const detail = err?.body?.detail;
+  if (Array.isArray(detail)) return detail.map((e) => `${(e.loc || []).slice(1).join(".") || "body"}: ${e.msg}`).join("; ");
+  return detail || err?.message || String(err);
+};
 
 export function plotLayout(title, ylog) {
   const dark = matchMedia("(prefers-color-scheme: dark)").matches;

@@ -32,6 +32,35 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def provision(
+    database_url: str, key: str, username: str, team: str, role: str = "owner", *, admin: bool = False, password: str | None = None
+) -> str:
+    """An account (made if missing) in a team (made if missing) with a role, and a new API token for it there:
+    what `dynascope user create` and `dynascope token create` do, straight in the database."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from backend.db import make_engine
+    from backend.models import Role, User
+    from backend.services import accounts
+
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            user = accounts.create_user(session, username, password, admin=admin)
+        team_row = accounts.get_or_create_team(session, team)
+        accounts.set_membership(session, user, team_row, Role(role))
+        _, token = accounts.create_token(session, key, user, team_row.id, f"{username}@{team}")
+        session.commit()
+    engine.dispose()
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +118,10 @@ def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class Stack:
-    """An API server and Celery workers as real processes, sharing one database and broker."""
+    """An API server and Celery workers as real processes, sharing one database and broker. `migrate` also
+    makes the account `alice` (owner of team `a`) whose token the client sends."""
+
+    SECRET_KEY = "stack-test-secret-key-0123456789abcdef"
 
     def __init__(self, workdir: Path, database_url: str, broker_url: str, **settings: Any) -> None:
         self.workdir = workdir
@@ -103,8 +135,10 @@ class Stack:
             "DYNASCOPE_HEARTBEAT_INTERVAL": "0.5",
             "DYNASCOPE_HEARTBEAT_TIMEOUT": "4",
             "DYNASCOPE_TORCH_THREADS": "1",
+            "DYNASCOPE_SECRET_KEY": self.SECRET_KEY,
             **{f"DYNASCOPE_{k.upper()}": str(v) for k, v in settings.items()},
         }
+        self.database_url = database_url
         self.procs: list[subprocess.Popen] = []
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=f"{self.url}/api/v1", timeout=30)
@@ -117,6 +151,10 @@ class Stack:
 
     def migrate(self) -> None:
         subprocess.run([sys.executable, "-m", "dynascope.cli", "migrate"], env=self.env, cwd=self.workdir, check=True, capture_output=True)
+        self.client.headers.update(bearer(self.provision("alice", "a")))
+
+    def provision(self, username: str, team: str, role: str = "owner") -> str:
+        return provision(self.database_url, self.SECRET_KEY, username, team, role)
 
     def start_api(self) -> subprocess.Popen:
         proc = self._spawn(
@@ -213,6 +251,30 @@ class Serve:
         )  # fmt: skip
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/api/v1", timeout=30)
         self.wait(self._healthy, 90, "health")
+        self.client.headers.update(bearer(provision(self.database_url, self.secret_key, "local", "default")))
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.workdir / '.dynascope' / 'dynascope.db'}"
+
+    @property
+    def secret_key(self) -> str:
+        return (self.workdir / ".dynascope" / "secret_key").read_text().strip()
+
+    def login_code(self, username: str = "local") -> str:
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        from backend.db import make_engine
+        from backend.models import User
+        from backend.services import accounts
+
+        engine = make_engine(self.database_url)
+        with Session(engine) as session:
+            code = accounts.new_login_code(session, self.secret_key, session.scalar(select(User).where(User.username == username)))
+            session.commit()
+        engine.dispose()
+        return code
 
     def _healthy(self) -> bool:
         try:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.models import Job, JobStatus, utcnow
-from backend.queue import RUN_JOB_TASK, get_celery
+from backend.queue import RUN_JOB_TASK, enqueue_job, get_celery
 from backend.services import jobs as job_service
 from backend.services.artifacts import LocalArtifactStore
 from backend.spec import JobSpec
@@ -28,6 +28,7 @@ from worker.training.models import pick_device
 log = logging.getLogger(__name__)
 celery_app = get_celery()
 HOST = f"{socket.gethostname()}"
+QUOTA_RETRY_SECONDS = 3.0
 
 
 @worker_process_init.connect
@@ -59,6 +60,10 @@ def run_job(job_id: int) -> str:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).terminal:
             return "skipped"
+        if job.status == JobStatus.queued.value and (limit := job_service.running_quota_full(session, job, settings.max_running_jobs)):
+            job.stage = f"waiting: its team runs at most {limit} jobs at once"
+            job.celery_task_id = enqueue_job(job_id, countdown=QUOTA_RETRY_SECONDS)
+            return "waiting for the team's quota"
         stale_before = utcnow() - timedelta(seconds=settings.heartbeat_timeout)
         claimed = job_service.claim_job(
             session, job_id, worker_host=HOST, device=str(device), stale_before=stale_before

@@ -7,7 +7,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend import queue
-from backend.api.deps import SessionDep, get_job_or_404, send_or_undo
+from backend.api.auth import Member, Viewer
+from backend.api.deps import RowId, SessionDep, get_job_or_404, send_or_undo
 from backend.models import Analysis, Artifact, Job, JobStatus, utcnow
 from backend.schemas import AnalysisOut
 from backend.spec import (
@@ -57,14 +58,15 @@ _BODY = {
 
 @router.post("/{job_id}/analyses", status_code=201, response_model=AnalysisOut, openapi_extra=_BODY)
 def create_analysis(
-    job_id: int,
+    job_id: RowId,
     body: Annotated[dict[str, Any], Body()],
     session: SessionDep,
+    who: Member,
 ) -> AnalysisOut:
     """Analyze checkpoints the job kept: `hessian` or `landscape` around one (the latest by default),
     `trajectory` over all of them up to one, `interpolation` between two (or to another job's latest).
     Results land under `{kind}_analysis`."""
-    get_job_or_404(session, job_id)
+    get_job_or_404(session, job_id, who.team_id)
     request = _validated(body)
     steps = _kept_steps(session, job_id)
     if not steps:
@@ -80,7 +82,7 @@ def create_analysis(
     if isinstance(request, InterpolationAnalysis):
         if request.to_job is not None:
             other = session.get(Job, request.to_job)
-            if other is None:
+            if other is None or other.team_id != who.team_id:
                 _refuse("to_job", f"no job {request.to_job}")
             if not _kept_steps(session, request.to_job):
                 _refuse("to_job", f"job {request.to_job} has kept no checkpoint yet")
@@ -99,16 +101,16 @@ def create_analysis(
 
 
 @router.get("/{job_id}/analyses", response_model=list[AnalysisOut])
-def list_analyses(job_id: int, session: SessionDep) -> list[AnalysisOut]:
-    get_job_or_404(session, job_id)
+def list_analyses(job_id: RowId, session: SessionDep, who: Viewer) -> list[AnalysisOut]:
+    get_job_or_404(session, job_id, who.team_id)
     rows = session.scalars(select(Analysis).where(Analysis.job_id == job_id).order_by(Analysis.id))
     return [AnalysisOut.model_validate(a) for a in rows]
 
 
 @router.post("/{job_id}/analyses/{analysis_id}/cancel", response_model=AnalysisOut)
-def cancel_analysis(job_id: int, analysis_id: int, session: SessionDep) -> AnalysisOut:
+def cancel_analysis(job_id: RowId, analysis_id: RowId, session: SessionDep, who: Member) -> AnalysisOut:
     """A queued analysis is cancelled at once; a running one stops within a heartbeat, keeping its partial result."""
-    get_job_or_404(session, job_id)
+    get_job_or_404(session, job_id, who.team_id)
     analysis = session.get(Analysis, analysis_id)
     if analysis is None or analysis.job_id != job_id:
         raise HTTPException(404, detail=f"job {job_id} has no analysis {analysis_id}")

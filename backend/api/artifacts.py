@@ -4,7 +4,8 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from backend.api.deps import SessionDep, SettingsDep, get_job_or_404
+from backend.api.auth import Viewer
+from backend.api.deps import RowId, SessionDep, SettingsDep, get_job_or_404
 from backend.models import Artifact
 from backend.schemas import ArtifactOut
 from backend.services.artifacts import LocalArtifactStore
@@ -13,8 +14,8 @@ router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
-def list_artifacts(job_id: int, session: SessionDep) -> list[ArtifactOut]:
-    get_job_or_404(session, job_id)
+def list_artifacts(job_id: RowId, session: SessionDep, who: Viewer) -> list[ArtifactOut]:
+    get_job_or_404(session, job_id, who.team_id)
     rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.step))
     return [ArtifactOut.model_validate(a) for a in rows]
 
@@ -25,12 +26,13 @@ def list_artifacts(job_id: int, session: SessionDep) -> list[ArtifactOut]:
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file (safetensors)"}},
 )
 def download_artifact(
-    job_id: int,
+    job_id: RowId,
     artifact_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
     session: SessionDep,
+    who: Viewer,
     settings: SettingsDep,
 ) -> FileResponse:
-    get_job_or_404(session, job_id)
+    get_job_or_404(session, job_id, who.team_id)
     artifact = session.get(Artifact, artifact_id)
     if artifact is None or artifact.job_id != job_id:
         raise HTTPException(404, detail=f"artifact {artifact_id} not found in job {job_id}")

@@ -1,13 +1,15 @@
 import hashlib
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from backend.api.auth import Member, Viewer
 from backend.api.deps import SessionDep, SettingsDep
-from backend.models import Dataset
+from backend.models import Dataset, Team
 from backend.schemas import DatasetOut
+from backend.services import accounts
 from backend.services.artifacts import LocalArtifactStore
 from backend.services.uploads import UploadError, parse_csv, parse_npz
 
@@ -16,11 +18,14 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (not after it has all arrived)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
     chunks, seen = [], 0
     async for chunk in request.stream():
         seen += len(chunk)
         if seen > limit:
-            raise HTTPException(413, detail=f"upload over the limit of {limit} bytes")
+            raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -35,12 +40,16 @@ async def upload_dataset(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    who: Member,
     name: Annotated[str, Query(min_length=1, max_length=200)],
     format: Annotated[Literal["npz", "csv"], Query(description="npz: arrays X, y; csv: header + numbers")],
     target: Annotated[str | None, Query(max_length=200, description="csv: the target column (default: last)")] = None,
 ) -> DatasetOut:
     """Upload a dataset as the raw body. It is read as plain arrays only (no pickle) and checked."""
-    data = await _read_limited(request, settings.max_upload_bytes)
+    team = session.get(Team, who.team_id)
+    assert team is not None
+    limit = accounts.quotas(team, settings.max_running_jobs, settings.max_queued_jobs, settings.max_upload_bytes).max_upload_bytes
+    data = await _read_limited(request, limit)
     try:
         if format == "npz":
             parsed = await run_in_threadpool(parse_npz, data, settings.max_dataset_bytes)
@@ -51,7 +60,7 @@ async def upload_dataset(
     blob = parsed.to_npz()
     stored = LocalArtifactStore(settings.artifact_dir).put(blob)
     row = Dataset(
-        id=stored.id, name=name, source_format=format, examples=len(parsed.y), input_shape=list(parsed.x.shape[1:]),
+        id=stored.id, team_id=who.team_id, name=name, source_format=format, examples=len(parsed.y), input_shape=list(parsed.x.shape[1:]),
         classes=parsed.classes, size=stored.size, sha256=hashlib.sha256(data).hexdigest(),
     )  # fmt: skip
     session.add(row)
@@ -60,13 +69,14 @@ async def upload_dataset(
 
 
 @router.get("", response_model=list[DatasetOut])
-def list_datasets(session: SessionDep) -> list[DatasetOut]:
-    return [DatasetOut.model_validate(d) for d in session.scalars(select(Dataset).order_by(Dataset.created_at.desc()))]
+def list_datasets(session: SessionDep, who: Viewer) -> list[DatasetOut]:
+    rows = session.scalars(select(Dataset).where(Dataset.team_id == who.team_id).order_by(Dataset.created_at.desc()))
+    return [DatasetOut.model_validate(d) for d in rows]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], session: SessionDep, who: Viewer) -> DatasetOut:
     row = session.get(Dataset, dataset_id)
-    if row is None:
+    if row is None or row.team_id != who.team_id:
         raise HTTPException(404, detail=f"dataset {dataset_id} not found")
     return DatasetOut.model_validate(row)

@@ -4,7 +4,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Path
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
@@ -18,6 +18,8 @@ def get_session() -> Iterator[Session]:
 
 
 log = logging.getLogger(__name__)
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="a row id")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -36,8 +38,9 @@ def send_or_undo(session: Session, send: Callable[[], object], undo: object) -> 
     session.commit()
 
 
-def get_job_or_404(session: Session, job_id: int) -> Job:
+def get_job_or_404(session: Session, job_id: int, team_id: int | None) -> Job:
+    """The job if it is the team's; another team's job answers exactly as a missing one (no existence leak)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or job.team_id != team_id:
         raise HTTPException(status_code=404, detail=f"job {job_id} not found")
     return job

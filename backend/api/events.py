@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.deps import SessionDep, get_job_or_404
+from backend.api.auth import Viewer
+from backend.api.deps import RowId, SessionDep, get_job_or_404
 from backend.db import get_sessionmaker
 from backend.models import Job, JobStatus
 from backend.schemas import JobOut
@@ -71,6 +72,6 @@ async def _stream(request: Request, job_id: int) -> AsyncIterator[dict[str, str]
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "hello, job, metrics, end events"}},
 )
-def job_events(job_id: int, request: Request, session: SessionDep) -> EventSourceResponse:
-    get_job_or_404(session, job_id)
+def job_events(job_id: RowId, request: Request, session: SessionDep, who: Viewer) -> EventSourceResponse:
+    get_job_or_404(session, job_id, who.team_id)
     return EventSourceResponse(_stream(request, job_id), ping=15)

@@ -3,6 +3,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter
 from sqlalchemy import text
 
+from backend.api.auth import PUBLIC
 from backend.api.deps import SessionDep
 from backend.schemas import Health
 
@@ -16,7 +17,7 @@ def _version() -> str:
         return "unknown"
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, dependencies=[PUBLIC])
 def health(session: SessionDep) -> Health:
     session.execute(text("SELECT 1"))
     return Health(status="ok", database="ok", version=_version())

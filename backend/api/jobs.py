@@ -9,11 +9,14 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend import queue
-from backend.api.deps import SessionDep, SettingsDep, get_job_or_404, send_or_undo
-from backend.models import Dataset, Job, JobStatus
+from backend.api.auth import Member, Principal, Viewer
+from backend.api.deps import RowId, SessionDep, SettingsDep, get_job_or_404, send_or_undo
+from backend.config import Settings
+from backend.models import Dataset, Job, JobStatus, Team
 from backend.schemas import BulkAction, BulkOutcome, JobOut, JobPage, JobUpdate
-from backend.services.artifacts import LocalArtifactStore
+from backend.services import accounts
 from backend.services import jobs as job_service
+from backend.services.artifacts import LocalArtifactStore
 from backend.shapes import misfit
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
 
@@ -68,12 +71,12 @@ _SPEC_BODY = {
 }
 
 
-def check_upload(session: Session, spec: JobSpec) -> Dataset | None:
-    """The uploaded dataset a spec names, checked against its model and loss (422 naming the field)."""
+def check_upload(session: Session, spec: JobSpec, team_id: int | None) -> Dataset | None:
+    """The team's uploaded dataset a spec names, checked against its model and loss (422 naming the field)."""
     if spec.data.kind != "upload":
         return None
     uploaded = session.get(Dataset, spec.data.dataset)
-    if uploaded is None:
+    if uploaded is None or uploaded.team_id != team_id:
         msg = f"no uploaded dataset {spec.data.dataset} (POST /api/v1/datasets first)"
         raise RequestValidationError([{"loc": ["body", "data", "dataset"], "msg": msg, "type": "not_found"}])
     if (reason := misfit(spec, uploaded)) is not None:
@@ -83,14 +86,33 @@ def check_upload(session: Session, spec: JobSpec) -> Dataset | None:
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
 def create_job(
-    spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep
+    who: Member, spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep
 ) -> JobOut:
     """Validate a spec, record the job, and queue its id."""
-    check_upload(session, spec)
-    job = job_service.create_job(session, spec, settings.max_attempts)
+    check_upload(session, spec, who.team_id)
+    check_queue_quota(session, settings, who, 1)
+    job = job_service.create_job(session, spec, settings.max_attempts, owner(who))
     session.commit()
     send_or_undo(session, lambda: queue_jobs([job]), undo=job)
     return JobOut.model_validate(job)
+
+
+def owner(who: Principal) -> tuple[int, int]:
+    assert who.team_id is not None  # a team role was required
+    return who.team_id, who.user_id
+
+
+def check_queue_quota(session: Session, settings: Settings, who: Principal, adding: int) -> None:
+    """429 if `adding` more queued jobs would pass the team's quota."""
+    assert who.team_id is not None
+    team = session.get(Team, who.team_id)
+    assert team is not None
+    limit = accounts.quotas(team, settings.max_running_jobs, settings.max_queued_jobs, settings.max_upload_bytes).max_queued_jobs
+    queued = accounts.count_jobs(session, who.team_id, JobStatus.queued)
+    if queued + adding > limit:
+        raise HTTPException(
+            429, detail=f"team quota of {limit} queued jobs reached: {queued} queued now, {adding} more asked for (cancel some or wait)"
+        )
 
 
 def queue_jobs(jobs: list[Job]) -> None:
@@ -101,20 +123,23 @@ def queue_jobs(jobs: list[Job]) -> None:
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
+    who: Viewer,
     status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
     q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
-    sweep_id: Annotated[int | None, Query(description="only the jobs of this sweep")] = None,
+    sweep_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="only the jobs of this sweep")] = None,
     tag: Annotated[list[str] | None, Query(description="only jobs with every one of these tags")] = None,
+    creator: Annotated[str | None, Query(max_length=100, description="username of who submitted it")] = None,
     model: Annotated[str | None, Query(max_length=50, description="model kind (mlp, cnn, resnet, transformer)")] = None,
     data: Annotated[str | None, Query(max_length=50, description="data kind (digits, gaussian_mixture, …)")] = None,
     created_after: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
     created_before: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
     sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobPage:
+    assert who.team_id is not None
     filters = job_service.JobFilter(
-        status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, tags=tag, model=model, data=data,
+        team_id=who.team_id, creator=creator, status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, tags=tag, model=model, data=data,
         created_after=_naive_utc(created_after), created_before=_naive_utc(created_before),
     )  # fmt: skip
     rows, total = job_service.list_jobs(session, filters, limit=limit, offset=offset, sort=sort)
@@ -129,9 +154,9 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
 
 
 @router.patch("/{job_id}", response_model=JobOut)
-def update_job(job_id: int, change: JobUpdate, session: SessionDep) -> JobOut:
+def update_job(job_id: RowId, change: JobUpdate, session: SessionDep, who: Member) -> JobOut:
     """Tags and free-text notes; what is not given stays as it is."""
-    job = get_job_or_404(session, job_id)
+    job = get_job_or_404(session, job_id, who.team_id)
     if change.tags is not None:
         job_service.set_tags(session, job, change.tags)
     if change.notes is not None:
@@ -142,7 +167,7 @@ def update_job(job_id: int, change: JobUpdate, session: SessionDep) -> JobOut:
 
 
 @router.post("/bulk", response_model=BulkOutcome)
-def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep) -> BulkOutcome:
+def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep, who: Member) -> BulkOutcome:
     """Cancel or delete many jobs. A delete takes only finished jobs (cancel a running one first) and removes
     their series, results and artifact files."""
     outcome = BulkOutcome(done=[], refused={})
@@ -150,7 +175,7 @@ def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep) -> Bul
     revoke = []
     for job_id in dict.fromkeys(request.ids):
         job = session.get(Job, job_id)
-        if job is None:
+        if job is None or job.team_id != who.team_id:
             outcome.refused[job_id] = "no such job"
         elif request.action == "cancel":
             if task := job_service.request_cancel(session, job):
@@ -171,14 +196,14 @@ def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep) -> Bul
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: int, session: SessionDep) -> JobOut:
-    return JobOut.model_validate(get_job_or_404(session, job_id))
+def get_job(job_id: RowId, session: SessionDep, who: Viewer) -> JobOut:
+    return JobOut.model_validate(get_job_or_404(session, job_id, who.team_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: RowId, session: SessionDep, who: Member) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next step. Cancelling twice is harmless."""
-    job = get_job_or_404(session, job_id)
+    job = get_job_or_404(session, job_id, who.team_id)
     revoke_id = job_service.request_cancel(session, job)
     session.commit()
     if revoke_id:

@@ -1,10 +1,11 @@
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
-from backend.api.deps import SessionDep, get_job_or_404
+from backend.api.auth import Viewer
+from backend.api.deps import RowId, SessionDep, get_job_or_404
 from backend.models import Result
 from backend.services import landscape_export
 
@@ -14,13 +15,14 @@ LANDSCAPE_KINDS = ("landscape", "landscape_analysis")
 
 @router.get("/{job_id}/landscapes/{result_id}/export", response_class=Response)
 def export_landscape(
-    job_id: int,
-    result_id: Annotated[int, Path(ge=1)],
+    job_id: RowId,
+    result_id: RowId,
     session: SessionDep,
+    who: Viewer,
     format: Annotated[str, Query(pattern=r"^(json|csv|npz|vtk)$", description="json, csv, npz or vtk (ParaView)")] = "csv",
 ) -> Response:
     """A loss landscape result as a file: every array, and its settings (grid, directions' seed, sample)."""
-    get_job_or_404(session, job_id)
+    get_job_or_404(session, job_id, who.team_id)
     result = session.get(Result, result_id)
     if result is None or result.job_id != job_id or result.kind not in LANDSCAPE_KINDS:
         raise HTTPException(404, detail=f"job {job_id} has no landscape result {result_id}")

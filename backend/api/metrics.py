@@ -2,7 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from backend.api.deps import SessionDep, get_job_or_404
+from backend.api.auth import Viewer
+from backend.api.deps import RowId, SessionDep, get_job_or_404
 from backend.schemas import MetricsOut, SeriesOut
 from backend.services.downsample import downsample_minmax, json_safe
 from backend.services.series import read_series, series_names
@@ -12,14 +13,15 @@ router = APIRouter(prefix="/jobs", tags=["metrics"])
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
 def get_metrics(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
+    who: Viewer,
     names: Annotated[str | None, Query(max_length=2000, description="comma-separated series; all when absent")] = None,
     prefix: Annotated[str | None, Query(max_length=200, description="only the series whose names start so")] = None,
     missing_ok: Annotated[bool, Query(description="names the job has not (yet) recorded are left out, not a 404")] = False,
     max_points: Annotated[int, Query(ge=2, le=100_000, description="per series; min/max buckets keep spikes")] = 1000,
 ) -> MetricsOut:
-    get_job_or_404(session, job_id)
+    get_job_or_404(session, job_id, who.team_id)
     available = series_names(session, job_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else available
     if prefix is not None:

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from backend.api.auth import Viewer
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.jobs import check_upload, raw_spec_from_body
 from backend.shapes import data_shape, parameter_count
@@ -18,13 +19,13 @@ class ExampleSpec(BaseModel):
 
 
 @router.get("/example", response_model=ExampleSpec)
-def example_spec() -> ExampleSpec:
+def example_spec(who: Viewer) -> ExampleSpec:
     """The example job (an MLP on scikit-learn's digits), as the editor's starting text."""
     return ExampleSpec(yaml=EXAMPLE_SPEC_YAML)
 
 
 @router.get("/schema")
-def spec_schema() -> dict[str, Any]:
+def spec_schema(who: Viewer) -> dict[str, Any]:
     """The JSON Schema of a job spec."""
     return JobSpec.model_json_schema()
 
@@ -40,7 +41,7 @@ class SpecCheck(BaseModel):
 @router.post("/validate", response_model=SpecCheck, openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}}}})  # fmt: skip
 def validate_spec(
-    raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
+    who: Viewer, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
 ) -> SpecCheck:
     """Check a spec (or a sweep) without running it: 422 naming the field, or what it would build."""
     try:
@@ -52,7 +53,7 @@ def validate_spec(
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, raw)]) from None
-    uploaded = [check_upload(session, s) for s in specs][0]
+    uploaded = [check_upload(session, s, who.team_id) for s in specs][0]
     first = specs[0]
     shape = data_shape(first.data, uploaded)
     return SpecCheck(

@@ -3,9 +3,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from backend.api.deps import SessionDep, SettingsDep, send_or_undo
-from backend.api.jobs import check_upload, queue_jobs, raw_spec_from_body
+from backend.api.auth import Member, Viewer
+from backend.api.deps import RowId, SessionDep, SettingsDep, send_or_undo
+from backend.api.jobs import check_queue_quota, check_upload, owner, queue_jobs, raw_spec_from_body
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
@@ -36,36 +38,45 @@ def _out(sweep: Sweep, jobs: list[Job]) -> SweepOut:
 
 
 @router.post("", status_code=201, response_model=SweepOut, openapi_extra=_SWEEP_BODY)
-def create_sweep(raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep) -> SweepOut:
+def create_sweep(
+    who: Member, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
+) -> SweepOut:
     """A spec with `sweep: {dotted.path: [values]}`: one ordinary job per point of the grid, grouped."""
     try:
         children = expand(raw, settings.max_sweep_jobs)
     except SweepError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     for _, spec in children:
-        check_upload(session, spec)
-    sweep = Sweep(name=str(raw.get("name", "sweep"))[:200], spec=raw)
+        check_upload(session, spec, who.team_id)
+    check_queue_quota(session, settings, who, len(children))
+    sweep = Sweep(team_id=who.team_id, name=str(raw.get("name", "sweep"))[:200], spec=raw)
     session.add(sweep)
     session.flush()
-    jobs = [job_service.create_job(session, spec, settings.max_attempts, sweep, params) for params, spec in children]
+    jobs = [job_service.create_job(session, spec, settings.max_attempts, owner(who), sweep, params) for params, spec in children]
     session.commit()
     send_or_undo(session, lambda: queue_jobs(jobs), undo=sweep)
     return _out(sweep, jobs)
 
 
-@router.get("/{sweep_id}", response_model=SweepOut)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+def _sweep_or_404(session: Session, sweep_id: int, team_id: int | None) -> Sweep:
     sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
+    if sweep is None or sweep.team_id != team_id:
         raise HTTPException(404, detail=f"sweep {sweep_id} not found")
+    return sweep
+
+
+@router.get("/{sweep_id}", response_model=SweepOut)
+def get_sweep(sweep_id: RowId, session: SessionDep, who: Viewer) -> SweepOut:
+    sweep = _sweep_or_404(session, sweep_id, who.team_id)
     jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
     return _out(sweep, jobs)
 
 
 @router.get("/{sweep_id}/phase")
 def get_phase_diagram(
-    sweep_id: int,
+    sweep_id: RowId,
     session: SessionDep,
+    who: Viewer,
     metric: Annotated[
         str, Query(pattern=r"^((final|max|min):[\w/.\-]{1,200}|diverged)$", description="final:val/loss, max:hessian/sharpness, diverged, …")
     ] = "final:val/loss",
@@ -73,9 +84,7 @@ def get_phase_diagram(
     y: Annotated[str | None, Query(max_length=200, description="the swept field down (default: the second, if any)")] = None,
 ) -> dict[str, Any]:
     """A number per job on the grid of two swept fields (the mean where other swept fields vary in a cell)."""
-    sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
-        raise HTTPException(404, detail=f"sweep {sweep_id} not found")
+    sweep = _sweep_or_404(session, sweep_id, who.team_id)
     fields = list(sweep.spec["sweep"])
     x = x or fields[0]
     y = y if y is not None else (fields[1] if len(fields) > 1 and fields[1] != x else None)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, utcnow
+from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, Team, User, utcnow
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -58,9 +58,12 @@ def transition(
 
 
 def create_job(
-    session: Session, spec: JobSpec, max_attempts: int, sweep: Sweep | None = None, params: dict | None = None
+    session: Session, spec: JobSpec, max_attempts: int, owner: tuple[int, int], sweep: Sweep | None = None, params: dict | None = None
 ) -> Job:
+    """`owner`: the (team, creator) ids."""
     job = Job(
+        team_id=owner[0],
+        creator_id=owner[1],
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         status=JobStatus.queued.value,
@@ -85,6 +88,8 @@ SORTS = {
 
 @dataclass
 class JobFilter:
+    team_id: int
+    creator: str | None = None  # a username
     status: list[str] | None = None
     q: str | None = None
     sweep_id: int | None = None
@@ -96,7 +101,9 @@ class JobFilter:
 
 
 def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, sort: str = "-created") -> tuple[list[Job], int]:
-    query = select(Job)
+    query = select(Job).where(Job.team_id == filters.team_id)
+    if filters.creator:
+        query = query.where(Job.creator_id.in_(select(User.id).where(func.lower(User.username) == filters.creator.lower())))
     if filters.sweep_id is not None:
         query = query.where(Job.sweep_id == filters.sweep_id)
     if filters.status:
@@ -139,6 +146,18 @@ def request_cancel(session: Session, job: Job) -> str | None:
         update(Job).where(Job.id == job.id, Job.status == S.running.value).values(cancel_requested=True)
     )
     return None
+
+
+def running_quota_full(session: Session, job: Job, default_limit: int) -> int | None:
+    """The team's running-job quota if it is reached (the job must wait), else None. Locks the team's row
+    on PostgreSQL until the claim commits, so two workers cannot both take the last place."""
+    if job.team_id is None:
+        return None
+    team = session.get(Team, job.team_id, with_for_update=True)
+    assert team is not None
+    limit = team.max_running_jobs or default_limit
+    running = session.scalar(select(func.count()).where(Job.team_id == job.team_id, Job.status == S.running.value)) or 0
+    return limit if running >= limit else None
 
 
 def claim_job(session: Session, job_id: int, *, worker_host: str, device: str, stale_before: datetime) -> Job | None:

@@ -37,6 +37,9 @@ def page(browser, served: Serve, request: pytest.FixtureRequest):
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    if "signed_out" not in request.keywords:  # signed in as the local user, by a one-time link
+        pg.goto(f"/#login={served.login_code()}")
+        pg.wait_for_selector("#nav-account")
     yield pg
     out = OUTPUT_DIR / "e2e"
     out.mkdir(parents=True, exist_ok=True)

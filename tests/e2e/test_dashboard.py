@@ -355,3 +355,51 @@ def test_opposing_signals_view(page, served: Serve):
     assert feature == pairs[0]["data"]["A"]["mean_input_minus_all"][0]
     assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(pairs[0]["data"]["A"]["examples"]))
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "signals.png"), full_page=True)
+
+
+@pytest.mark.signed_out
+def test_sign_in_by_the_printed_link_then_by_password_switch_team_and_manage_tokens(page, served: Serve):
+    from tests.conftest import provision
+
+    # Signed out, the dashboard asks for a sign-in and shows no data.
+    page.goto("/#/jobs")
+    page.wait_for_selector("#sign-in")
+    assert page.query_selector("#jobs-table") is None
+    # The link `dynascope serve` printed signs the local user in, once.
+    link = next(line for line in (served.workdir / "serve.log").read_text().splitlines() if "#login=" in line)
+    code = link.rsplit("#login=", 1)[1].strip()
+    page.goto(f"/#login={code}")
+    page.wait_for_selector("#nav-account")
+    assert page.url.endswith("#/jobs") and code not in page.url
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    page.goto(f"/#login={code}")  # spent
+    page.wait_for_selector("#sign-in")
+    # A password account in two teams: wrong password, then right; the team switch changes the history.
+    provision(served.database_url, served.secret_key, "erin", "default", "member", password="erin's password")
+    provision(served.database_url, served.secret_key, "erin", "e2e-other", "viewer")
+    page.fill("#username", "erin")
+    page.fill("#password", "not it")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_function("document.querySelector('#sign-in-error')?.textContent.includes('wrong username or password')")
+    page.fill("#password", "erin's password")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#jobs-table tbody tr")
+    assert page.is_visible("#nav-new")
+    page.select_option("#team-switch", label="e2e-other (viewer)")
+    page.wait_for_function("document.querySelector('#jobs-count')?.textContent === '0 jobs'")
+    assert not page.is_visible("#nav-new")  # a viewer does not submit
+    # Account page: a token is shown once, listed by its prefix, and revoked.
+    page.click("#nav-account")
+    page.fill("#token-name", "e2e laptop")
+    page.click("#token-form button")
+    token = page.wait_for_selector("#new-token").inner_text()
+    assert token.startswith("dsk_")
+    row = page.wait_for_selector("#tokens-table tbody tr:has-text('e2e laptop')")
+    assert token[:12] in row.inner_text() and token not in page.inner_text("#tokens-table")
+    reader = served.client.get("/auth/me", headers={"authorization": f"Bearer {token}"}).json()
+    assert (reader["username"], reader["team"]["name"], reader["team"]["role"]) == ("erin", "e2e-other", "viewer")
+    row.query_selector("button.revoke").click()
+    page.wait_for_selector("#tokens-table tbody tr:has-text('e2e laptop'):has-text('revoked')")
+    assert served.client.get("/auth/me", headers={"authorization": f"Bearer {token}"}).status_code == 401
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "account.png"), full_page=True)

@@ -6,7 +6,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from backend.migrate import upgrade_head
-from tests.conftest import reset_caches
+from tests.conftest import bearer, provision, reset_caches
 
 
 @pytest.fixture
@@ -18,8 +18,10 @@ def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch)
     reset_caches()
     upgrade_head()
     redis.Redis(unix_socket_path=embedded_redis.removeprefix("redis+socket://")).flushdb()
+    from backend.config import get_settings
     from backend.main import create_app
 
-    with TestClient(create_app(), base_url="http://127.0.0.1") as test_client:
+    token = provision(get_settings().database_url, get_settings().secret_key.get_secret_value(), "alice", "a", admin=True)
+    with TestClient(create_app(), base_url="http://127.0.0.1", headers=bearer(token)) as test_client:
         yield test_client
     reset_caches()

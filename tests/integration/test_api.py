@@ -272,6 +272,9 @@ def test_security_headers_on_pages_and_api(client):
         headers = client.get(path).headers
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
+        csp = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+        assert csp["script-src"].split()[0] == "'self'" and "'unsafe-inline'" not in csp["script-src"]
+        assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'"
     assert "access-control-allow-origin" not in client.get("/api/v1/health", headers={"origin": "http://evil.example"}).headers
 
 

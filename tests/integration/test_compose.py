@@ -46,6 +46,12 @@ def test_the_stack_has_its_services_and_health_gates(compose):
     assert all(p.startswith("127.0.0.1:") for p in services["api"]["ports"])
 
 
+def test_secrets_are_required_not_defaulted(compose):
+    env = compose["x-dynascope-env"]
+    assert ":?" in env["DYNASCOPE_SECRET_KEY"] and ":?" in env["DYNASCOPE_DATABASE_URL"]
+    assert ":?" in compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+
+
 def test_every_command_of_ours_exists(compose):
     commands = typer.main.get_command(app).commands
     for name in OURS:

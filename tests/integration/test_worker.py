@@ -164,10 +164,12 @@ def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
 
     import yaml
 
-    env = {**stack.env, "DYNASCOPE_URL": stack.url}
     cli = [sys.executable, "-m", "dynascope.cli"]
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec(steps=200, name="from-cli")))
+    anonymous = subprocess.run([*cli, "submit", str(spec_file)], env={**stack.env, "DYNASCOPE_URL": stack.url}, capture_output=True, text=True, timeout=60)
+    assert anonymous.returncode == 1 and "401" in anonymous.stdout and "API token" in anonymous.stdout
+    env = {**stack.env, "DYNASCOPE_URL": stack.url, "DYNASCOPE_TOKEN": stack.client.headers["authorization"].removeprefix("Bearer ")}
     stack.start_worker()
     done = subprocess.run([*cli, "submit", str(spec_file), "--watch"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -287,3 +289,29 @@ def test_a_large_grid_is_split_into_chunks_and_a_lost_worker_costs_one_chunk(mak
     assert cancelled["cancel_requested"] and cancelled["status"] == "running"
     stack.wait(lambda: stack.client.get(f"/jobs/{job['id']}/analyses").json()[1]["status"] == "cancelled", 30, "cancelled")
     assert stack.client.post(f"/jobs/{job['id']}/analyses/999999/cancel").status_code == 404
+
+
+def test_a_team_over_its_running_quota_waits_while_another_team_runs(make_stack, pg_url, redis_url):
+    stack = make_stack(pg_url, redis_url, max_running_jobs=1)
+    stack.migrate()
+    stack.start_api()
+    for name in ("w1", "w2", "w3"):
+        stack.start_worker(name)
+    first, second = (stack.submit(spec(steps=6000, name=f"a-{i}")) for i in range(2))
+    other = stack.client.post("/jobs", json=spec(steps=300, name="b-0"), headers={"authorization": f"Bearer {stack.provision('bob', 'b')}"}).json()
+    seen_waiting, both_ran = False, False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        jobs = [stack.job(first["id"]), stack.job(second["id"])]
+        assert sum(j["status"] == "running" for j in jobs) <= 1, "team a ran more than its quota"
+        seen_waiting |= any(j["stage"].startswith("waiting: its team runs at most 1") for j in jobs)
+        if all(j["status"] == "succeeded" for j in jobs):
+            both_ran = True
+            break
+        time.sleep(0.1)
+    assert seen_waiting and both_ran
+    bob = {"authorization": f"Bearer {stack.provision('bob', 'b')}"}
+    b = stack.client.get(f"/jobs/{other['id']}", headers=bob).json()
+    later = max(stack.job(first["id"])["started_at"], stack.job(second["id"])["started_at"])
+    assert b["status"] == "succeeded" and b["started_at"] < later, "team b's job was held back by team a's quota"
+    assert stack.client.get(f"/jobs/{other['id']}").status_code == 404  # and alice does not see it

@@ -28,7 +28,8 @@ def test_the_planted_pair_is_reported_with_groups_curves_and_features():
     assert reports, "no pair passed the anti-phase score"
     split = data.opposing_features(OpposingFeaturesData.model_validate(raw["data"]), 0)
     planted = set(split.planted["class0_with_patch"]) | set(split.planted["class1_with_patch"])
-    step, best = min(reports, key=lambda r: r[1]["antiphase"])
+    # the most opposed pair that passed the anti-phase score (a weaker pair may be as anti-phase: both are reported)
+    step, best = min(reports, key=lambda r: r[1]["cos"])
     found = set(best["A"]["expanded"]) | set(best["B"]["expanded"])
     assert len(found & planted) / len(found) >= 0.8 and len(found & planted) / len(planted) >= 0.8
     assert best["antiphase"] <= -0.5 and best["cos"] < -0.9 and step in (100, 200)
