@@ -1,18 +1,22 @@
 """create_app(): the API under /api/v1, the reaper, and the static dashboard."""
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -125,7 +129,8 @@ class SecurityHeadersMiddleware:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                present = {name.lower() for name, _ in message.get("headers", [])}  # a route may set its own CSP
+                message["headers"] = [*message.get("headers", []), *(h for h in SECURITY_HEADERS if h[0] not in present)]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -187,7 +192,7 @@ def create_app() -> FastAPI:
         title="Dynascope",
         version="0.1.0",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,
         redoc_url=None,
         lifespan=_lifespan,
     )
@@ -206,11 +211,28 @@ def create_app() -> FastAPI:
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"
 
-    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_bundle() -> FileResponse:
-        # Cached for a day: a browser then also keeps the compiled code, which saves most of its start-up.
-        headers = {"cache-control": "public, max-age=86400"}
-        return FileResponse(str(plotly_js), media_type="text/javascript", headers=headers)
+    @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        """Swagger UI (from its CDN, when the browser can reach it): the one page whose CSP allows that CDN and,
+        by its hash, the page's own start-up script."""
+        page = get_swagger_ui_html(openapi_url=app.openapi_url or "", title="Dynascope API")
+        body = bytes(page.body).decode()
+        inline = re.findall(r"<script>(.*?)</script>", body, re.S)
+        hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
+        csp = (f"default-src 'self'; script-src 'self' https://cdn.jsdelivr.net {hashes}; style-src 'self' 'unsafe-inline' "
+               "https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'")  # fmt: skip
+        return HTMLResponse(body, headers={"content-security-policy": csp})
+
+    # plotly.js bundles, cached for a day: a browser then also keeps the compiled code, which saves most of their
+    # start-up. The full one comes with the Python package; the cartesian one (what a page needs until a 3-D
+    # surface is asked for) lies in frontend/vendor.
+    bundles = {"plotly.min.js": Path(str(plotly_js)), "plotly-cartesian.min.js": FRONTEND_DIR / "vendor" / "plotly-cartesian.min.js"}
+
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    def plotly_bundle(name: str) -> FileResponse:
+        if name not in bundles:
+            raise HTTPException(404, detail="not found")
+        return FileResponse(bundles[name], media_type="text/javascript", headers={"cache-control": "public, max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -5,6 +5,7 @@ export const session = { me: null };
 
 function remember(me) {
   session.me = me;
+  document.body.dataset.role = me?.team?.role ?? "none";  // a viewer's page hides what it may not do
   setCsrfToken(me?.csrf_token ?? null);
   renderUserMenu();
   return me;

@@ -41,8 +41,8 @@ function renderJobs(params) {
     <div class="toolbar">
       <span id="jobs-count" class="muted"></span>
       <button id="prev-page">Previous</button><button id="next-page">Next</button>
-      <button id="bulk-cancel" class="danger" disabled>Cancel selected</button>
-      <button id="bulk-delete" class="danger" disabled>Delete selected</button>
+      <button id="bulk-cancel" class="danger writes" disabled>Cancel selected</button>
+      <button id="bulk-delete" class="danger writes" disabled>Delete selected</button>
       <span id="bulk-state" class="muted" aria-live="polite"></span>
       ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
     </div>
@@ -304,14 +304,14 @@ function renderJob(id, params) {
     <h1 id="job-title">Job ${id}</h1>
     <div class="toolbar">
       <span>Status: <span id="job-status" class="status"></span></span>
-      <button id="cancel-job" class="danger">Cancel</button>
-      <button id="clone-job">Clone and edit</button>
+      <button id="cancel-job" class="danger writes">Cancel</button>
+      <button id="clone-job" class="writes">Clone and edit</button>
       <a id="job-report" href="${API}/jobs/${id}/report.html" download>HTML report</a>
     </div>
     <div class="toolbar" id="job-annotations">
       <label>Tags <input id="job-tags" placeholder="comma-separated, e.g. baseline, lr-sweep" size="30"></label>
       <label>Notes <textarea id="job-notes" rows="2" cols="50" placeholder="what this run is for, what you saw"></textarea></label>
-      <button id="save-annotations">Save</button><span id="annotations-state" class="muted" aria-live="polite"></span>
+      <button id="save-annotations" class="writes">Save</button><span id="annotations-state" class="muted" aria-live="polite"></span>
     </div>
     <progress id="progress-bar" max="1" value="0" aria-label="progress"></progress>
     <p id="job-stage" class="muted"></p>
@@ -327,18 +327,18 @@ function renderJob(id, params) {
     <div id="landscape-view"></div>
     <h2>Analyses of kept checkpoints</h2>
     <div class="toolbar">
-      <button id="analyze-hessian">Hessian of the latest checkpoint</button>
+      <button id="analyze-hessian" class="writes">Hessian of the latest checkpoint</button>
       <span class="muted">top-5 eigenvalues, most negative, trace and density, on up to 1,000 training examples</span>
     </div>
     <div class="toolbar">
-      <button id="analyze-landscape">Loss landscape of the latest checkpoint</button>
+      <button id="analyze-landscape" class="writes">Loss landscape of the latest checkpoint</button>
       <span class="muted">25×25 filter-normalized random plane, ±1, on up to 1,000 training examples</span>
     </div>
     <div class="toolbar">
-      <button id="analyze-trajectory">Training path on its PCA plane</button>
-      <button id="analyze-interpolation">Interpolate first → last checkpoint</button>
+      <button id="analyze-trajectory" class="writes">Training path on its PCA plane</button>
+      <button id="analyze-interpolation" class="writes">Interpolate first → last checkpoint</button>
       <label>or last checkpoint → job <input id="interpolate-job" type="number" min="1" style="width:6em"></label>
-      <button id="analyze-interpolation-job">Interpolate to that job</button>
+      <button id="analyze-interpolation-job" class="writes">Interpolate to that job</button>
     </div>
     <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th><th></th></tr></thead><tbody></tbody></table>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
@@ -525,7 +525,7 @@ function renderJob(id, params) {
       const r = byId[a.id] || {};
       return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${esc(a.kind)}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
         <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td>
-        <td>${TERMINAL.has(a.status) || a.cancel_requested ? "" : `<button class="cancel-analysis danger" data-id="${a.id}" aria-label="cancel analysis ${a.id}">Cancel</button>`}</td></tr>`;
+        <td>${TERMINAL.has(a.status) || a.cancel_requested ? "" : `<button class="cancel-analysis danger writes" data-id="${a.id}" aria-label="cancel analysis ${a.id}">Cancel</button>`}</td></tr>`;
     }).join("");
     if (rows.some((a) => a.kind !== "hessian" && a.status === "succeeded")) showLandscape();
     clearTimeout(analysesTimer);

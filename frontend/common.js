@@ -26,6 +26,17 @@ export const errorText = (err) => {
   return detail || err?.message || String(err);
 };
 
+// The page starts with plotly.js's cartesian bundle (a third of the full one to parse); the 3-D surface needs
+// the full bundle, loaded the first time it is asked for. It replaces the global Plotly.
+let fullBundle = null;
+export function fullPlotly() {
+  fullBundle ??= new Promise((resolve, reject) => {
+    const script = Object.assign(document.createElement("script"), { src: "/static/vendor/plotly.min.js", onload: resolve, onerror: reject });
+    document.head.append(script);
+  });
+  return fullBundle;
+}
+
 export function plotLayout(title, ylog) {
   const dark = matchMedia("(prefers-color-scheme: dark)").matches;
   return {

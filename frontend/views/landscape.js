@@ -1,7 +1,7 @@
 // The loss-landscape view of a job: surfaces and curves from the `landscape` probe and from analyses of kept
 // checkpoints, drawn while they are being computed. Its data: /jobs/<id>/results/landscape[_analysis]; its
 // files: /jobs/<id>/landscapes/<result>/export. State in the URL: ls (result id), lslog, ls3d.
-import { API, api, esc, plotLayout } from "../common.js";
+import { API, api, esc, fullPlotly, plotLayout } from "../common.js";
 
 const KINDS = ["landscape", "landscape_analysis", "trajectory_analysis", "interpolation_analysis"];
 const POLL_MS = 1500;
@@ -109,6 +109,11 @@ export function landscapeView(container, jobId, params, onState, isLive) {
     const { traces, layout } = figure(r, options);
     plot.dataset.result = item.id;
     plot.dataset.partial = r.partial ? "1" : "0";
+    if (options.surface3d && !plot.dataset.full) {
+      await fullPlotly();
+      Plotly.purge(plot);  // drawn from now on by the full bundle
+      plot.dataset.full = "1";
+    }
     await Plotly.react(plot, traces, layout, { responsive: true, displaylogo: false, toImageButtonOptions: { filename: `job${jobId}-landscape-${item.id}` } });
     const rate = r.points_per_s ? `, ${r.points_per_s.toFixed(0)} points/s` : "";
     const span = r.span == null ? "" : `; span ±${Number(r.span).toPrecision(3)}${r.span_y ? ` × ±${Number(r.span_y).toPrecision(3)}` : ""}`;

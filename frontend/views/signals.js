@@ -84,10 +84,11 @@ export function signalsView(container, jobId, isLive) {
           thumbLayout.yaxis = { autorange: "reversed", scaleanchor: "x", showticklabels: false };
           thumbLayout.xaxis = { showticklabels: false };
           await Plotly.react(thumbs, [{ type: "heatmap", z, colorscale: "Greys", reversescale: true, showscale: false, hoverongaps: false }], thumbLayout, { responsive: true, displaylogo: false });
-        } else if (p.data[g].snippets) {
-          await Plotly.react(thumbs, [{ type: "table", header: { values: ["example", "text"] }, cells: { values: [p.data[g].snippets.map((_, i) => i + 1), p.data[g].snippets], align: "left" } }], thumbLayout, { responsive: true, displaylogo: false });
-        } else if (shown.length) {
-          await Plotly.react(thumbs, [{ type: "table", header: { values: ["example", "values"] }, cells: { values: [shown.map((_, i) => i + 1), shown.map((row) => row.flat(3).slice(0, 12).map((v) => Number(v).toPrecision(3)).join(", "))] } }], thumbLayout, { responsive: true, displaylogo: false });
+        } else if (p.data[g].snippets || shown.length) {  // text snippets, or a table's rows (first 12 values)
+          const text = p.data[g].snippets ?? shown.map((row) => row.flat(3).slice(0, 12).map((v) => Number(v).toPrecision(3)).join(", "));
+          thumbs.innerHTML = `<table class="examples"><caption>${esc(thumbLayout.title.text)}</caption>
+            <thead><tr><th>example</th><th>${p.data[g].snippets ? "text" : "values"}</th></tr></thead>
+            <tbody>${text.map((t, i) => `<tr><td>${i + 1}</td><td>${esc(t)}</td></tr>`).join("")}</tbody></table>`;
         }
         thumbs.dataset.examples = shown.length;
         const f = p.data[g].mean_input_minus_all;

@@ -191,9 +191,10 @@ def test_artifact_ids_are_checked(client):
 
 def test_dashboard_and_plotly_are_served_locally(client):
     page = client.get("/")
-    assert page.status_code == 200 and "/static/vendor/plotly.min.js" in page.text
-    bundle = client.get("/static/vendor/plotly.min.js")
-    assert bundle.status_code == 200 and len(bundle.content) > 1_000_000
+    assert page.status_code == 200 and "/static/vendor/plotly-cartesian.min.js" in page.text
+    for name in ("plotly-cartesian.min.js", "plotly.min.js"):  # the page's bundle; the full one, loaded for 3-D
+        bundle = client.get(f"/static/vendor/{name}")
+        assert bundle.status_code == 200 and len(bundle.content) > 1_000_000 and "max-age" in bundle.headers["cache-control"]
     assert client.get("/static/app.js").status_code == 200
 
 

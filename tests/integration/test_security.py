@@ -120,6 +120,12 @@ def test_a_member_of_another_team_gets_404_for_every_read_and_write_on_its_rows(
     raw = spec() | {"data": {"kind": "upload", "dataset": ids["dataset_id"]}}
     refused = client.post(f"{API}/jobs", json=raw)
     assert refused.status_code == 422 and "no uploaded dataset" in refused.text
+    own = client.post(f"{API}/jobs", json=spec(name="alice-job")).json()
+    stored = LocalArtifactStore(get_settings().artifact_dir).put(b"alice's checkpoint")
+    with session_scope() as session:
+        session.add(Artifact(id=stored.id, job_id=own["id"], kind="checkpoint", step=0, size=stored.size, sha256=stored.sha256))
+    across = client.post(f"{API}/jobs/{own['id']}/analyses", json={"kind": "interpolation", "to_job": ids["job_id"]})
+    assert across.status_code == 422 and f"no job {ids['job_id']}" in across.text
     assert bob.get(f"{API}/jobs/{ids['job_id']}").json()["status"] == "queued"  # untouched
     assert client.get(f"{API}/teams").json()[0]["name"] == "a"
     with bob.stream("GET", f"{API}/jobs/{ids['job_id']}/events") as stream:  # bob's own stream opens
@@ -172,6 +178,9 @@ def test_roles_viewers_read_members_write_owners_manage(client):
         assert response.status_code == 403 and "viewer" in response.json()["detail"], (method, path)
     assert viewer.get(f"{API}/jobs/{job['id']}").json()["status"] == "queued"
     assert member.post(f"{API}/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    by_mo = member.post(f"{API}/jobs", json=spec(name="mo-job")).json()
+    assert by_mo["creator"] == "mo" and job["creator"] == "alice"
+    assert [j["name"] for j in viewer.get(f"{API}/jobs", params={"creator": "MO"}).json()["items"]] == ["mo-job"]
     assert member.put(f"{API}/team/members/vera", json={"role": "member"}).status_code == 403
     assert client.put(f"{API}/team/members/vera", json={"role": "member"}).json() == {"username": "vera", "role": "member"}
     assert client.put(f"{API}/team/members/alice", json={"role": "member"}).status_code == 409  # the last owner stays
@@ -291,7 +300,8 @@ def test_server_side_cli_makes_accounts_teams_tokens_and_sign_in_codes(tmp_path:
     from backend.main import create_app
     from tests.conftest import reset_caches
 
-    env = {"DYNASCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "DYNASCOPE_BROKER_URL": embedded_redis}
+    env = {"DYNASCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "DYNASCOPE_BROKER_URL": embedded_redis,
+           "DYNASCOPE_ADMIN_USERNAME": "root", "DYNASCOPE_ADMIN_PASSWORD": "first admin password"}  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DYNASCOPE_SECRET_KEY", raising=False)
@@ -304,7 +314,8 @@ def test_server_side_cli_makes_accounts_teams_tokens_and_sign_in_codes(tmp_path:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    cli("migrate")
+    assert "made the first account: root" in cli("migrate")
+    assert "made the first account" not in cli("migrate")  # only while there is no account
     made = cli("user", "create", "ada", "--admin", "--team", "lab")
     password = made.split("password (shown once): ")[1].split()[0]
     cli("user", "create", "bo", "--password-stdin", stdin="bo's long password\n")
@@ -317,8 +328,18 @@ def test_server_side_cli_makes_accounts_teams_tokens_and_sign_in_codes(tmp_path:
     assert (me["username"], me["is_admin"], me["team"]["name"], me["team"]["role"]) == ("ada", True, "lab", "owner")
     browser = TestClient(app, base_url="https://127.0.0.1")
     assert browser.post(f"{API}/auth/login", json={"username": "ada", "password": password}).status_code == 200
+    root = browser.post(f"{API}/auth/login", json={"username": "root", "password": "first admin password"}).json()
+    assert root["is_admin"] and root["team"] == {"id": root["team"]["id"], "name": "default", "role": "owner"}
     bo = browser.post(f"{API}/auth/login", json={"code": code}).json()
     assert (bo["username"], bo["team"]["role"]) == ("bo", "viewer")
     assert browser.post(f"{API}/auth/login", json={"code": code}).status_code == 401  # once only
     assert browser.post(f"{API}/auth/login", json={"username": "bo", "password": "bo's long password"}).status_code == 200
     reset_caches()
+
+
+def test_the_api_docs_page_allows_only_its_cdn_and_its_own_script(client):
+    response = client.get(f"{API}/docs")
+    [csp] = response.headers.get_list("content-security-policy")
+    script_src = dict(part.strip().split(" ", 1) for part in csp.split(";"))["script-src"].split()
+    assert "'unsafe-inline'" not in script_src and "https://cdn.jsdelivr.net" in script_src
+    assert sum(s.startswith("'sha256-") for s in script_src) == 1 and "<script>" in response.text
