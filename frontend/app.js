@@ -299,7 +299,8 @@ async function drawDensity(id, el) {
 }
 
 function renderJob(id, params) {
-  const options = { smooth: Math.min(0.999, Math.max(0, Number(params.get("smooth") ?? 0.6))), logx: params.get("logx") === "1" };
+  const options = { smooth: Math.min(0.999, Math.max(0, Number(params.get("smooth") ?? 0.6))), logx: params.get("logx") === "1",
+    logy: params.get("logy") };  // "1": every chart's y on a log scale, "0": none, absent: each chart's default (loss: log)
   view.innerHTML = `
     <h1 id="job-title">Job ${id}</h1>
     <div class="toolbar">
@@ -320,6 +321,7 @@ function renderJob(id, params) {
       <label>Smoothing <input id="smoothing" type="range" min="0" max="0.99" step="0.01" value="${options.smooth}"></label>
       <span id="smoothing-value" class="muted">${options.smooth}</span>
       <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
+      <label><input id="log-y" type="checkbox" ${options.logy === "1" ? "checked" : ""}> log y</label>
     </div>
     <div class="plots" id="plots"></div>
     <div id="gradstats-view"></div>
@@ -385,6 +387,7 @@ function renderJob(id, params) {
   const keepOptions = () => {
     const p = new URLSearchParams({ smooth: options.smooth });
     if (options.logx) p.set("logx", "1");
+    if (options.logy != null) p.set("logy", options.logy);
     for (const [k, v] of Object.entries(viewState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/jobs/${id}?${p}`);
   };
@@ -401,6 +404,11 @@ function renderJob(id, params) {
     options.smooth = Number(e.target.value);
     view.querySelector("#smoothing-value").textContent = options.smooth;
     for (const [div, chart] of Object.entries(charts)) if (chart.smooth) restyleSmoothed(view.querySelector(`#${div}`), chart);
+    keepOptions();
+  });
+  view.querySelector("#log-y").addEventListener("change", (e) => {
+    options.logy = e.target.checked ? "1" : "0";
+    for (const div of Object.keys(charts)) Plotly.relayout(view.querySelector(`#${div}`), { "yaxis.type": e.target.checked ? "log" : "linear" });
     keepOptions();
   });
   view.querySelector("#log-x").addEventListener("change", (e) => {
@@ -458,6 +466,7 @@ function renderJob(id, params) {
       const el = view.querySelector(`#${div}`);
       const layout = plotLayout(chart.title, chart.ylog);
       layout.xaxis.type = options.logx ? "log" : "linear";
+      layout.yaxis.type = (options.logy == null ? chart.ylog : options.logy === "1") ? "log" : "linear";
       await Plotly.newPlot(el, [...raw, ...smooth], layout, { responsive: true, displaylogo: false });
       addCsvButton(el, `job${id}-${div.replace("-plot", "")}.csv`);
       if (chart.threshold) markCrossing(el, chart);

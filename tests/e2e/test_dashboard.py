@@ -179,6 +179,12 @@ def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve, tmp_pa
     page.wait_for_function("document.getElementById('loss-plot')?.data?.length === 3")
     assert page.input_value("#smoothing") == "0.9" and page.is_checked("#log-x")
     assert page.evaluate("document.getElementById('loss-plot').layout.xaxis.type") == "log"
+    yaxes = "['loss-plot', 'acc-plot'].map((id) => document.getElementById(id).layout.yaxis.type)"
+    assert page.evaluate(yaxes) == ["log", "linear"] and not page.is_checked("#log-y")  # each chart's default
+    page.check("#log-y")
+    assert page.evaluate(yaxes) == ["log", "log"] and "logy=1" in page.url
+    page.uncheck("#log-y")
+    assert page.evaluate(yaxes) == ["linear", "linear"] and "logy=0" in page.url
     api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "train/loss"}).json()["series"][0]
     smooth = trace(page, "loss-plot", 2)
     assert smooth["name"] == "train/loss (smoothed)" and smooth["x"] == api["steps"]
@@ -189,12 +195,13 @@ def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve, tmp_pa
     assert smooth["y"] == pytest.approx(expected, rel=1e-9)
     page.evaluate("(() => { const s = document.querySelector('#smoothing'); s.value = '0'; s.dispatchEvent(new Event('input')); })()")
     page.uncheck("#log-x")
-    assert page.url.endswith(f"#/jobs/{job['id']}?smooth=0"), page.url
+    assert page.url.endswith(f"#/jobs/{job['id']}?smooth=0&logy=0"), page.url
     assert page.evaluate("document.getElementById('loss-plot').data[2].visible") is False
     assert page.evaluate("document.getElementById('loss-plot').layout.xaxis.type") == "linear"
     page.reload()
     page.wait_for_function("document.getElementById('loss-plot')?.data?.length === 3")
     assert page.input_value("#smoothing") == "0" and not page.is_checked("#log-x"), "the state came back from the URL"
+    assert page.evaluate(yaxes) == ["linear", "linear"]
     with page.expect_download() as download:
         page.click("button.csv-export[data-for='loss-plot']")
     rows = download.value.path().read_text().strip().splitlines()
