@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from backend import security
 from backend.api.deps import SessionDep, SettingsDep
@@ -77,6 +78,18 @@ def authenticate(
 
 
 Authenticated = Annotated[Principal, Depends(authenticate)]
+
+
+def still_in_team(request: Request, session: Session, key: str, team_id: int) -> bool:
+    """Whether the credentials of a request still open (an event stream) still reach `team_id`: the token not
+    revoked, the session not ended nor switched to another team, the membership kept."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secret:
+        token = accounts.find_token(session, key, secret)
+        return token is not None and token.team_id == team_id and accounts.role_in(session, token.user_id, team_id) is not None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    web = accounts.find_session(session, key, cookie) if cookie else None
+    return web is not None and web.team_id == team_id and accounts.role_in(session, web.user_id, team_id) is not None
 
 
 def _team_role(minimum: Role) -> Callable[[Principal], Principal]:

@@ -1,11 +1,14 @@
 """Server-sent events of one job: `job` (the row when it changes), `metrics` (new points), `end`.
 
 The first event, `hello`, gives the last step of each series at subscription time; a client draws the
-downsampled series from /metrics and appends the points `metrics` events bring after that.
+downsampled series from /metrics and appends the points `metrics` events bring after that. A stream whose
+credentials stop reaching the job's team (token revoked, signed out, removed from the team) is closed within
+RECHECK_SECONDS.
 """
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,8 +16,9 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.auth import Viewer
+from backend.api.auth import Viewer, still_in_team
 from backend.api.deps import RowId, SessionDep, get_job_or_404
+from backend.config import get_settings
 from backend.db import get_sessionmaker
 from backend.models import Job, JobStatus
 from backend.schemas import JobOut
@@ -23,6 +27,12 @@ from backend.services.series import read_series, series_names
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 POLL_SECONDS = 0.5
+RECHECK_SECONDS = 5.0
+
+
+def _allowed(request: Request, team_id: int) -> bool:
+    with get_sessionmaker()() as session:
+        return still_in_team(request, session, get_settings().secret_key.get_secret_value(), team_id)
 
 
 def _poll(job_id: int, sent: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -50,11 +60,16 @@ def _baseline(job_id: int) -> dict[str, int]:
         return out
 
 
-async def _stream(request: Request, job_id: int) -> AsyncIterator[dict[str, str]]:
+async def _stream(request: Request, job_id: int, team_id: int) -> AsyncIterator[dict[str, str]]:
     sent = await run_in_threadpool(_baseline, job_id)
     yield {"event": "hello", "data": json.dumps({"job_id": job_id, "last_steps": sent})}
     last: dict[str, Any] | None = None
+    checked = time.monotonic()
     while not await request.is_disconnected():
+        if time.monotonic() - checked >= RECHECK_SECONDS:
+            if not await run_in_threadpool(_allowed, request, team_id):
+                return
+            checked = time.monotonic()
         snapshot, new = await run_in_threadpool(_poll, job_id, sent)
         if new:
             yield {"event": "metrics", "data": json.dumps(new)}
@@ -74,4 +89,5 @@ async def _stream(request: Request, job_id: int) -> AsyncIterator[dict[str, str]
 )
 def job_events(job_id: RowId, request: Request, session: SessionDep, who: Viewer) -> EventSourceResponse:
     get_job_or_404(session, job_id, who.team_id)
-    return EventSourceResponse(_stream(request, job_id), ping=15)
+    assert who.team_id is not None
+    return EventSourceResponse(_stream(request, job_id, who.team_id), ping=15)

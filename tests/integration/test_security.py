@@ -343,3 +343,23 @@ def test_the_api_docs_page_allows_only_its_cdn_and_its_own_script(client):
     script_src = dict(part.strip().split(" ", 1) for part in csp.split(";"))["script-src"].split()
     assert "'unsafe-inline'" not in script_src and "https://cdn.jsdelivr.net" in script_src
     assert sum(s.startswith("'sha256-") for s in script_src) == 1 and "<script>" in response.text
+
+
+def test_an_open_event_stream_closes_when_its_token_is_revoked(client, monkeypatch):
+    import time
+
+    from backend.api import events
+
+    monkeypatch.setattr(events, "RECHECK_SECONDS", 0.5)
+    job = client.post(f"{API}/jobs", json=spec(name="watched")).json()  # queued: its stream stays open
+    token = client.post(f"{API}/tokens", json={"name": "watcher"}).json()
+    watcher = TestClient(client.app, base_url="http://127.0.0.1", headers=bearer(token["token"]))
+    with watcher.stream("GET", f"{API}/jobs/{job['id']}/events") as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        assert next(lines) == "event: hello"
+        client.delete(f"{API}/tokens/{token['id']}")
+        began = time.monotonic()
+        for _ in lines:  # ends by itself: the server closes the stream
+            assert time.monotonic() - began < 20
+    assert time.monotonic() - began < 20
