@@ -87,3 +87,7 @@ def test_build_targets_exist(compose):
         assert compose["services"][name]["build"]["target"] in stages
     for copied in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M):
         assert (ROOT / copied).exists(), f"Dockerfile copies missing {copied}"
+    # `pip install .` leaves frontend/ and alembic.ini out of site-packages: the image imports the code from
+    # its working directory, where they lie beside it.
+    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, flags=re.M).group(1)
+    assert re.search(rf"^ENV .*\bPYTHONPATH={re.escape(workdir)}\b", dockerfile, flags=re.M)
