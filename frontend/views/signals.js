@@ -44,14 +44,15 @@ export function signalsView(container, jobId, isLive) {
     await Plotly.react(container.querySelector("#signals-tail"), tail ? [{ name: "share of Σ|Δℓ_i| in the top 1 %", x: tail.steps, y: tail.values, mode: "lines" }] : [],
       plotLayout("Heavy tail: share of Σ|Δℓ_i| carried by the top 1 % of examples", false), { responsive: true, displaylogo: false });
     container.querySelector("#signals-info").textContent = pairs.length
-      ? `${pairs.length} pair${pairs.length === 1 ? "" : "s"} of groups pulling against each other, each confirmed by its groups' losses swinging out of phase (anti-phase score ≤ the threshold).`
+      ? `${pairs.length} pair${pairs.length === 1 ? "" : "s"} of groups pulling against each other, each confirmed by its groups' losses swinging out of phase (anti-phase score ≤ the threshold); the most opposed pair (lowest cos) first.`
       : "No opposing pair confirmed yet.";
     container.querySelector("#signals-loss").dataset.pairs = pairs.length;
     addExports(container, `job${jobId}`);
     if (pairs.length === drawnPairs && !isLive()) return;
     drawnPairs = pairs.length;
+    const ranked = [...pairs].sort((a, b) => a.data.cos - b.data.cos);
     const box = container.querySelector("#signals-pairs");
-    box.innerHTML = pairs.map((p, k) => `
+    box.innerHTML = ranked.map((p, k) => `
       <h3>Pair ${p.data.pair + 1}, found at step ${p.step}: cos(ḡ_A, ḡ_B) = ${p.data.cos.toFixed(2)}, anti-phase ${p.data.antiphase.toFixed(2)}</h3>
       ${p.data.hessian_alignment ? `<p class="muted">|cos(top Hessian eigenvector at step ${p.data.hessian_alignment.eigenvector_step}, ĝ_A − ĝ_B)| = ${p.data.hessian_alignment.abs_cos.toFixed(3)} (a random direction: ${p.data.hessian_alignment.random_abs_cos.toFixed(3)})</p>` : ""}
       <div class="plots">
@@ -61,7 +62,7 @@ export function signalsView(container, jobId, isLive) {
         ${["A", "B"].map((g) => `<div class="chart"><div id="pair-${k}-${g}-feature" class="plot" role="img" aria-label="shared feature of group ${g}"></div>
           <p class="muted">Group ${g}: ${p.data[g].core.length} core examples, ${p.data[g].expanded.length} with those that side with them; rows ${esc(p.data[g].core.slice(0, 12).join(", "))}${p.data[g].core.length > 12 ? ", …" : ""}</p></div>`).join("")}
       </div>`).join("");
-    for (const [k, p] of pairs.entries()) {
+    for (const [k, p] of ranked.entries()) {
       const traces = [];
       for (const [g, color] of [["A", "#1f77b4"], ["B", "#ff7f0e"]]) {
         const s = byName[`signals/pair${p.data.pair}/${g}`];

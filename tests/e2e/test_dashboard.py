@@ -358,9 +358,11 @@ def test_opposing_signals_view(page, served: Serve):
     page.wait_for_function("document.getElementById('pair-0-curves')?.data?.length >= 6", timeout=30_000)
     shapes = page.evaluate("document.getElementById('signals-loss').layout.shapes.map(s => s.x0)")
     assert shapes == [p["step"] for p in pairs]
+    first = min(pairs, key=lambda p: p["data"]["cos"])  # the most opposed pair is shown first
+    assert f"cos(ḡ_A, ḡ_B) = {first['data']['cos']:.2f}" in page.inner_text("#signals-pairs h3")
     feature = page.evaluate("document.getElementById('pair-0-A-feature').data[0].z")
-    assert feature == pairs[0]["data"]["A"]["mean_input_minus_all"][0]
-    assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(pairs[0]["data"]["A"]["examples"]))
+    assert feature == first["data"]["A"]["mean_input_minus_all"][0]
+    assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(first["data"]["A"]["examples"]))
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "signals.png"), full_page=True)
 
 
