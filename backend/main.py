@@ -211,17 +211,17 @@ def create_app() -> FastAPI:
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"
 
+    # Swagger UI (from its CDN, when the browser can reach it): the one page whose CSP allows that CDN and, by
+    # its hash, the page's own start-up script. The page is the same for every request: made once.
+    docs_body = bytes(get_swagger_ui_html(openapi_url=app.openapi_url or "", title="Dynascope API").body).decode()
+    inline = re.findall(r"<script>(.*?)</script>", docs_body, re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
+    docs_csp = (f"default-src 'self'; script-src 'self' https://cdn.jsdelivr.net {hashes}; style-src 'self' 'unsafe-inline' "
+                "https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'")  # fmt: skip
+
     @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:
-        """Swagger UI (from its CDN, when the browser can reach it): the one page whose CSP allows that CDN and,
-        by its hash, the page's own start-up script."""
-        page = get_swagger_ui_html(openapi_url=app.openapi_url or "", title="Dynascope API")
-        body = bytes(page.body).decode()
-        inline = re.findall(r"<script>(.*?)</script>", body, re.S)
-        hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
-        csp = (f"default-src 'self'; script-src 'self' https://cdn.jsdelivr.net {hashes}; style-src 'self' 'unsafe-inline' "
-               "https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'")  # fmt: skip
-        return HTMLResponse(body, headers={"content-security-policy": csp})
+        return HTMLResponse(docs_body, headers={"content-security-policy": docs_csp})
 
     # plotly.js bundles, cached for a day: a browser then also keeps the compiled code, which saves most of their
     # start-up. The full one comes with the Python package; the cartesian one (what a page needs until a 3-D

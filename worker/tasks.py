@@ -60,7 +60,7 @@ def run_job(job_id: int) -> str:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).terminal:
             return "skipped"
-        if job.status == JobStatus.queued.value and (limit := job_service.running_quota_full(session, job, settings.max_running_jobs)):
+        if job.status == JobStatus.queued.value and (limit := job_service.running_quota_full(session, job, settings)):
             job.stage = f"waiting: its team runs at most {limit} jobs at once"
             job.celery_task_id = enqueue_job(job_id, countdown=QUOTA_RETRY_SECONDS)
             return "waiting for the team's quota"

@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import delete
+from sqlalchemy.orm import Session
 
 from backend import security
 from backend.api.auth import PUBLIC, SESSION_COOKIE, Principal, SignedIn
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/auth", tags=["account"])
 LOGIN_WINDOW = MinuteWindow()
 
 
-def _me(session: SessionDep, settings: Settings, user: User, team_id: int | None, session_secret: str | None) -> Me:
+def _me(session: Session, settings: Settings, user: User, team_id: int | None, session_secret: str | None) -> Me:
     teams = [TeamRole(id=t.id, name=t.name, role=r) for t, r in accounts.memberships(session, user.id)]
     current = next((t for t in teams if t.id == team_id), None)
     csrf = security.csrf_token(settings.secret_key.get_secret_value(), session_secret) if session_secret else None
@@ -79,7 +80,7 @@ def switch_team(choice: TeamChoice, who: SignedIn, session: SessionDep, settings
     return _me(session, settings, user, choice.team_id, who.session_secret)
 
 
-def _web_session(session: SessionDep, settings: Settings, who: Principal) -> WebSession:
+def _web_session(session: Session, settings: Settings, who: Principal) -> WebSession:
     assert who.session_secret is not None
     web = accounts.find_session(session, settings.secret_key.get_secret_value(), who.session_secret)
     assert web is not None  # authenticated a moment ago

@@ -48,7 +48,7 @@ async def upload_dataset(
     """Upload a dataset as the raw body. It is read as plain arrays only (no pickle) and checked."""
     team = session.get(Team, who.team_id)
     assert team is not None
-    limit = accounts.quotas(team, settings.max_running_jobs, settings.max_queued_jobs, settings.max_upload_bytes).max_upload_bytes
+    limit = accounts.quotas(team, settings).max_upload_bytes
     data = await _read_limited(request, limit)
     try:
         if format == "npz":

@@ -107,7 +107,7 @@ def check_queue_quota(session: Session, settings: Settings, who: Principal, addi
     assert who.team_id is not None
     team = session.get(Team, who.team_id)
     assert team is not None
-    limit = accounts.quotas(team, settings.max_running_jobs, settings.max_queued_jobs, settings.max_upload_bytes).max_queued_jobs
+    limit = accounts.quotas(team, settings).max_queued_jobs
     queued = accounts.count_jobs(session, who.team_id, JobStatus.queued)
     if queued + adding > limit:
         raise HTTPException(

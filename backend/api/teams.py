@@ -4,9 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from backend.api.auth import Admin, Owner, SignedIn, Viewer
 from backend.api.deps import RowId, SessionDep, SettingsDep
+from backend.config import Settings
 from backend.models import JobStatus, Membership, Role, Team, User
 from backend.schemas import MemberIn, MemberOut, QuotaOut, QuotaUpdate, TeamCreate, TeamRole, UserCreate, UserOut
 from backend.services import accounts
@@ -42,7 +44,7 @@ def members(who: Viewer, session: SessionDep) -> list[MemberOut]:
     return [MemberOut(username=u, role=Role(r)) for u, r in rows]
 
 
-def _user_or_404(session: SessionDep, username: str) -> User:
+def _user_or_404(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     if user is None:
         raise HTTPException(404, detail=f"no account {username!r} (an administrator makes accounts)")
@@ -92,10 +94,10 @@ def set_quotas(team_id: RowId, body: QuotaUpdate, who: Admin, session: SessionDe
     return _quota_out(session, settings, team_id)
 
 
-def _quota_out(session: SessionDep, settings: SettingsDep, team_id: int) -> QuotaOut:
+def _quota_out(session: Session, settings: Settings, team_id: int) -> QuotaOut:
     team = session.get(Team, team_id)
     assert team is not None
-    limits = accounts.quotas(team, settings.max_running_jobs, settings.max_queued_jobs, settings.max_upload_bytes)
+    limits = accounts.quotas(team, settings)
     return QuotaOut(
         max_running_jobs=limits.max_running_jobs, max_queued_jobs=limits.max_queued_jobs, max_upload_bytes=limits.max_upload_bytes,
         running=accounts.count_jobs(session, team_id, JobStatus.running), queued=accounts.count_jobs(session, team_id, JobStatus.queued),

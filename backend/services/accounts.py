@@ -7,6 +7,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from backend import security
+from backend.config import Settings
 from backend.models import ApiToken, Job, JobStatus, LoginCode, Membership, Role, Team, User, WebSession, utcnow
 
 DEFAULT_TEAM = "default"
@@ -157,11 +158,13 @@ class Quotas:
     max_upload_bytes: int
 
 
-def quotas(team: Team, running: int, queued: int, upload: int) -> Quotas:
+def quotas(team: Team, settings: Settings) -> Quotas:
+    """The team's own quotas, the service's defaults where it has none."""
     return Quotas(
-        max_running_jobs=team.max_running_jobs or running, max_queued_jobs=team.max_queued_jobs or queued,
-        max_upload_bytes=team.max_upload_bytes or upload,
-    )  # fmt: skip
+        max_running_jobs=team.max_running_jobs or settings.max_running_jobs,
+        max_queued_jobs=team.max_queued_jobs or settings.max_queued_jobs,
+        max_upload_bytes=team.max_upload_bytes or settings.max_upload_bytes,
+    )
 
 
 def count_jobs(session: Session, team_id: int, status: JobStatus) -> int:

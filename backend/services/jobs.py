@@ -11,6 +11,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, Team, User, utcnow
+from backend.config import Settings
+from backend.services import accounts
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -148,16 +150,15 @@ def request_cancel(session: Session, job: Job) -> str | None:
     return None
 
 
-def running_quota_full(session: Session, job: Job, default_limit: int) -> int | None:
+def running_quota_full(session: Session, job: Job, settings: Settings) -> int | None:
     """The team's running-job quota if it is reached (the job must wait), else None. Locks the team's row
     on PostgreSQL until the claim commits, so two workers cannot both take the last place."""
     if job.team_id is None:
         return None
     team = session.get(Team, job.team_id, with_for_update=True)
     assert team is not None
-    limit = team.max_running_jobs or default_limit
-    running = session.scalar(select(func.count()).where(Job.team_id == job.team_id, Job.status == S.running.value)) or 0
-    return limit if running >= limit else None
+    limit = accounts.quotas(team, settings).max_running_jobs
+    return limit if accounts.count_jobs(session, job.team_id, S.running) >= limit else None
 
 
 def claim_job(session: Session, job_id: int, *, worker_host: str, device: str, stale_before: datetime) -> Job | None:
