@@ -48,14 +48,21 @@ def cases():
     y = torch.tensor(d.target[:48])
     mlp = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
     cnn = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+        nn.Conv2d(4, 4, (2, 3), padding="same", dilation=(1, 2)), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
         nn.Flatten(), nn.Linear(6 * 3 * 3, 10),
+    ).double()  # fmt: skip
+    conv1d = nn.Sequential(
+        nn.Unflatten(1, (1, 64)), nn.Conv1d(1, 3, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv1d(3, 4, 4, padding="same"), nn.Tanh(), nn.Conv1d(4, 2, 4, bias=False),
+        nn.Flatten(), nn.Linear(2 * 29, 10),
     ).double()  # fmt: skip
     tokens = torch.randint(0, 11, (32, 7))
     block = TinyTransformerBlock().double()
     return {
         "mlp": (mlp, CE, x, y),
         "cnn": (cnn, CE, x.view(-1, 1, 8, 8), y),
+        "conv1d": (conv1d, CE, x, y),
         "sequence": (block, seq_loss, tokens, torch.roll(tokens, -1, 1)),
     }
 
@@ -70,7 +77,7 @@ def per_example(model, loss_fn, x, y) -> torch.Tensor:
     return torch.cat([pe[n].flatten(1) for n in params], 1)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "sequence"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "conv1d", "sequence"])
 def test_every_statistic_matches_materialized_per_example_gradients(name):
     model, loss_fn, x, y = cases()[name]
     g = per_example(model, loss_fn, x, y)  # [B, P], independently
@@ -83,12 +90,12 @@ def test_every_statistic_matches_materialized_per_example_gradients(name):
     torch.testing.assert_close(sum(m.sq_norms for m in moments.values()), g.pow(2).sum(1), rtol=1e-9, atol=0)
     torch.testing.assert_close(sum(m.dots for m in moments.values()), g @ mean, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(torch.cat([m.coord_sq.flatten() for m in moments.values()]), g.pow(2).sum(0), rtol=1e-9, atol=1e-14)
-    s = gs.statistics(loss, moments)
+    s = gs.statistics(loss, moments, dead_fraction=True)
     g2, sq = float(mean.pow(2).sum()), g.pow(2).sum(1)
     grad_sq = (b * g2 - float(sq.mean())) / (b - 1)
     trace = float(g.var(0, unbiased=True).sum())  # tr Σ̂ directly
     assert s.trace_sigma == pytest.approx(trace, rel=1e-9)
-    assert s.noise_scale == pytest.approx(trace / grad_sq, rel=1e-9)
+    assert s.noise_scale == (pytest.approx(trace / grad_sq, rel=1e-9) if grad_sq > 0 else math.inf)
     assert s.alpha == pytest.approx(g2 / float(sq.mean()), rel=1e-9) and s.m_coherence == pytest.approx(b * s.alpha)
     assert s.norm_test == pytest.approx(math.sqrt(trace / b / g2), rel=1e-9)
     proj = g @ mean
@@ -100,6 +107,9 @@ def test_every_statistic_matches_materialized_per_example_gradients(name):
     es = 1 - b * float((mean.pow(2) / (g.var(0, unbiased=True) + 1e-5)).mean())
     assert s.early_stopping == pytest.approx(es, rel=1e-9)
     assert s.layer_grad_norm == pytest.approx({n: float(m.mean.norm()) for n, m in moments.items()})
+    assert s.dead_fraction == pytest.approx(float((var_b <= 1e-28).double().mean()), abs=0.5 / len(mean))
+    if name in ("cnn", "conv1d"):
+        assert {s.rules[n] for n in s.rules if n.endswith("weight") and "Conv" in type(model[int(n.split(".")[0])]).__name__} == {"per-example"}
     if name == "sequence":
         assert s.rules["embed.weight"] == "torch.func" and s.rules["norm.weight"] == "norm"
         assert s.rules["mix.weight"] == "per-example"
@@ -195,3 +205,45 @@ def test_cockpit_values_on_the_fixed_benchmark_batch(name):
                          (s.mean_gsnr, "MeanGSNR"), (s.early_stopping, "EarlyStopping"),
                          (0.05 * s.cabs_trace_over_loss, "CABS")]:  # fmt: skip
         assert ours == pytest.approx(ref[theirs], rel=1e-5), theirs
+
+
+def test_step_history_against_direct_computation():
+    model, loss_fn, x, y = cases()["cnn"]
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = gs.StepHistory(model)
+    grads, updates = [], []
+    for step in range(3):
+        opt.zero_grad()
+        loss_fn(model(x[16 * step : 16 * (step + 1)]), y[16 * step : 16 * (step + 1)]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        found = history.before_step()
+        opt.step()
+        found |= history.after_step()
+        updates.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()]))
+        for n, p in model.named_parameters():
+            assert found[f"grad/update_ratio/{n}"] == pytest.approx(float((p - before[n]).norm() / before[n].norm().clamp_min(1e-12)), rel=1e-9)
+            assert found[f"grad/distance/{n}"] == pytest.approx(float((p - initial[n]).norm()), rel=1e-9)
+        whole = torch.cat([b.flatten() for b in before.values()])
+        assert found["grad/update_ratio"] == pytest.approx(float(updates[-1].norm() / whole.norm()), rel=1e-9)
+        moved = torch.cat([(p.detach() - initial[n]).flatten() for n, p in model.named_parameters()])
+        assert found["grad/distance"] == pytest.approx(float(moved.norm()), rel=1e-9)
+        if step == 0:
+            assert "grad/cos_previous_grad" not in found and "grad/cos_previous_update" not in found
+        else:
+            cos = torch.nn.functional.cosine_similarity
+            assert found["grad/cos_previous_grad"] == pytest.approx(float(cos(grads[-1], grads[-2], 0)), rel=1e-9)
+            assert found["grad/cos_previous_update"] == pytest.approx(float(cos(updates[-1], updates[-2], 0)), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["cnn", "conv1d", "sequence"])
+def test_chunks_of_examples_give_the_same_moments(name, monkeypatch):
+    model, loss_fn, x, y = cases()[name]
+    _, whole = gs.batch_moments(model, loss_fn, x, y)
+    monkeypatch.setattr(gs, "CHUNK_ELEMENTS", 700)  # several chunks, the last one short
+    model.zero_grad()
+    _, chunked = gs.batch_moments(model, loss_fn, x, y)
+    for n, m in whole.items():
+        for field in ("sq_norms", "dots", "coord_sq"):
+            torch.testing.assert_close(getattr(chunked[n], field), getattr(m, field), rtol=1e-12, atol=1e-15)

@@ -17,7 +17,7 @@ through the batch statistics); the statistics then describe those shares.
 """
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +51,15 @@ class Tape:
         self.model = model
         self.saved: dict[nn.Module, list[Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._scratch: dict[str, Tensor] = {}
+
+    def scratch(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer kept from step to step: the per-example blocks are megabytes each, and allocating them
+        afresh costs page faults that measured more than the arithmetic."""
+        buf = self._scratch.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def _forward_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         if not output.requires_grad:
@@ -76,15 +85,19 @@ class Tape:
                 yield name, rest[0].reshape(-1, rest[0].shape[-1]), a.reshape(-1, a.shape[-1])
 
 
-def _from_per_example(pe: Tensor, mean: Tensor, rule: str) -> Moments:
+def _from_per_example(pe: Tensor, mean: Tensor, rule: str, consume: bool = False) -> Moments:
+    """Moments from per-example gradients pe [B, *mean.shape]; `consume`: square pe in place."""
     flat = pe.flatten(1)
-    return Moments(mean, flat.pow(2).sum(1), flat @ mean.flatten(), pe.pow(2).sum(0), rule)
+    dots = flat @ mean.flatten()
+    sq = flat.mul_(flat) if consume else flat * flat
+    return Moments(mean, sq.sum(1), dots, sq.sum(0).view_as(mean), rule)
 
 
 def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_example: int, mean: Tensor, rule: str) -> Moments:
-    """Moments from per-example gradients formed a chunk of examples at a time."""
-    step = max(1, CHUNK_ELEMENTS // max(per_example, 1))
-    parts = [_from_per_example(make(slice(s, s + step)), mean, rule) for s in range(0, batch, step)]
+    """Moments from per-example gradients formed a chunk of examples at a time (`make` may hand out the same
+    buffer for every chunk: each is consumed before the next is made)."""
+    step = chunk_size(batch, per_example)
+    parts = [_from_per_example(make(slice(s, s + step)), mean, rule, consume=True) for s in range(0, batch, step)]
     return Moments(
         mean,
         torch.cat([p.sq_norms for p in parts]),
@@ -94,6 +107,10 @@ def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_exampl
     )
 
 
+def chunk_size(batch: int, per_example: int) -> int:
+    return min(batch, max(1, CHUNK_ELEMENTS // max(per_example, 1)))
+
+
 def _linear(m: nn.Linear, a: Tensor, d: Tensor) -> dict[str, Moments]:
     b = a.shape[0]
     a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
@@ -101,34 +118,65 @@ def _linear(m: nn.Linear, a: Tensor, d: Tensor) -> dict[str, Moments]:
     out: dict[str, Moments] = {}
     if a3.shape[1] == 1:
         a2, d2 = a3[:, 0], d3[:, 0]
-        sq_a, sq_d = a2.pow(2), d2.pow(2)
-        out["weight"] = Moments(w, sq_d.sum(1) * sq_a.sum(1), ((d2 @ w) * a2).sum(1), sq_d.T @ sq_a, "linear")
-    else:
-        out["weight"] = _chunked_per_example(
-            lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example"
-        )  # fmt: skip
+        sq_a, sq_d = a2 * a2, d2 * d2
+        sq_norms_d = sq_d.sum(1)
+        out["weight"] = Moments(w, sq_norms_d * sq_a.sum(1), (d2 @ w).mul_(a2).sum(1), sq_d.T @ sq_a, "linear")
+        if m.bias is not None:
+            out["bias"] = Moments(m.bias.grad, sq_norms_d, d2 @ m.bias.grad, sq_d.sum(0), "linear")
+        return out
+    out["weight"] = _chunked_per_example(
+        lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example"
+    )  # fmt: skip
     if m.bias is not None:
-        out["bias"] = _from_per_example(d3.sum(1), m.bias.grad, "linear")
+        out["bias"] = _from_per_example(d3.sum(1), m.bias.grad, "linear", consume=True)
     return out
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor) -> dict[str, Moments]:
+def _same_padding(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(before, after) per dimension for padding="same", split as torch's convolutions split it."""
+    totals = [dk * (k - 1) for k, dk in zip(kernel, dilation, strict=True)]
+    return tuple((t // 2, t - t // 2) for t in totals)
+
+
+def _patches(
+    a: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], padding: tuple[tuple[int, int], ...], stride: tuple[int, ...],
+    out: Tensor,
+) -> Tensor:
+    """F.unfold's [B, C·kh·kw, L], written into `out` from strided views: ATen's CPU im2col loops over the
+    examples and measured several times slower on small images."""
+    (ph, pw), (kh, kw), (dh, dw) = padding, kernel, dilation
+    windows = F.pad(a, (*pw, *ph)).unfold(2, dh * (kh - 1) + 1, stride[0]).unfold(3, dw * (kw - 1) + 1, stride[1])
+    windows = windows[..., ::dh, ::dw]  # [B, C, H_out, W_out, kh, kw]
+    b, c, h, w = windows.shape[:4]
+    out.view(b, c, kh, kw, h, w).copy_(windows.permute(0, 1, 4, 5, 2, 3))
+    return out
+
+
+def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, tape: Tape) -> dict[str, Moments]:
     b = a.shape[0]
-    if isinstance(m, nn.Conv1d):
-        a, d = a.unsqueeze(-1), d.unsqueeze(-1)
-        kernel, dilation, padding, stride = (m.kernel_size[0], 1), (m.dilation[0], 1), (m.padding[0], 0), (m.stride[0], 1)
+    kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+    if isinstance(m.padding, str):
+        padding = _same_padding(kernel, dilation) if m.padding == "same" else tuple((0, 0) for _ in kernel)
     else:
-        kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
+        padding = tuple((p, p) for p in m.padding)
+    if isinstance(m, nn.Conv1d):
+        a, d = a.unsqueeze(-2), d.unsqueeze(-2)
+        kernel, dilation, padding, stride = (1, *kernel), (1, *dilation), ((0, 0), *padding), (1, *stride)
     w = m.weight.grad
-    cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C_in·k, T]
     grads = d.flatten(2)  # [B, C_out, T]
-    out = {
-        "weight": _chunked_per_example(
-            lambda s: torch.einsum("bot,bkt->bok", grads[s], cols[s]).reshape(-1, *w.shape), b, w.numel(), w, "per-example"
-        )
-    }  # fmt: skip
+    rows, positions = w[0].numel(), grads.shape[2]  # C_in·k, T
+    step = chunk_size(b, max(w.numel(), rows * positions))
+    name = tape.names[m]
+
+    def make(s: slice) -> Tensor:
+        n = len(range(*s.indices(b)))
+        cols = _patches(a[s], kernel, dilation, padding, stride, tape.scratch(f"{name}/cols", (step, rows, positions), a)[:n])
+        pe = tape.scratch(f"{name}/per-example", (step, len(w), rows), a)[:n]
+        return torch.bmm(grads[s], cols.transpose(1, 2), out=pe).view(n, *w.shape)
+
+    out = {"weight": _chunked_per_example(make, b, max(w.numel(), rows * positions), w, "per-example")}
     if m.bias is not None:
-        out["bias"] = _from_per_example(grads.sum(2), m.bias.grad, "per-example")
+        out["bias"] = _from_per_example(grads.sum(2), m.bias.grad, "per-example", consume=True)
     return out
 
 
@@ -165,7 +213,7 @@ def _fallback(
         return loss_fn(out, yi.unsqueeze(0))
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))({n: params[n] for n in names}, x, y)
-    return {n: _from_per_example(per_example[n], grads[n], "torch.func") for n in names}
+    return {n: _from_per_example(per_example[n], grads[n], "torch.func", consume=True) for n in names}
 
 
 def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Moments]:
@@ -181,7 +229,7 @@ def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Mome
         if isinstance(module, nn.Linear):
             parts = _linear(module, a, d)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros":
-            parts = _conv(module, a, d)
+            parts = _conv(module, a, d, tape)
         elif isinstance(module, NORMS):
             parts = _norm(module, a, d)
         else:
@@ -223,7 +271,7 @@ class BatchStatistics:
     mean_gsnr: float  # mean over coordinates of ḡ_j² / (biased Var g_ij + 1e-5)
     early_stopping: float  # 1 − B·mean_j ḡ_j² / (unbiased Var g_ij + 1e-5); > 0: stop
     cabs_trace_over_loss: float  # CABS batch size = lr · this
-    dead_fraction: float  # coordinates whose per-example gradients never vary (GSNR undefined there)
+    dead_fraction: float | None  # coordinates whose per-example gradients never vary (GSNR undefined there)
     rules: dict[str, str] = field(default_factory=dict)
 
     def as_metrics(self, lr: float | None = None) -> dict[str, float]:
@@ -240,24 +288,31 @@ class BatchStatistics:
         return out
 
 
-def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5) -> BatchStatistics:
-    """Every statistic from the Moments (reductions on the device, one transfer of a handful of numbers)."""
-    b = len(next(iter(moments.values())).sq_norms)
-    sq = torch.stack([m.sq_norms for m in moments.values()]).double().sum(0)
-    dots = torch.stack([m.dots for m in moments.values()]).double().sum(0)
-    # per-coordinate arrays stay in the gradients' precision (P elements); sums are taken in float64
-    means2 = torch.cat([m.mean.flatten() for m in moments.values()]).pow(2)
-    var_biased = torch.cat([m.coord_sq.flatten() for m in moments.values()]).div_(b).sub_(means2)
-    gsnr_terms = means2 / (var_biased + eps)
-    es_terms = means2 / (var_biased * (b / (b - 1)) + eps)
+def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5, dead_fraction: bool = False) -> BatchStatistics:
+    """Every statistic from the Moments: passes over the P coordinates on the device, then one transfer of
+    the per-example and per-layer numbers, which are summed on the host in float64. Written for few
+    operations: at ~10⁵ parameters each costs about as much as its arithmetic. `dead_fraction` costs three
+    passes more, so it is computed only when asked for."""
+    parts = list(moments.values())
+    n, b = len(parts), len(parts[0].sq_norms)
+    means2 = torch.cat([m.mean.flatten() for m in parts])
+    means2.mul_(means2)
+    scaled_var = torch.cat([m.coord_sq.flatten() for m in parts]).sub_(means2, alpha=b)  # b · biased variance
+    # GSNR_j = ḡ_j² / (Var_b + eps) = b ḡ_j² / (b Var_b + b eps); EarlyStopping's unbiased variance: b − 1 for b
+    shifts = torch.tensor([[b * eps], [(b - 1) * eps]], dtype=means2.dtype, device=means2.device)
+    gsnr_es = (scaled_var + shifts).reciprocal_() @ means2
+    summed = [*torch._foreach_norm([m.mean for m in parts]), *gsnr_es]
+    if dead_fraction:
+        summed.append(scaled_var.clamp_min_(0).sign_().sum())
+    host = torch.cat([
+        torch.stack([*(m.sq_norms for m in parts), *(m.dots for m in parts)]).flatten(), torch.stack(summed),
+    ]).cpu().double().numpy()  # fmt: skip
+    per_example, per_layer = host[: 2 * n * b].reshape(2, n, b).sum(1), host[2 * n * b :]
+    sq, dots, layer = per_example[0], per_example[1], per_layer[:n]
     p = len(means2)
-    reduced = torch.stack([
-        means2.sum(dtype=torch.float64), sq.mean(), sq.sum(), dots.pow(2).sum(),
-        gsnr_terms.sum(dtype=torch.float64) / p, es_terms.sum(dtype=torch.float64) / p,
-        (var_biased <= 0).sum(dtype=torch.float64) / p,
-    ])  # fmt: skip
-    layer = torch.stack([m.mean.norm() for m in moments.values()])
-    g2, mean_sq, total_sq, dots2, gsnr, es, dead = reduced.tolist()
+    g2, mean_sq, total_sq, dots2 = float((layer**2).sum()), float(sq.mean()), float(sq.sum()), float((dots**2).sum())
+    gsnr, es = float(per_layer[n]) * b / p, float(per_layer[n + 1]) * (b - 1) / p
+    dead = 1 - float(per_layer[n + 2]) / p if dead_fraction else None
     grad_sq = (b * g2 - mean_sq) / (b - 1)
     trace = (mean_sq - g2) / (1 - 1 / b)
     var_dots = (dots2 - b * g2**2) / (b - 1)
@@ -266,7 +321,7 @@ def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5) -> B
         batch_size=b,
         loss=loss,
         grad_norm=math.sqrt(g2),
-        layer_grad_norm=dict(zip(moments, layer.tolist())),
+        layer_grad_norm=dict(zip(moments, layer.tolist(), strict=True)),
         noise_scale=trace / grad_sq if grad_sq > 0 else math.inf,
         trace_sigma=trace,
         grad_sq_unbiased=grad_sq,
@@ -371,42 +426,52 @@ def sampled_histogram(
 
 class StepHistory:
     """What successive steps say together: update-to-weight ratio per layer, cosines between successive
-    gradients and between successive updates, and the distance from the initial weights."""
+    gradients and between successive updates, and the distance from the initial weights. The parameters are
+    kept as one flat copy, so a step costs a few passes over P elements whatever the number of layers."""
 
     def __init__(self, model: nn.Module, initial: dict[str, Tensor] | None = None) -> None:
         self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters()], strict=True)
-        self.initial = [(initial[n] if initial else p).detach().clone() for n, p in zip(self.names, self.params, strict=True)]
-        self.previous_grad: Tensor | None = None
-        self.previous_update: Tensor | None = None
-        self._before: list[Tensor] = []
+        self.sizes = [p.numel() for p in self.params]
+        self.initial = self._flat(initial[n] for n in self.names) if initial else self._flat(self.params)
+        self.previous_grad: tuple[Tensor, Tensor] | None = None  # (flat gradient, its norm)
+        self.previous_update: tuple[Tensor, Tensor] | None = None
+        self._before: Tensor | None = None
 
     @staticmethod
-    def _cos(a: Tensor, b: Tensor) -> float:
-        return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
+    def _flat(tensors: Iterable[Tensor]) -> Tensor:
+        return torch.cat([t.detach().flatten() for t in tensors])
 
     def before_step(self) -> dict[str, float]:
         """Call after the backward, before the optimizer's step."""
-        self._before = [p.detach().clone() for p in self.params]
-        grads = torch.cat([p.grad.flatten() for p in self.params if p.grad is not None])
-        out = {} if self.previous_grad is None else {"grad/cos_previous_grad": self._cos(grads, self.previous_grad)}
-        self.previous_grad = grads
+        self._before = self._flat(self.params)
+        grads = self._flat(p.grad for p in self.params if p.grad is not None)
+        norm = grads.norm()
+        out = {}
+        if self.previous_grad is not None and len(self.previous_grad[0]) == len(grads):
+            previous, previous_norm = self.previous_grad
+            out["grad/cos_previous_grad"] = float(torch.dot(grads, previous) / (norm * previous_norm).clamp_min(1e-30))
+        self.previous_grad = grads, norm
         return out
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
-        now = [p.detach() for p in self.params]
-        steps = torch._foreach_sub(now, self._before)
-        moved = torch._foreach_sub(now, self.initial)
-        norms = torch.stack([*torch._foreach_norm(steps), *torch._foreach_norm(self._before), *torch._foreach_norm(moved)])
-        step, before, distance = norms.double().view(3, -1)
-        update = torch.cat([t.flatten() for t in steps])
-        values = torch.cat([step / before.clamp_min(1e-12), distance]).tolist()
-        totals = [float(step.pow(2).sum().sqrt() / before.pow(2).sum().sqrt().clamp_min(1e-12)), float(distance.pow(2).sum().sqrt())]
+        assert self._before is not None, "before_step() comes first"
+        now = self._flat(self.params)
+        update, moved = now - self._before, now - self.initial
+        views = [*update.split(self.sizes), *self._before.split(self.sizes), *moved.split(self.sizes)]
+        step, before, distance = torch.stack(torch._foreach_norm(views)).double().view(3, -1)
+        step_norm = step.pow(2).sum().sqrt()
+        cos = torch.full((1,), math.nan, dtype=torch.float64, device=now.device)
+        if self.previous_update is not None:
+            previous, previous_norm = self.previous_update
+            cos = (torch.dot(update, previous).double() / (step_norm * previous_norm).clamp_min(1e-30)).view(1)
+        totals = torch.stack([step_norm / before.pow(2).sum().sqrt().clamp_min(1e-12), distance.pow(2).sum().sqrt()])
         k = len(self.names)
+        values = torch.cat([step / before.clamp_min(1e-12), distance, totals, cos]).tolist()
         out = {f"grad/update_ratio/{n}": values[i] for i, n in enumerate(self.names)}
         out |= {f"grad/distance/{n}": values[k + i] for i, n in enumerate(self.names)}
-        out["grad/update_ratio"], out["grad/distance"] = totals
+        out["grad/update_ratio"], out["grad/distance"] = values[2 * k], values[2 * k + 1]
         if self.previous_update is not None:
-            out["grad/cos_previous_update"] = self._cos(update, self.previous_update)
-        self.previous_update = update
+            out["grad/cos_previous_update"] = values[2 * k + 2]
+        self.previous_update = update, step_norm
         return out

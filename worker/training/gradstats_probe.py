@@ -40,13 +40,14 @@ class GradStatsTracker:
         self, step: int, loss: float, loss_fn: LossFn, x: Tensor, y: Tensor, lr: float
     ) -> tuple[dict[str, float], dict[str, Any] | None]:
         started = time.perf_counter()
-        stats = gs.statistics(loss, gs.moments(self.tape, loss_fn, x, y))
+        every = self.cfg.details_every
+        detailed = self.last_details is None or every is None or step - self.last_details >= every
+        stats = gs.statistics(loss, gs.moments(self.tape, loss_fn, x, y), dead_fraction=detailed)
         metrics = stats.as_metrics(lr)
         metrics["grad/noise_scale_ema"] = self.noise.update(stats.grad_sq_unbiased, stats.trace_sigma)
         metrics.update(self.history.before_step())
         details = None
-        every = self.cfg.details_every
-        if self.last_details is None or every is None or step - self.last_details >= every:
+        if detailed:
             self.last_details = step
             details = {"rules": stats.rules, "batch_size": stats.batch_size, "dead_fraction": stats.dead_fraction}
             if self.cfg.spectra:
