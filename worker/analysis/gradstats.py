@@ -17,7 +17,7 @@ through the batch statistics); the statistics then describe those shares.
 """
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -111,19 +111,18 @@ def chunk_size(batch: int, per_example: int) -> int:
     return min(batch, max(1, CHUNK_ELEMENTS // max(per_example, 1)))
 
 
-def _linear(m: nn.Linear, a: Tensor, d: Tensor) -> dict[str, Moments]:
-    b = a.shape[0]
-    a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
-    w = m.weight.grad
+def _linear(m: nn.Linear, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
+    b, w = a.shape[0], m.weight.grad
     out: dict[str, Moments] = {}
-    if a3.shape[1] == 1:
-        a2, d2 = a3[:, 0], d3[:, 0]
-        sq_a, sq_d = a2 * a2, d2 * d2
+    if a.dim() == 2:  # one vector per example
+        d = d * scale
+        sq_a, sq_d = a * a, d * d
         sq_norms_d = sq_d.sum(1)
-        out["weight"] = Moments(w, sq_norms_d * sq_a.sum(1), (d2 @ w).mul_(a2).sum(1), sq_d.T @ sq_a, "linear")
+        out["weight"] = Moments(w, sq_norms_d * sq_a.sum(1), torch.linalg.vecdot(d @ w, a), sq_d.T @ sq_a, "linear")
         if m.bias is not None:
-            out["bias"] = Moments(m.bias.grad, sq_norms_d, d2 @ m.bias.grad, sq_d.sum(0), "linear")
+            out["bias"] = Moments(m.bias.grad, sq_norms_d, d @ m.bias.grad, sq_d.sum(0), "linear")
         return out
+    a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1]) * scale
     out["weight"] = _chunked_per_example(
         lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example"
     )  # fmt: skip
@@ -152,7 +151,7 @@ def _patches(
     return out
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, tape: Tape) -> dict[str, Moments]:
+def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, scale: int, tape: Tape) -> dict[str, Moments]:
     b = a.shape[0]
     kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
     if isinstance(m.padding, str):
@@ -172,15 +171,15 @@ def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, tape: Tape) -> dict[st
         n = len(range(*s.indices(b)))
         cols = _patches(a[s], kernel, dilation, padding, stride, tape.scratch(f"{name}/cols", (step, rows, positions), a)[:n])
         pe = tape.scratch(f"{name}/per-example", (step, len(w), rows), a)[:n]
-        return torch.bmm(grads[s], cols.transpose(1, 2), out=pe).view(n, *w.shape)
+        return torch.baddbmm(pe, grads[s], cols.transpose(1, 2), beta=0, alpha=scale, out=pe).view(n, *w.shape)
 
     out = {"weight": _chunked_per_example(make, b, max(w.numel(), rows * positions), w, "per-example")}
     if m.bias is not None:
-        out["bias"] = _from_per_example(grads.sum(2), m.bias.grad, "per-example", consume=True)
+        out["bias"] = _from_per_example(grads.sum(2).mul_(scale), m.bias.grad, "per-example", consume=True)
     return out
 
 
-def _norm(m: nn.Module, a: Tensor, d: Tensor) -> dict[str, Moments]:
+def _norm(m: nn.Module, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
     """Affine parameters of a normalization layer, y = γ∘x̂ + β: g_i(γ) = Σ δ_i∘x̂_i, g_i(β) = Σ δ_i."""
     if isinstance(m, nn.LayerNorm):
         x_hat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
@@ -195,9 +194,9 @@ def _norm(m: nn.Module, a: Tensor, d: Tensor) -> dict[str, Moments]:
         reduce = tuple(range(2, a.dim()))
     out = {}
     if getattr(m, "weight", None) is not None:
-        out["weight"] = _from_per_example((d * x_hat).sum(reduce) if reduce else d * x_hat, m.weight.grad, "norm")
+        out["weight"] = _from_per_example(((d * x_hat).sum(reduce) if reduce else d * x_hat).mul_(scale), m.weight.grad, "norm", consume=True)
     if getattr(m, "bias", None) is not None:
-        out["bias"] = _from_per_example(d.sum(reduce) if reduce else d, m.bias.grad, "norm")
+        out["bias"] = _from_per_example(d.sum(reduce).mul_(scale) if reduce else d * scale, m.bias.grad, "norm", consume=True)
     return out
 
 
@@ -224,14 +223,14 @@ def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Mome
     for module, (a, *rest) in tape.saved.items():
         if not rest:
             continue
-        d = rest[0] * batch  # the output gradient of ℓ_i (the mean loss carries 1/B)
+        d = rest[0]  # the output gradient of the mean loss: ℓ_i's, times 1/B (each rule scales where it is cheapest)
         prefix = tape.names[module]
         if isinstance(module, nn.Linear):
-            parts = _linear(module, a, d)
+            parts = _linear(module, a, d, batch)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros":
-            parts = _conv(module, a, d, tape)
+            parts = _conv(module, a, d, batch, tape)
         elif isinstance(module, NORMS):
-            parts = _norm(module, a, d)
+            parts = _norm(module, a, d, batch)
         else:
             parts = {}
         for k, v in parts.items():
@@ -299,8 +298,10 @@ def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5, dead
     means2.mul_(means2)
     scaled_var = torch.cat([m.coord_sq.flatten() for m in parts]).sub_(means2, alpha=b)  # b · biased variance
     # GSNR_j = ḡ_j² / (Var_b + eps) = b ḡ_j² / (b Var_b + b eps); EarlyStopping's unbiased variance: b − 1 for b
-    shifts = torch.tensor([[b * eps], [(b - 1) * eps]], dtype=means2.dtype, device=means2.device)
-    gsnr_es = (scaled_var + shifts).reciprocal_() @ means2
+    shifted = scaled_var.new_empty(2, len(scaled_var))
+    torch.add(scaled_var, b * eps, out=shifted[0])
+    torch.add(scaled_var, (b - 1) * eps, out=shifted[1])
+    gsnr_es = shifted.reciprocal_() @ means2
     summed = [*torch._foreach_norm([m.mean for m in parts]), *gsnr_es]
     if dead_fraction:
         summed.append(scaled_var.clamp_min_(0).sign_().sum())
@@ -426,52 +427,47 @@ def sampled_histogram(
 
 class StepHistory:
     """What successive steps say together: update-to-weight ratio per layer, cosines between successive
-    gradients and between successive updates, and the distance from the initial weights. The parameters are
-    kept as one flat copy, so a step costs a few passes over P elements whatever the number of layers."""
+    gradients and between successive updates, and the distance from the initial weights. Written for few
+    operations (multi-tensor ones over the parameters, one transfer per call), which is what a step of a
+    small model notices."""
 
     def __init__(self, model: nn.Module, initial: dict[str, Tensor] | None = None) -> None:
         self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters()], strict=True)
-        self.sizes = [p.numel() for p in self.params]
-        self.initial = self._flat(initial[n] for n in self.names) if initial else self._flat(self.params)
-        self.previous_grad: tuple[Tensor, Tensor] | None = None  # (flat gradient, its norm)
-        self.previous_update: tuple[Tensor, Tensor] | None = None
-        self._before: Tensor | None = None
-
-    @staticmethod
-    def _flat(tensors: Iterable[Tensor]) -> Tensor:
-        return torch.cat([t.detach().flatten() for t in tensors])
+        self.values = [p.detach() for p in self.params]  # the same storage, outside autograd
+        self.initial = [(initial[n] if initial else p).detach().clone() for n, p in zip(self.names, self.values, strict=True)]
+        self._before = [p.clone() for p in self.values]  # refilled before every step
+        self.previous_grad: tuple[Tensor, float] | None = None  # (flat gradient, its norm)
+        self.previous_update: tuple[Tensor, float] | None = None
 
     def before_step(self) -> dict[str, float]:
         """Call after the backward, before the optimizer's step."""
-        self._before = self._flat(self.params)
-        grads = self._flat(p.grad for p in self.params if p.grad is not None)
-        norm = grads.norm()
+        torch._foreach_copy_(self._before, self.values)
+        grads = torch.cat([p.grad.flatten() for p in self.params if p.grad is not None])
+        previous = self.previous_grad
+        same = previous is not None and len(previous[0]) == len(grads)
+        sq, dot = torch.stack([torch.dot(grads, grads), torch.dot(grads, previous[0]) if same else grads.new_zeros(())]).tolist()
         out = {}
-        if self.previous_grad is not None and len(self.previous_grad[0]) == len(grads):
-            previous, previous_norm = self.previous_grad
-            out["grad/cos_previous_grad"] = float(torch.dot(grads, previous) / (norm * previous_norm).clamp_min(1e-30))
-        self.previous_grad = grads, norm
+        if same:
+            out["grad/cos_previous_grad"] = dot / max(math.sqrt(sq) * previous[1], 1e-30)
+        self.previous_grad = grads, math.sqrt(sq)
         return out
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
-        assert self._before is not None, "before_step() comes first"
-        now = self._flat(self.params)
-        update, moved = now - self._before, now - self.initial
-        views = [*update.split(self.sizes), *self._before.split(self.sizes), *moved.split(self.sizes)]
-        step, before, distance = torch.stack(torch._foreach_norm(views)).double().view(3, -1)
-        step_norm = step.pow(2).sum().sqrt()
-        cos = torch.full((1,), math.nan, dtype=torch.float64, device=now.device)
-        if self.previous_update is not None:
-            previous, previous_norm = self.previous_update
-            cos = (torch.dot(update, previous).double() / (step_norm * previous_norm).clamp_min(1e-30)).view(1)
-        totals = torch.stack([step_norm / before.pow(2).sum().sqrt().clamp_min(1e-12), distance.pow(2).sum().sqrt()])
         k = len(self.names)
-        values = torch.cat([step / before.clamp_min(1e-12), distance, totals, cos]).tolist()
-        out = {f"grad/update_ratio/{n}": values[i] for i, n in enumerate(self.names)}
-        out |= {f"grad/distance/{n}": values[k + i] for i, n in enumerate(self.names)}
-        out["grad/update_ratio"], out["grad/distance"] = values[2 * k], values[2 * k + 1]
-        if self.previous_update is not None:
-            out["grad/cos_previous_update"] = values[2 * k + 2]
+        steps = torch._foreach_sub(self.values, self._before)
+        moved = torch._foreach_sub(self.values, self.initial)
+        update = torch.cat([t.flatten() for t in steps])
+        previous = self.previous_update
+        dot = torch.dot(update, previous[0]) if previous is not None else update.new_zeros(())
+        values = torch.stack([*torch._foreach_norm([*steps, *self._before, *moved]), dot]).tolist()
+        step, before, distance = values[:k], values[k : 2 * k], values[2 * k : 3 * k]
+        step_norm = math.sqrt(math.fsum(v * v for v in step))
+        out = {f"grad/update_ratio/{n}": u / max(w, 1e-12) for n, u, w in zip(self.names, step, before, strict=True)}
+        out |= {f"grad/distance/{n}": v for n, v in zip(self.names, distance, strict=True)}
+        out["grad/update_ratio"] = step_norm / max(math.sqrt(math.fsum(v * v for v in before)), 1e-12)
+        out["grad/distance"] = math.sqrt(math.fsum(v * v for v in distance))
+        if previous is not None:
+            out["grad/cos_previous_update"] = values[-1] / max(step_norm * previous[1], 1e-30)
         self.previous_update = update, step_norm
         return out
