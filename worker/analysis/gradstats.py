@@ -53,12 +53,13 @@ class Tape:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._scratch: dict[str, Tensor] = {}
 
-    def scratch(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    def scratch(self, key: str, shape: tuple[int, ...], like: Tensor, zeros: bool = False) -> Tensor:
         """A buffer kept from step to step: the per-example blocks are megabytes each, and allocating them
-        afresh costs page faults that measured more than the arithmetic."""
+        afresh costs page faults that measured more than the arithmetic. `zeros`: zero-filled when made."""
         buf = self._scratch.get(key)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+            make = torch.zeros if zeros else torch.empty
+            buf = self._scratch[key] = make(shape, dtype=like.dtype, device=like.device)
         return buf
 
     def _forward_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -138,13 +139,12 @@ def _same_padding(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[t
 
 
 def _patches(
-    a: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], padding: tuple[tuple[int, int], ...], stride: tuple[int, ...],
-    out: Tensor,
+    padded: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: Tensor
 ) -> Tensor:
-    """F.unfold's [B, C·kh·kw, L], written into `out` from strided views: ATen's CPU im2col loops over the
-    examples and measured several times slower on small images."""
-    (ph, pw), (kh, kw), (dh, dw) = padding, kernel, dilation
-    windows = F.pad(a, (*pw, *ph)).unfold(2, dh * (kh - 1) + 1, stride[0]).unfold(3, dw * (kw - 1) + 1, stride[1])
+    """F.unfold's [B, C·kh·kw, L] of an already padded input, written into `out` from strided views: ATen's
+    CPU im2col loops over the examples and measured several times slower on small images."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    windows = padded.unfold(2, dh * (kh - 1) + 1, stride[0]).unfold(3, dw * (kw - 1) + 1, stride[1])
     windows = windows[..., ::dh, ::dw]  # [B, C, H_out, W_out, kh, kw]
     b, c, h, w = windows.shape[:4]
     out.view(b, c, kh, kw, h, w).copy_(windows.permute(0, 1, 4, 5, 2, 3))
@@ -167,9 +167,17 @@ def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, scale: int, tape: Tape
     step = chunk_size(b, max(w.numel(), rows * positions))
     name = tape.names[m]
 
+    (top, bottom), (left, right) = padding
+    height, width = a.shape[2:]
+
     def make(s: slice) -> Tensor:
         n = len(range(*s.indices(b)))
-        cols = _patches(a[s], kernel, dilation, padding, stride, tape.scratch(f"{name}/cols", (step, rows, positions), a)[:n])
+        padded = a[s]
+        if top or bottom or left or right:  # the border of this buffer stays zero: only its interior is written
+            shape = (step, a.shape[1], height + top + bottom, width + left + right)
+            padded = tape.scratch(f"{name}/padded", shape, a, zeros=True)[:n]
+            padded[:, :, top : top + height, left : left + width].copy_(a[s])
+        cols = _patches(padded, kernel, dilation, stride, tape.scratch(f"{name}/cols", (step, rows, positions), a)[:n])
         pe = tape.scratch(f"{name}/per-example", (step, len(w), rows), a)[:n]
         return torch.baddbmm(pe, grads[s], cols.transpose(1, 2), beta=0, alpha=scale, out=pe).view(n, *w.shape)
 
