@@ -24,11 +24,11 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def heavy_tail_share(delta: Tensor | np.ndarray, fraction: float = 0.01) -> float:
-    """The share of Σ|Δℓ_i| carried by the top `fraction` of examples."""
-    a = np.abs(delta.detach().cpu().numpy() if isinstance(delta, Tensor) else delta).astype(np.float64)
+    """The share of Σ|Δℓ_i| carried by the top `fraction` of examples (sums in float64; computed every step)."""
+    a = np.abs(delta.detach().cpu().numpy() if isinstance(delta, Tensor) else delta)
     top = max(1, int(round(fraction * len(a))))
-    total = float(a.sum())
-    return float(np.partition(a, len(a) - top)[len(a) - top :].sum()) / total if total > 0 else 0.0
+    total = float(a.sum(dtype=np.float64))
+    return float(np.partition(a, len(a) - top)[len(a) - top :].sum(dtype=np.float64)) / total if total > 0 else 0.0
 
 
 def robust_z(values: Tensor) -> Tensor:
