@@ -317,7 +317,8 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     page.wait_for_function("document.getElementById('landscape-plot').layout.xaxis.title.text.startsWith('α')")
     [line] = served.client.get(f"/jobs/{job['id']}/results/interpolation_analysis").json()
     assert line["data"]["to"] == {"job": other["id"], "step": 60} and line["data"]["from"]["step"] == 60
-    assert "step 60 → job" in page.inner_text("#analyses-table tbody")
+    # the line draws while it is computed; its row reads as finished once the analysis is done
+    page.wait_for_function("document.querySelector('#analyses-table tbody').innerText.includes('step 60 → job')", timeout=120_000)
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-interpolation.png"), full_page=True)
 
 
