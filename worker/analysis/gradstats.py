@@ -53,14 +53,15 @@ class Tape:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._scratch: dict[str, Tensor] = {}
 
-    def scratch(self, key: str, shape: tuple[int, ...], like: Tensor, zeros: bool = False) -> Tensor:
-        """A buffer kept from step to step: the per-example blocks are megabytes each, and allocating them
-        afresh costs page faults that measured more than the arithmetic. `zeros`: zero-filled when made."""
+    def scratch(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer of `shape` kept from step to step and shared by the layers (one per `key`, grown to the
+        largest asked for): per-example blocks are megabytes each, and allocating them afresh costs page
+        faults that measured more than the arithmetic. Its contents are whatever was last written."""
+        numel = math.prod(shape)
         buf = self._scratch.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            make = torch.zeros if zeros else torch.empty
-            buf = self._scratch[key] = make(shape, dtype=like.dtype, device=like.device)
-        return buf
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel].view(shape)
 
     def _forward_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         if not output.requires_grad:
@@ -138,6 +139,18 @@ def _same_padding(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[t
     return tuple((t // 2, t - t // 2) for t in totals)
 
 
+def _pad(a: Tensor, padding: tuple[tuple[int, int], ...], out: Tensor) -> Tensor:
+    """F.pad's zero padding of [B, C, H, W], written into `out` (its border zeroed, its interior copied)."""
+    (top, bottom), (left, right) = padding
+    height, width = a.shape[2:]
+    out[:, :, :top].zero_()
+    out[:, :, top + height :].zero_()
+    out[:, :, top : top + height, :left].zero_()
+    out[:, :, top : top + height, left + width :].zero_()
+    out[:, :, top : top + height, left : left + width].copy_(a)
+    return out
+
+
 def _patches(
     padded: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: Tensor
 ) -> Tensor:
@@ -164,24 +177,18 @@ def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, d: Tensor, scale: int, tape: Tape
     w = m.weight.grad
     grads = d.flatten(2)  # [B, C_out, T]
     rows, positions = w[0].numel(), grads.shape[2]  # C_in·k, T
-    step = chunk_size(b, max(w.numel(), rows * positions))
-    name = tape.names[m]
-
-    (top, bottom), (left, right) = padding
-    height, width = a.shape[2:]
+    padded_size = [size + before + after for size, (before, after) in zip(a.shape[2:], padding, strict=True)]
+    pads = any(p for side in padding for p in side)
 
     def make(s: slice) -> Tensor:
         n = len(range(*s.indices(b)))
-        padded = a[s]
-        if top or bottom or left or right:  # the border of this buffer stays zero: only its interior is written
-            shape = (step, a.shape[1], height + top + bottom, width + left + right)
-            padded = tape.scratch(f"{name}/padded", shape, a, zeros=True)[:n]
-            padded[:, :, top : top + height, left : left + width].copy_(a[s])
-        cols = _patches(padded, kernel, dilation, stride, tape.scratch(f"{name}/cols", (step, rows, positions), a)[:n])
-        pe = tape.scratch(f"{name}/per-example", (step, len(w), rows), a)[:n]
+        padded = _pad(a[s], padding, tape.scratch("padded", (n, a.shape[1], *padded_size), a)) if pads else a[s]
+        cols = _patches(padded, kernel, dilation, stride, tape.scratch("cols", (n, rows, positions), a))
+        pe = tape.scratch("per-example", (n, len(w), rows), a)
         return torch.baddbmm(pe, grads[s], cols.transpose(1, 2), beta=0, alpha=scale, out=pe).view(n, *w.shape)
 
-    out = {"weight": _chunked_per_example(make, b, max(w.numel(), rows * positions), w, "per-example")}
+    per_example = max(w.numel(), rows * positions, a.shape[1] * math.prod(padded_size))
+    out = {"weight": _chunked_per_example(make, b, per_example, w, "per-example")}
     if m.bias is not None:
         out["bias"] = _from_per_example(grads.sum(2).mul_(scale), m.bias.grad, "per-example", consume=True)
     return out
