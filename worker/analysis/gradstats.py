@@ -98,7 +98,7 @@ def _from_per_example(pe: Tensor, mean: Tensor, rule: str, consume: bool = False
 def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_example: int, mean: Tensor, rule: str) -> Moments:
     """Moments from per-example gradients formed a chunk of examples at a time (`make` may hand out the same
     buffer for every chunk: each is consumed before the next is made)."""
-    step = chunk_size(batch, per_example)
+    step = _chunk_size(batch, per_example)
     parts = [_from_per_example(make(slice(s, s + step)), mean, rule, consume=True) for s in range(0, batch, step)]
     return Moments(
         mean,
@@ -109,7 +109,7 @@ def _chunked_per_example(make: Callable[[slice], Tensor], batch: int, per_exampl
     )
 
 
-def chunk_size(batch: int, per_example: int) -> int:
+def _chunk_size(batch: int, per_example: int) -> int:
     return min(batch, max(1, CHUNK_ELEMENTS // max(per_example, 1)))
 
 
