@@ -120,6 +120,41 @@ def test_linear_regression_surface_is_the_closed_form_quadratic():
     assert torch.equal(model[0].weight, centre["0.weight"])
 
 
+def test_a_wide_linear_input_layer_is_precomputed_whatever_the_timing_says(digits, digits_mlp, monkeypatch):
+    x, y = digits
+    slow = {True: 1.0, False: 0.5}  # a noisy timing that says combining is twice as slow
+    monkeypatch.setattr(ls.PlaneEvaluator, "_seconds_per_point", lambda self, precomputed=None, repeats=3: slow[bool(self.precomputed if precomputed is None else precomputed)])
+    centre = ls.weights_of(digits_mlp)
+    directions = ls.random_directions(centre, 2, 0)
+    wide = ls.PlaneEvaluator(digits_mlp, CE, x, y, centre, directions, batch_size=600)
+    assert wide.precomputed  # 64 inputs: 64 multiply-adds an output element against 3 passes
+    wide.restore()
+    torch.manual_seed(0)
+    narrow_model = mlp(4, [16], 10, "relu")
+    narrow_centre = ls.weights_of(narrow_model)
+    narrow = ls.PlaneEvaluator(narrow_model, CE, x[:, :4], y, narrow_centre, ls.random_directions(narrow_centre, 2, 0), batch_size=600)
+    assert not narrow.precomputed  # 4 inputs: the timing decides
+    narrow.restore()
+
+
+def test_a_flatten_before_the_input_layer_still_precomputes_exactly(digits):
+    x, y = digits
+    images = x.double().view(-1, 1, 8, 8)  # the MLPs this project builds start with a Flatten
+    torch.manual_seed(0)
+    model = mlp(64, [16], 10, "tanh").double()
+    centre = ls.weights_of(model)
+    directions = ls.random_directions(centre, 2, 0)
+    xs = ls.symmetric_grid(5, 1.0)
+    surfaces = {}
+    for precompute in (True, False):
+        evaluator = ls.PlaneEvaluator(model, CE, images, y, centre, directions, batch_size=250, precompute=precompute)
+        assert evaluator.precomputed == precompute
+        with evaluator.session():
+            surfaces[precompute] = ls.loss_surface(evaluator, xs, xs)
+    np.testing.assert_allclose(surfaces[True].loss, surfaces[False].loss, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(surfaces[True].accuracy, surfaces[False].accuracy)
+
+
 def test_centre_and_restore(digits, digits_cnn):
     x, y = digits
     x = x.view(-1, 1, 8, 8)

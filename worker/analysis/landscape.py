@@ -184,12 +184,21 @@ class PlaneEvaluator:
         self._use(self.precomputed)
         candidates = [batch_size] if batch_size else [len(y), *(b for b in (1024, 512, 256, 128) if b < len(y))]
         self.batch_size, self.seconds_per_point = self._tune(candidates)
-        if self.precomputed and precompute is None:  # a cheap input layer may be faster to run than to combine
+        if self.precomputed and precompute is None and not self._precompute_clearly_cheaper():
+            # a cheap input layer may be faster to run than to combine: time both
             seconds = {True: self.seconds_per_point, False: math.inf}
             for _ in range(3):
                 seconds[False] = min(seconds[False], self._seconds_per_point(False, repeats=1))
             self._use(seconds[True] <= seconds[False])
             self.seconds_per_point = min(seconds.values())
+
+    def _precompute_clearly_cheaper(self) -> bool:
+        """A linear input layer costs in_features multiply-adds per output element; combining costs one pass
+        per direction and one for the centre. Far apart, timing would only add the machine's noise to the
+        choice (seen on a shared 2-core machine: a noisy timing once kept a 64-input layer as it was)."""
+        assert self._swap is not None
+        layer = self._swap[2]
+        return isinstance(layer, nn.Linear) and layer.in_features >= 16 * (1 + len(self.directions))
 
     def _use(self, precomputed: bool) -> None:
         if self._swap is not None:
@@ -229,16 +238,19 @@ class PlaneEvaluator:
         return best, timings[best]
 
     def _precompute_input_layer(self, centre: Weights) -> set[str]:
-        """Swap the input layer for its precomputed outputs when that is exact and fits; its tensors' names."""
+        """Swap the input layer for its precomputed outputs when that is exact and fits; its tensors' names.
+
+        The input layer is the one linear layer that reads the raw input, or a reshape of it (a Flatten or a
+        view before it, as in the MLPs this project builds), exactly once."""
         x0 = self.x[:2]
         calls: dict[nn.Module, int] = {}
-        reads_input: list[nn.Module] = []
+        reads_input: dict[nn.Module, Tensor] = {}
 
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             calls[module] = calls.get(module, 0) + 1
             inp = args[0] if args else None
             if isinstance(inp, Tensor) and inp.untyped_storage().data_ptr() == x0.untyped_storage().data_ptr():
-                reads_input.append(module)
+                reads_input[module] = inp
 
         handles = [m.register_forward_pre_hook(hook) for m in self.model.modules() if m is not self.model]
         try:
@@ -248,20 +260,25 @@ class PlaneEvaluator:
             for h in handles:
                 h.remove()
         linear = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        if len(reads_input) != 1 or not isinstance(reads_input[0], linear) or calls[reads_input[0]] != 1:
+        candidates = [m for m in reads_input if isinstance(m, linear)]
+        if len(candidates) != 1 or calls[candidates[0]] != 1:
             return set()
-        layer = reads_input[0]
+        layer = candidates[0]
+        seen = reads_input[layer]
+        if seen.numel() != x0.numel() or not torch.equal(seen, x0.reshape(seen.shape)):  # not a plain reshape of x
+            return set()
+        layer_input = self.x.reshape(len(self.x), *seen.shape[1:])
         path = next(n for n, m in self.model.named_modules() if m is layer)
         own = {f"{path}.{k}": k for k, _ in layer.named_parameters(recurse=False)}
         if any(n not in centre for n in own):
             return set()
-        out_bytes = layer(x0).numel() // len(x0) * len(self.x) * self.x.element_size()
+        out_bytes = layer(seen).numel() // len(x0) * len(self.x) * self.x.element_size()
         if out_bytes * (1 + len(self.directions)) > PRECOMPUTE_BYTES:
             return set()
         params = dict(layer.named_parameters(recurse=False))
 
         def output(values: dict[str, Tensor]) -> Tensor:
-            return torch.func.functional_call(layer, values, (self.x,))
+            return torch.func.functional_call(layer, values, (layer_input,))
 
         base = output({k: centre[n].to(params[k]) for n, k in own.items()})
         along = [output({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions]
