@@ -78,3 +78,16 @@ def test_text_groups_come_as_text():
             rows = split.x_train[report[side]["core"][: len(report[side]["snippets"])]]
             assert report[side]["snippets"] == ["".join(split.vocab[t] for t in row) for row in rows.tolist()]
     assert len(rec.series("signals/probe_loss")) == 60
+
+
+def test_the_probe_reads_the_trained_losses_and_leaves_training_unchanged():
+    """Under full-batch GD the probe's losses are the training step's own ℓ_i (the step trains on their mean,
+    with or without the probe), so the probe changes no number of the run."""
+    raw = job(6.0) | {"train": {**job(6.0)["train"], "steps": 30}}
+    plain, probed = ListRecorder(), ListRecorder()
+    train(JobSpec.model_validate({**raw, "probes": {}}), plain, torch.device("cpu"))
+    train(JobSpec.model_validate(raw), probed, torch.device("cpu"))
+    assert plain.series("train/loss") == probed.series("train/loss"), "bit-identical training with the probe on"
+    torch.testing.assert_close(
+        torch.tensor(probed.series("signals/probe_loss")), torch.tensor(probed.series("train/loss")), rtol=1e-6, atol=0
+    )

@@ -111,6 +111,7 @@ class Prepared:
     model: nn.Module
     params: list[torch.Tensor]
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    example_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # ℓ_i, whose mean the step trains on
     optimizer: torch.optim.Optimizer
 
 
@@ -123,7 +124,8 @@ def prepare(spec: JobSpec, device: torch.device, uploads: Callable[[str], Path] 
     params = [p for p in model.parameters() if p.requires_grad]
     z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0
     loss_fn = make_loss(spec.train.loss, split.n_classes, z_loss)
-    return Prepared(split, model, params, loss_fn, make_optimizer(spec.optimizer, params))
+    example_loss = make_example_loss(spec.train.loss, split.n_classes, z_loss)
+    return Prepared(split, model, params, loss_fn, example_loss, make_optimizer(spec.optimizer, params))
 
 
 def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool]) -> ProbeContext:
@@ -137,7 +139,7 @@ def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool])
     )  # fmt: skip
 
 
-def _signals_tracker(spec: JobSpec, split: data.Split, probes: list[Probe]) -> SignalsTracker | None:
+def _signals_tracker(spec: JobSpec, run: Prepared, probes: list[Probe]) -> SignalsTracker | None:
     """The signals probe, fed the Hessian probe's latest top eigenvector when there is one."""
     if spec.probes.signals is None:
         return None
@@ -146,9 +148,9 @@ def _signals_tracker(spec: JobSpec, split: data.Split, probes: list[Probe]) -> S
     def top_eigenvector() -> tuple[int, torch.Tensor] | None:
         return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
 
-    each = make_example_loss(spec.train.loss, split.n_classes, getattr(spec.model, "z_loss", 0.0))
+    split = run.split
     full_batch = spec.train.batch_size >= len(split.y_train)
-    return SignalsTracker(spec.probes.signals, each, split.x_train, split.y_train, spec.train.seed, full_batch, top_eigenvector, split.vocab)
+    return SignalsTracker(spec.probes.signals, run.example_loss, split.x_train, split.y_train, spec.train.seed, full_batch, top_eigenvector, split.vocab)
 
 
 def _train(
@@ -169,7 +171,7 @@ def _train(
     ctx = probe_context(spec, run, recorder.should_stop)
     watch = spec.probes.gradstats
     stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
-    signals = _signals_tracker(spec, split, probes)
+    signals = _signals_tracker(spec, run, probes)
     spent: dict[str, float] = {}
     batches = torch.Generator().manual_seed(cfg.seed)
     n_train = len(split.y_train)
@@ -221,7 +223,8 @@ def _train(
         watching = stats is not None and stats.due(step)
         with autocast, stats.capture(step) if stats is not None else nullcontext():
             out = model(x)
-            loss = loss_fn(out.float(), y)
+            losses = run.example_loss(out.float(), y)
+            loss = losses.mean()
         loss_value = loss.item()
         metrics = {"train/loss": loss_value}
         # The loss every step; the batch accuracy and the lr (a step function) where they are cheap to keep.
@@ -240,7 +243,7 @@ def _train(
             return Outcome.diverged
         if signals is not None:
             before = signals.seconds
-            metrics.update(signals.observe(step, model, out, idx, y))
+            metrics.update(signals.observe(step, model, losses.detach(), idx))
             for at, document in signals.reports:
                 recorder.result("signals", at, document)
             signals.reports.clear()

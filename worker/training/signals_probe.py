@@ -27,8 +27,9 @@ class _Pending:
 
 
 class SignalsTracker:
-    """Call `observe()` at each training step with that step's forward (before the update); it returns the
-    step's metrics, and `reports` collects the pairs whose anti-phase score passed, as result documents."""
+    """Call `observe()` at each training step with that step's per-example losses (before the update); it
+    returns the step's metrics, and `reports` collects the pairs whose anti-phase score passed, as result
+    documents."""
 
     name = "signals"
 
@@ -60,12 +61,12 @@ class SignalsTracker:
         self.seconds = 0.0
         self.mean_input = x_train.float().mean(0)
 
-    @torch.no_grad()  # (with autograd on, even detached inputs made this measurably slower every step)
-    def _losses(self, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> np.ndarray:
+    @torch.no_grad()
+    def _losses(self, model: nn.Module, losses: Tensor, idx: Tensor) -> np.ndarray:
         if self.reuse:  # the batch is the whole training set in some order; the probe set is it in row order
-            losses = np.empty(len(self.rows), dtype=np.float32)
-            losses[idx.cpu().numpy()] = self.each(out.detach().float(), y).cpu().numpy()
-            return losses
+            now = np.empty(len(self.rows), dtype=np.float32)
+            now[idx.cpu().numpy()] = losses.float().cpu().numpy()
+            return now
         training = model.training
         model.eval()
         try:
@@ -73,9 +74,10 @@ class SignalsTracker:
         finally:
             model.train(training)
 
-    def observe(self, step: int, model: nn.Module, out: Tensor, idx: Tensor, y: Tensor) -> dict[str, float]:
+    def observe(self, step: int, model: nn.Module, losses: Tensor, idx: Tensor) -> dict[str, float]:
+        """`losses`: the training step's per-example losses of the batch `idx` (the rows of the training set)."""
         started = time.perf_counter()
-        now = self._losses(model, out, idx, y)
+        now = self._losses(model, losses, idx)
         mean = float(now.sum(dtype=np.float64)) / len(now)
         metrics = {"signals/probe_loss": mean}
         previous = self.history[-1] if self.history else None
