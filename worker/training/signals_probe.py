@@ -61,7 +61,6 @@ class SignalsTracker:
         self.seconds = 0.0
         self.mean_input = x_train.float().mean(0)
 
-    @torch.no_grad()
     def _losses(self, model: nn.Module, losses: Tensor, idx: Tensor) -> np.ndarray:
         if self.reuse:  # the batch is the whole training set in some order; the probe set is it in row order
             now = np.empty(len(self.rows), dtype=np.float32)
@@ -70,7 +69,8 @@ class SignalsTracker:
         training = model.training
         model.eval()
         try:
-            return self.each(model(self.x).float(), self.y).cpu().numpy()
+            with torch.no_grad():
+                return self.each(model(self.x).float(), self.y).cpu().numpy()
         finally:
             model.train(training)
 
