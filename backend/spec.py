@@ -383,12 +383,18 @@ class GradStatsProbe(Schedule):
     histogram_elements: int = Field(200_000, ge=1000, le=10_000_000, description="coordinates sampled per example")
     details_every: int | None = Field(None, gt=0, description="steps between spectra and histograms (null: every due step)")
     ema: float = Field(0.95, ge=0.0, lt=1.0, description="decay of the noise scale's EMAs")
+    two_batch: int | None = Field(
+        None, ge=1, description="also B_simple by the two-batch-size estimator (McCandlish et al., App. A.1): the gradient "
+        "of this many of the batch's examples against the whole batch's — one extra forward and backward over them "
+        "at each due step (null: the per-example estimator only)",
+    )  # fmt: skip
 
 
 class SignalsProbe(StrictModel):
     """Opposing signals during training: per-example losses on a fixed probe set at every step (taken from the
     training forward itself when the batch is the whole training set), their changes and heavy tail; a search
-    for opposing groups on a schedule and when the probe loss rises; a pair is reported once the steps after it
+    for opposing groups on a schedule, when the probe loss rises and when the sharpness (with the hessian
+    probe) reaches its stability threshold; a pair is reported once the steps after it
     show its groups' losses swinging out of phase."""
 
     probe_examples: int = Field(
@@ -396,6 +402,9 @@ class SignalsProbe(StrictModel):
     )
     detect_every: int = Field(100, gt=0, description="steps between two scheduled searches")
     on_rise: bool = Field(True, description="search also when the probe set's mean loss rises")
+    on_sharpness: bool = Field(
+        True, description="search also when the Hessian probe's sharpness reaches its stability threshold (2/lr under GD)"
+    )
     min_gap: int = Field(10, ge=1, description="at least this many steps between two searches")
     window: int = Field(20, ge=3, le=500, description="steps on each side for the anti-phase score")
     antiphase_max: float = Field(-0.5, ge=-1.0, le=0.0, description="report pairs whose score is at most this")
@@ -445,6 +454,9 @@ class JobSpec(StrictModel):
             late = [s for s in getattr(probe, "at", []) if s != "end" and s > self.train.steps]
             if late:
                 raise ValueError(f"probes.{name}.at has steps after the last ({self.train.steps}): {late}")
+        stats = self.probes.gradstats
+        if stats is not None and stats.two_batch is not None and stats.two_batch >= self.train.batch_size:
+            raise ValueError(f"probes.gradstats.two_batch ({stats.two_batch}) must be smaller than train.batch_size ({self.train.batch_size})")
         return self
 
 

@@ -6,8 +6,9 @@ import { addExports, api, esc, plotLayout } from "../common.js";
 const POLL_MS = 3000;
 const HEAT_COLUMNS = 400;
 const CHARTS = {
-  "gradstats-noise": { title: "Gradient noise scale B_simple = tr Σ / ‖G‖²", series: ["grad/noise_scale", "grad/noise_scale_ema"], ylog: true,
-    labels: { "grad/noise_scale": "per step (per-example estimator)", "grad/noise_scale_ema": "EMAs of tr Σ and ‖G‖², divided" } },
+  "gradstats-noise": { title: "Gradient noise scale B_simple = tr Σ / ‖G‖²", series: ["grad/noise_scale", "grad/noise_scale_ema", "grad/noise_scale_two_batch", "grad/noise_scale_two_batch_ema"], ylog: true,
+    labels: { "grad/noise_scale": "per step (per-example estimator)", "grad/noise_scale_ema": "EMAs of tr Σ and ‖G‖², divided",
+      "grad/noise_scale_two_batch": "per step (two-batch-size estimator)", "grad/noise_scale_two_batch_ema": "two-batch: EMAs, divided" } },
   "gradstats-coherence": { title: "Coherence α = ‖ḡ‖² / mean ‖g_i‖², Cockpit's tests, GSNR", series: ["grad/alpha", "grad/norm_test", "grad/inner_test", "grad/ortho_test", "grad/mean_gsnr"], ylog: true },
   "gradstats-steps": { title: "Update-to-weight ratio and cosines of successive gradients and updates", series: ["grad/update_ratio", "grad/cos_previous_grad", "grad/cos_previous_update"], ylog: false },
 };

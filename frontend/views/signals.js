@@ -5,6 +5,7 @@
 import { addExports, api, esc, plotLayout } from "../common.js";
 
 const POLL_MS = 3000;
+const TRIGGERS = { schedule: "schedule", "loss rise": "a rise of the loss", sharpness: "the sharpness reaching 2/lr" };
 
 // Upper and lower envelopes of a period-2 oscillation: the max and min of each pair of neighbours.
 function envelopes(steps, values) {
@@ -53,7 +54,7 @@ export function signalsView(container, jobId, isLive) {
     const ranked = [...pairs].sort((a, b) => a.data.cos - b.data.cos);
     const box = container.querySelector("#signals-pairs");
     box.innerHTML = ranked.map((p, k) => `
-      <h3>Pair ${p.data.pair + 1}, found at step ${p.step}: cos(ḡ_A, ḡ_B) = ${p.data.cos.toFixed(2)}, anti-phase ${p.data.antiphase.toFixed(2)}</h3>
+      <h3>Pair ${p.data.pair + 1}, found at step ${p.step}${p.data.trigger ? ` (search on ${p.data.trigger.map((t) => TRIGGERS[t] || t).join(", ")})` : ""}: cos(ḡ_A, ḡ_B) = ${p.data.cos.toFixed(2)}, anti-phase ${p.data.antiphase.toFixed(2)}</h3>
       ${p.data.hessian_alignment ? `<p class="muted">|cos(top Hessian eigenvector at step ${p.data.hessian_alignment.eigenvector_step}, ĝ_A − ĝ_B)| = ${p.data.hessian_alignment.abs_cos.toFixed(3)} (a random direction: ${p.data.hessian_alignment.random_abs_cos.toFixed(3)})</p>` : ""}
       <div class="plots">
         <div class="chart"><div id="pair-${k}-curves" class="plot pair-curves" role="img" aria-label="group losses of pair ${k + 1}"></div></div>

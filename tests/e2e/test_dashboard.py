@@ -324,13 +324,16 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
 
 def test_gradient_statistics_view(page, served: Serve):
     raw = spec(steps=200, name="e2e-gradstats")
-    raw["probes"] = {"gradstats": {"every": 5, "details_every": 50}}
+    raw["probes"] = {"gradstats": {"every": 5, "details_every": 50, "two_batch": 16}}
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
     page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
     page.wait_for_function("Number(document.getElementById('gradstats-noise')?.dataset.points) === 40", timeout=30_000)
     api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "grad/noise_scale"}).json()["series"][0]
     assert trace(page, "gradstats-noise", 0)["y"] == api["values"]
+    two = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "grad/noise_scale_two_batch"}).json()["series"][0]
+    assert trace(page, "gradstats-noise", 2)["y"] == two["values"] and len(two["values"]) == 40
+    assert trace(page, "gradstats-noise", 2)["name"] == "per step (two-batch-size estimator)"
     assert page.evaluate("document.getElementById('gradstats-layers').dataset.layers") == "6"  # 3 Linear: weight, bias
     [latest] = served.client.get(f"/jobs/{job['id']}/results/gradstats", params={"last": 1}).json()
     bars = page.evaluate("Array.from(document.getElementById('gradstats-histogram').data[0].y)")
@@ -339,7 +342,7 @@ def test_gradient_statistics_view(page, served: Serve):
     with page.expect_download() as download:  # every chart of a view exports what it draws
         page.click("#gradstats-noise >> xpath=preceding-sibling::div[@class='exports'] >> button[data-format='csv']")
     rows = download.value.path().read_text().strip().splitlines()
-    noise = [r.split(",") for r in rows[1:] if r.startswith('"per step')]
+    noise = [r.split(",") for r in rows[1:] if r.startswith('"per step (per-example')]
     assert [int(r[1]) for r in noise] == api["steps"]
     for (_, _, value, _), want in zip(noise, api["values"], strict=True):  # gaps stay gaps
         assert (value == "" and want is None) or float(value) == pytest.approx(want, rel=1e-12)
@@ -361,6 +364,7 @@ def test_opposing_signals_view(page, served: Serve):
     assert shapes == [p["step"] for p in pairs]
     first = min(pairs, key=lambda p: p["data"]["cos"])  # the most opposed pair is shown first
     assert f"cos(ḡ_A, ḡ_B) = {first['data']['cos']:.2f}" in page.inner_text("#signals-pairs h3")
+    assert first["data"]["trigger"] == ["schedule"] and "(search on schedule)" in page.inner_text("#signals-pairs h3")
     feature = page.evaluate("document.getElementById('pair-0-A-feature').data[0].z")
     assert feature == first["data"]["A"]["mean_input_minus_all"][0]
     assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(first["data"]["A"]["examples"]))

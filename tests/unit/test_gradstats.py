@@ -156,6 +156,25 @@ def test_two_batch_estimator_and_its_ema_agree_with_the_per_example_form():
     assert ema.value == pytest.approx(s.noise_scale, rel=1e-12)
 
 
+def test_the_small_batch_gradient_is_exact_and_leaves_no_trace():
+    """‖∇L_S‖² for the two-batch estimator equals an ordinary backward over S, in train mode with BatchNorm and
+    dropout; the model's running statistics, `.grad` and the random state are as before."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3)).double().train()
+    x, y = torch.randn(12, 6, dtype=torch.float64), torch.randint(0, 3, (12,))
+    reference, state = copy.deepcopy(model), torch.get_rng_state()
+    F.cross_entropy(reference(x), y).backward()
+    want = sum(float(p.grad.pow(2).sum()) for p in reference.parameters())
+    torch.set_rng_state(state)  # the same dropout mask
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    assert gs.batch_grad_sq(model, F.cross_entropy, x, y) == pytest.approx(want, rel=1e-12)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_lowrank_singular_values_match_a_dense_svd():
     gen = torch.Generator().manual_seed(0)
     d = torch.randn(12, 40, generator=gen, dtype=torch.float64)

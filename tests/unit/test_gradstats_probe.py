@@ -54,3 +54,19 @@ def test_schedule_details_and_momentum():
     assert first["rules"]["1.weight"] == "linear"
     summary = [r for k, s, r in rec.results if k == "summary"][-1]
     assert summary["probe_seconds"]["gradstats"] > 0
+
+
+def test_two_batch_estimator_in_a_job():
+    """B_simple by both estimators: the two-batch one (16 of the batch's 64 examples against all 64) estimates
+    the same tr Σ / ‖G‖² as the per-example one, so their EMAs agree up to the small batch's noise."""
+    rec = run(60, every=1, two_batch=16)
+    two, each = rec.series("grad/noise_scale_two_batch_ema"), rec.series("grad/noise_scale_ema")
+    assert len(two) == len(each) == 60 and len(rec.series("grad/noise_scale_two_batch")) == 60
+    assert 0.5 < two[-1] / each[-1] < 2, (two[-1], each[-1])
+
+
+def test_two_batch_must_be_smaller_than_the_batch():
+    raw = spec(steps=10)
+    raw["probes"] = {"gradstats": {"every": 1, "two_batch": raw["train"]["batch_size"]}}
+    with pytest.raises(ValueError, match="two_batch"):
+        JobSpec.model_validate(raw)

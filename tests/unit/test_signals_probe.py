@@ -91,3 +91,48 @@ def test_the_probe_reads_the_trained_losses_and_leaves_training_unchanged():
     torch.testing.assert_close(
         torch.tensor(probed.series("signals/probe_loss")), torch.tensor(probed.series("train/loss")), rtol=1e-6, atol=0
     )
+
+
+def test_a_search_runs_when_the_sharpness_reaches_its_threshold():
+    """Measured sharpness (step → value, threshold 2): searches at each first measurement at or above the
+    threshold after one below, deferred while the last search is under `min_gap` steps old."""
+    from backend.spec import SignalsProbe
+    from worker.training.signals_probe import SignalsTracker
+
+    measured = {0: 1.0, 5: 1.5, 10: 2.5, 15: 3.0, 20: 1.8, 25: 2.2, 28: 1.0, 30: 2.1}
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 5, generator=gen), torch.randint(0, 3, (200,), generator=gen)
+    model = torch.nn.Linear(5, 3)
+    each = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+
+    def searches(on: bool) -> list[int]:
+        cfg = SignalsProbe(detect_every=1000, on_rise=False, on_sharpness=on, min_gap=10)
+        now = {"step": 0}
+        latest = lambda: max(((s, v, 2.0) for s, v in measured.items() if s <= now["step"]), default=None)  # noqa: E731
+        tracker = SignalsTracker(cfg, each, x, y, 0, True, sharpness=latest)
+        found = []
+        for step in range(40):
+            now["step"] = step
+            losses = torch.rand(200, generator=gen)
+            if "signals/outliers" in tracker.observe(step, model, losses, torch.arange(200)):
+                found.append(step)
+        return found
+
+    assert searches(True) == [10, 25, 35]
+    assert searches(False) == []
+
+
+def test_the_hessian_probe_triggers_a_search_in_a_job():
+    """Full-batch GD at lr 0.15 starts above 2/lr (sharpness 15 > 13.3): the Hessian probe's first measurement
+    makes a search due at the first step with a loss change; nothing else schedules one."""
+    raw = job(6.0) | {"optimizer": {"kind": "sgd", "lr": 0.15}}
+    raw["train"] = {**raw["train"], "steps": 20}
+    hessian = {"every": 10, "top_k": 1, "examples": 100_000, "tol": 1e-4}
+    found = {}
+    for on in (True, False):
+        raw["probes"] = {"signals": {"detect_every": 1000, "on_rise": False, "on_sharpness": on}, "hessian": hessian}
+        rec = ListRecorder()
+        train(JobSpec.model_validate(raw), rec, torch.device("cpu"))
+        assert rec.series("hessian/sharpness")[0] > rec.series("hessian/threshold")[0]
+        found[on] = [s for s, k, _ in rec.points if k == "signals/outliers"]
+    assert found == {True: [1], False: []}

@@ -362,6 +362,16 @@ def two_batch_noise(small_sq: float, big_sq: float, b_small: int, b_big: int) ->
     return grad_sq, trace
 
 
+def batch_grad_sq(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> float:
+    """‖∇L‖² of the mean loss over (x, y) — the small batch of the two-batch estimator — with no side effect:
+    `.grad`, the buffers (BatchNorm running statistics) and the random state (dropout) are left as they were."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = {n: t.clone() for n, t in model.named_buffers()}  # BatchNorm updates these copies
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        grads = torch.autograd.grad(loss_fn(functional_call(model, buffers, (x,), strict=False), y), params)
+    return float(torch.stack([g.double().pow(2).sum() for g in grads]).sum())
+
+
 @dataclass
 class NoiseScaleEMA:
     """B_simple over steps: EMAs of the unbiased ‖G‖² and tr Σ kept apart, divided at the end (the ratio of

@@ -1,5 +1,6 @@
 """The gradstats probe: statistics of the training step's own gradient, hooked into that step."""
 
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -23,6 +24,7 @@ class GradStatsTracker:
         self.tape = gs.Tape(model)
         self.history = gs.StepHistory(model)
         self.noise = gs.NoiseScaleEMA(cfg.ema)
+        self.two_batch = gs.NoiseScaleEMA(cfg.ema)
         self.last_details: int | None = None
         self.seconds = 0.0
         if cfg.histogram_examples:
@@ -45,6 +47,11 @@ class GradStatsTracker:
         stats = gs.statistics(loss, gs.moments(self.tape, loss_fn, x, y), dead_fraction=detailed)
         metrics = stats.as_metrics(lr)
         metrics["grad/noise_scale_ema"] = self.noise.update(stats.grad_sq_unbiased, stats.trace_sigma)
+        small = self.cfg.two_batch
+        if small is not None and small < len(x):  # the batch comes shuffled: its first examples are a random subset
+            grad_sq, trace = gs.two_batch_noise(gs.batch_grad_sq(self.model, loss_fn, x[:small], y[:small]), stats.grad_norm**2, small, len(x))
+            metrics["grad/noise_scale_two_batch"] = trace / grad_sq if grad_sq > 0 else math.inf
+            metrics["grad/noise_scale_two_batch_ema"] = self.two_batch.update(grad_sq, trace)
         metrics.update(self.history.before_step())
         details = None
         if detailed:

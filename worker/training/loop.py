@@ -140,7 +140,7 @@ def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool])
 
 
 def _signals_tracker(spec: JobSpec, run: Prepared, probes: list[Probe]) -> SignalsTracker | None:
-    """The signals probe, fed the Hessian probe's latest top eigenvector when there is one."""
+    """The signals probe, fed the Hessian probe's latest top eigenvector and sharpness when there is one."""
     if spec.probes.signals is None:
         return None
     hessian = next((p for p in probes if isinstance(p, HessianTracker)), None)
@@ -150,7 +150,10 @@ def _signals_tracker(spec: JobSpec, run: Prepared, probes: list[Probe]) -> Signa
 
     split = run.split
     full_batch = spec.train.batch_size >= len(split.y_train)
-    return SignalsTracker(spec.probes.signals, run.example_loss, split.x_train, split.y_train, spec.train.seed, full_batch, top_eigenvector, split.vocab)
+    return SignalsTracker(
+        spec.probes.signals, run.example_loss, split.x_train, split.y_train, spec.train.seed, full_batch,
+        top_eigenvector, split.vocab, sharpness=lambda: None if hessian is None else hessian.latest_sharpness,
+    )  # fmt: skip
 
 
 def _train(

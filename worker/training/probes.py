@@ -90,6 +90,7 @@ class HessianTracker:
         self.schedule = self.cfg = cfg
         self.previous: Tensor | None = None  # the top eigenvectors of the last call, as columns
         self.last_step: int | None = None
+        self.latest_sharpness: tuple[int, float, float] | None = None  # (step, sharpness, its stability threshold)
 
     def __call__(self, step: int, ctx: ProbeContext) -> ProbeOutput:
         cfg = self.cfg
@@ -127,6 +128,7 @@ class HessianTracker:
             pre = hs.eigenpairs(lambda v: d * op(d * v), op.n, 1, tol=cfg.tol, seed=ctx.seed + step, device=op.device)
             metrics["hessian/sharpness"] = float(pre.values[0])
             result["preconditioned_sharpness"] = float(pre.values[0])
+        self.latest_sharpness = (step, metrics["hessian/sharpness"], threshold)
         if cfg.negative:
             bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=ctx.seed, device=op.device)
             result["negative_eigenvalues"] = bottom.values.tolist()

@@ -24,6 +24,7 @@ class _Pending:
     step: int
     pair: sg.Pair
     alignment: dict[str, float] | None  # |cos(top Hessian eigenvector, ĝ_A − ĝ_B)|, and a random direction's
+    trigger: list[str]  # what made the search: "schedule", "loss rise", "sharpness"
 
 
 class SignalsTracker:
@@ -43,8 +44,9 @@ class SignalsTracker:
         full_batch: bool,
         top_eigenvector: Callable[[], tuple[int, Tensor] | None] = lambda: None,
         vocab: str | None = None,
+        sharpness: Callable[[], tuple[int, float, float] | None] = lambda: None,
     ) -> None:
-        self.cfg, self.each, self.top_eigenvector, self.vocab = cfg, each, top_eigenvector, vocab
+        self.cfg, self.each, self.top_eigenvector, self.vocab, self.sharpness = cfg, each, top_eigenvector, vocab, sharpness
         # Under full-batch training the probe set is the training set, whose losses the training forward gives.
         size = len(y_train) if full_batch else cfg.probe_examples
         self.rows = stratified_sample(y_train, size, seed + 4).to(x_train.device)
@@ -58,6 +60,9 @@ class SignalsTracker:
         self.last_search: int | None = None
         self.rejected = 0
         self.previous_mean = float("inf")
+        self.sharpness_seen: int | None = None  # the step of the last Hessian measurement looked at
+        self.was_above = False
+        self.sharpness_due = False  # it crossed its threshold: search at the next step the gap allows
         self.seconds = 0.0
         self.mean_input = x_train.float().mean(0)
 
@@ -82,15 +87,18 @@ class SignalsTracker:
         metrics = {"signals/probe_loss": mean}
         previous = self.history[-1] if self.history else None
         self.history.append((step, now))
+        self._watch_sharpness()
         if previous is not None:
             delta = now - previous[1]
             metrics["signals/heavy_tail"] = sg.heavy_tail_share(delta)
             rose = self.cfg.on_rise and mean > self.previous_mean
             spaced = self.last_search is None or step - self.last_search >= self.cfg.min_gap
-            if spaced and (step % self.cfg.detect_every == 0 or rose):
-                self.last_search = step
+            reasons = (("schedule", step % self.cfg.detect_every == 0), ("loss rise", rose), ("sharpness", self.sharpness_due))
+            trigger = [name for name, on in reasons if on]
+            if spaced and trigger:
+                self.last_search, self.sharpness_due = step, False
                 found = sg.detect(model, self.each, self.x, self.y, torch.from_numpy(delta).to(self.x.device), self.settings)
-                self.pending += [_Pending(step, p, self._alignment(p)) for p in found.pairs]
+                self.pending += [_Pending(step, p, self._alignment(p), trigger) for p in found.pairs]
                 metrics["signals/outliers"] = float(len(found.outliers))
         self.previous_mean = mean
         if self.pending:
@@ -100,6 +108,17 @@ class SignalsTracker:
             metrics[f"signals/pair{k}/B"] = float(now[pair.b].mean())
         self.seconds += time.perf_counter() - started
         return metrics
+
+    def _watch_sharpness(self) -> None:
+        """Take in the Hessian probe's newest measurement: the first at or above its stability threshold (after
+        one below, or as the first) makes a search due — the edge of stability is where opposing signals show."""
+        latest = self.sharpness()
+        if latest is None or latest[0] == self.sharpness_seen:
+            return
+        self.sharpness_seen = latest[0]
+        above = latest[1] >= latest[2]
+        self.sharpness_due |= self.cfg.on_sharpness and above and not self.was_above
+        self.was_above = above
 
     def _score(self, step: int, final: bool = False) -> None:
         """Score the pending pairs whose window has passed (at the end of training: with what there is)."""
@@ -137,7 +156,7 @@ class SignalsTracker:
         pair, rows = item.pair, self.rows.cpu()
         out: dict[str, Any] = {
             "pair": len(self.tracked) - 1, "cos": pair.cos, "antiphase": pair.antiphase, "window": self.cfg.window,
-            "hessian_alignment": item.alignment,
+            "hessian_alignment": item.alignment, "trigger": item.trigger,
             "probe_examples": len(self.rows), "steps": [s for s, _ in self.history if abs(s - item.step) <= self.cfg.window],
         }  # fmt: skip
         for side, core, star, moved in (("A", pair.a, pair.a_star, pair.mean_delta_a), ("B", pair.b, pair.b_star, pair.mean_delta_b)):
