@@ -70,3 +70,21 @@ def test_two_batch_must_be_smaller_than_the_batch():
     raw["probes"] = {"gradstats": {"every": 1, "two_batch": raw["train"]["batch_size"]}}
     with pytest.raises(ValueError, match="two_batch"):
         JobSpec.model_validate(raw)
+
+
+def test_distance_from_initialization_survives_a_resume():
+    """A resumed job rebuilds the initial weights from its seed: distances after the resume are the
+    uninterrupted run's, not distances from the checkpoint."""
+    from worker.training.checkpoint import unpack
+
+    raw = spec(steps=120, lr=0.2, checkpoint_every=50)
+    raw["probes"] = {"gradstats": {"every": 10, "spectra": False, "histogram_examples": 0}}
+    job = JobSpec.model_validate(raw)
+    whole, died = ListRecorder(), ListRecorder(stop_after=80)
+    train(job, whole, torch.device("cpu"))
+    assert train(job, died, torch.device("cpu")) is Outcome.stopped
+    step, tensors, metadata = [(s, t, m) for k, s, t, m in died.artifacts if k == "checkpoint"][-1]
+    resumed = ListRecorder()
+    train(job, resumed, torch.device("cpu"), resume=unpack(tensors, metadata))
+    after = lambda rec: [(s, v) for s, k, v in rec.points if k == "grad/distance" and s >= step]  # noqa: E731
+    assert step == 50 and len(after(resumed)) == 7 and after(resumed) == after(whole)
