@@ -5,6 +5,7 @@
 import { addExports, api, esc, plotLayout } from "../common.js";
 
 const POLL_MS = 3000;
+const THUMBS_PER_ROW = 4;
 const TRIGGERS = { schedule: "schedule", "loss rise": "a rise of the loss", sharpness: "the sharpness reaching 2/lr" };
 
 // Upper and lower envelopes of a period-2 oscillation: the max and min of each pair of neighbours.
@@ -16,6 +17,32 @@ function envelopes(steps, values) {
     lower.push(near.length ? Math.min(...near) : null);
   }
   return { x: steps, upper, lower };
+}
+
+// A group's mean loss: the window around its search (kept with the pair), then the steps tracked after it.
+function curve(windowSteps, windowValues, tracked) {
+  const steps = [...(windowSteps || [])], values = [...(windowValues || [])];
+  const last = steps.length ? steps[steps.length - 1] : -Infinity;
+  (tracked?.steps || []).forEach((st, i) => { if (st > last) { steps.push(st); values.push(tracked.values[i]); } });
+  return { steps, values };
+}
+
+// Images (2-D arrays) as one grid, `perRow` to a row, a blank row/column between neighbours.
+function tile(images, perRow) {
+  const h = images[0].length, w = images[0][0].length, cols = Math.min(perRow, images.length);
+  const z = [];
+  for (let start = 0; start < images.length; start += cols) {
+    if (start) z.push(new Array(cols * (w + 1) - 1).fill(null));
+    for (let r = 0; r < h; r++) {
+      const row = [];
+      for (let i = start; i < start + cols; i++) {
+        if (i > start) row.push(null);
+        row.push(...(images[i] ? images[i][r] : new Array(w).fill(null)));
+      }
+      z.push(row);
+    }
+  }
+  return z;
 }
 
 function isImage(feature) {
@@ -66,25 +93,28 @@ export function signalsView(container, jobId, isLive) {
     for (const [k, p] of ranked.entries()) {
       const traces = [];
       for (const [g, color] of [["A", "#1f77b4"], ["B", "#ff7f0e"]]) {
-        const s = byName[`signals/pair${p.data.pair}/${g}`];
-        if (!s) continue;
+        const s = curve(p.data.steps, p.data[g].loss, byName[`signals/pair${p.data.pair}/${g}`]);
+        if (!s.steps.length) continue;
         const env = envelopes(s.steps, s.values);
         traces.push({ name: `group ${g}`, x: s.steps, y: s.values, mode: "lines", line: { color, width: 1 }, opacity: 0.35 });
         traces.push({ name: `${g} upper envelope`, x: env.x, y: env.upper, mode: "lines", line: { color } });
         traces.push({ name: `${g} lower envelope`, x: env.x, y: env.lower, mode: "lines", line: { color, dash: "dot" } });
       }
-      await Plotly.react(container.querySelector(`#pair-${k}-curves`), traces, plotLayout("Group losses after the pair was found (raw and even/odd envelopes)", true), { responsive: true, displaylogo: false });
+      const curveLayout = plotLayout("Group losses around the search and after it (raw and even/odd envelopes)", true);
+      curveLayout.shapes = [{ type: "line", x0: p.step, x1: p.step, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#888" } }];
+      await Plotly.react(container.querySelector(`#pair-${k}-curves`), traces, curveLayout, { responsive: true, displaylogo: false });
       const classes = ["A", "B"].map((g) => ({ type: "bar", name: `group ${g}`, x: (p.data[g].classes || []).map((_, c) => `class ${c}`), y: p.data[g].classes || [] }));
-      await Plotly.react(container.querySelector(`#pair-${k}-classes`), classes, plotLayout("Classes in each group (expanded)", false), { responsive: true, displaylogo: false });
+      const classLayout = plotLayout("Classes in each group (expanded)", false);
+      classLayout.xaxis = { title: { text: "class" } };
+      await Plotly.react(container.querySelector(`#pair-${k}-classes`), classes, classLayout, { responsive: true, displaylogo: false });
       for (const g of ["A", "B"]) {
         const shown = p.data[g].examples || [];
         const thumbs = container.querySelector(`#pair-${k}-${g}-examples`);
         const thumbLayout = plotLayout(`Group ${g}: ${shown.length} of its examples`, false);
-        if (shown.length && isImage(shown[0])) {  // side by side, one column of gap between images
-          const rows = shown[0][0].length;
-          const z = Array.from({ length: rows }, (_, r) => shown.flatMap((img, i) => [...img[0][r], ...(i < shown.length - 1 ? [null] : [])]));
-          thumbLayout.yaxis = { autorange: "reversed", scaleanchor: "x", showticklabels: false };
-          thumbLayout.xaxis = { showticklabels: false };
+        if (shown.length && isImage(shown[0])) {
+          const z = tile(shown.map((img) => img[0]), THUMBS_PER_ROW);
+          thumbLayout.yaxis = { autorange: "reversed", scaleanchor: "x", showticklabels: false, showgrid: false, zeroline: false };
+          thumbLayout.xaxis = { showticklabels: false, showgrid: false, zeroline: false };
           await Plotly.react(thumbs, [{ type: "heatmap", z, colorscale: "Greys", reversescale: true, showscale: false, hoverongaps: false }], thumbLayout, { responsive: true, displaylogo: false });
         } else if (p.data[g].snippets || shown.length) {  // text snippets, or a table's rows (first 12 values)
           const text = p.data[g].snippets ?? shown.map((row) => row.flat(3).slice(0, 12).map((v) => Number(v).toPrecision(3)).join(", "));
@@ -98,7 +128,8 @@ export function signalsView(container, jobId, isLive) {
         if (!f) continue;
         const layout = plotLayout(`Group ${g}: mean input − dataset mean`, false);
         if (isImage(f)) {
-          layout.yaxis = { autorange: "reversed", scaleanchor: "x" };
+          layout.yaxis = { autorange: "reversed", scaleanchor: "x", title: { text: "row" }, zeroline: false, showgrid: false };
+          layout.xaxis = { title: { text: "column" }, zeroline: false, showgrid: false, constrain: "domain" };
           await Plotly.react(el, [{ type: "heatmap", z: f[0], colorscale: "RdBu", reversescale: true, zmid: 0 }], layout, { responsive: true, displaylogo: false });
         } else {
           await Plotly.react(el, [{ type: "bar", y: f.flat(3) }], layout, { responsive: true, displaylogo: false });

@@ -365,6 +365,9 @@ def test_opposing_signals_view(page, served: Serve):
     first = min(pairs, key=lambda p: p["data"]["cos"])  # the most opposed pair is shown first
     assert f"cos(ḡ_A, ḡ_B) = {first['data']['cos']:.2f}" in page.inner_text("#signals-pairs h3")
     assert first["data"]["trigger"] == ["schedule"] and "(search on schedule)" in page.inner_text("#signals-pairs h3")
+    curve, window = trace(page, "pair-0-curves", 0), first["data"]["steps"]  # the window around the search, then after it
+    assert curve["x"][: len(window)] == window and curve["y"][: len(window)] == first["data"]["A"]["loss"]
+    assert curve["x"][-1] == raw["train"]["steps"] - 1 and curve["x"] == sorted(set(curve["x"]))
     feature = page.evaluate("document.getElementById('pair-0-A-feature').data[0].z")
     assert feature == first["data"]["A"]["mean_input_minus_all"][0]
     assert page.evaluate("document.getElementById('pair-0-A-examples').dataset.examples") == str(len(first["data"]["A"]["examples"]))
