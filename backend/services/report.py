@@ -20,7 +20,7 @@ GROUPS = [  # (title, series prefixes or names, log y)
     ("Accuracy", ["train/accuracy", "val/accuracy"], False),
     ("Learning rate", ["lr"], False),
     ("Sharpness and the stability threshold", ["hessian/sharpness", "hessian/threshold", "hessian/lambda_*"], False),
-    ("Gradient noise scale", ["grad/noise_scale"], True),
+    ("Gradient noise scale", ["grad/noise_scale*"], True),
     ("Coherence and Cockpit's tests", ["grad/alpha", "grad/norm_test", "grad/inner_test", "grad/ortho_test", "grad/mean_gsnr"], True),
     ("Update ratio and cosines", ["grad/update_ratio", "grad/cos_previous_grad", "grad/cos_previous_update"], False),
     ("Opposing signals: probe loss and heavy tail", ["signals/probe_loss", "signals/heavy_tail"], True),
@@ -68,6 +68,9 @@ def _result_figures(session: Session, job: Job) -> Iterator[go.Figure]:
         fig.update_layout(title=f"Hessian spectral density at step {hessian.step}: ≈{d['outliers']} outliers", yaxis_type="log",
                           xaxis_title="eigenvalue", height=380)  # fmt: skip
         yield fig
+    yield from _gradstats_figures(_latest(session, job, "gradstats"))
+    signals = select(Result).where(Result.job_id == job.id, Result.kind == "signals").order_by(Result.step, Result.id)
+    yield from (_pair_figure(r) for r in session.scalars(signals))
     for kind in ("landscape", "landscape_analysis", "trajectory_analysis", "interpolation_analysis"):
         result = _latest(session, job, kind)
         if result is None or result.data.get("partial"):
@@ -84,6 +87,38 @@ def _result_figures(session: Session, job: Job) -> Iterator[go.Figure]:
                                 name="training path")  # fmt: skip
             fig.update_layout(title=f"Loss landscape ({kind}, {r['plane']} plane, step {result.step})", height=480)
         yield fig
+
+
+def _gradstats_figures(result: Result | None) -> Iterator[go.Figure]:
+    """The latest per-example histogram and layer spectra of the gradstats probe."""
+    if result is None:
+        return
+    if histogram := result.data.get("histogram"):
+        edges = histogram["edges"]
+        sample = f"{histogram['examples']} examples × {histogram['elements_per_example']:,} of {histogram['parameters']:,} coordinates"
+        fig = go.Figure(go.Bar(x=[(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)], y=histogram["counts"], name="count"))
+        fig.update_layout(title=f"Per-example gradient elements at step {result.step} (sample: {sample})", yaxis_type="log",
+                          xaxis_title="gradient element", height=380)  # fmt: skip
+        yield fig
+    if spectra := result.data.get("spectra"):
+        fig = go.Figure(go.Bar(x=list(spectra), y=[v["sigma1_ratio"] for v in spectra.values()], name="σ1 / Σσ"))
+        fig.update_layout(title=f"Layer gradient spectra at step {result.step}: σ1 / Σσ", xaxis_title="layer", height=380)
+        yield fig
+
+
+def _pair_figure(result: Result) -> go.Figure:
+    """An opposing pair: its two groups' mean losses in the window around the search that found it."""
+    d = result.data
+    fig = go.Figure()
+    for side in ("A", "B"):
+        group = d[side]
+        classes = f", classes {group['classes']}" if group.get("classes") else ""
+        fig.add_scatter(x=d["steps"], y=group["loss"], mode="lines", name=f"group {side}: {len(group['core'])} core examples{classes}")
+    fig.add_vline(x=result.step, line_dash="dot")
+    found = f"found at step {result.step}" + (f" (search on {', '.join(d['trigger'])})" if d.get("trigger") else "")
+    fig.update_layout(title=f"Opposing pair {d['pair'] + 1}, {found}: cos {d['cos']:.2f}, anti-phase {d['antiphase']:.2f}",
+                      xaxis_title="step", yaxis_type="log", height=380)  # fmt: skip
+    return fig
 
 
 def render(session: Session, job: Job, plotly_js: str) -> str:

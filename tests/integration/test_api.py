@@ -345,11 +345,19 @@ def test_job_report_is_one_self_contained_html_file(client):
         surface = {"dims": 2, "plane": "random", "xs": [-1.0, 0.0, 1.0], "ys": [-1.0, 0.0, 1.0],
                    "loss": [[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]], "partial": False}  # fmt: skip
         session.add(Result(job_id=job["id"], kind="landscape", step=5, data=surface))
+        histogram = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "examples": 8, "elements_per_example": 100, "parameters": 1000}
+        session.add(Result(job_id=job["id"], kind="gradstats", step=4, data={"histogram": histogram, "spectra": {"1.weight": {"sigma1_ratio": 0.4}}}))
+        group = lambda core, loss: {"core": core, "loss": loss, "classes": [len(core), 0]}  # noqa: E731
+        pair = {"pair": 0, "cos": -0.95, "antiphase": -0.99, "steps": [1, 2, 3], "trigger": ["sharpness"],
+                "A": group([1, 2], [0.5, 0.4, 0.5]), "B": group([7], [0.3, 0.4, 0.3])}  # fmt: skip
+        session.add(Result(job_id=job["id"], kind="signals", step=2, data=pair))
     response = client.get(f"/api/v1/jobs/{job['id']}/report.html")
     assert response.status_code == 200 and "attachment" in response.headers["content-disposition"]
     body = response.text
     assert "reported &lt;job&gt;" in body and "<job>" not in body.split("<pre>")[0]  # escaped
-    assert body.count('class="plotly-graph-div"') == 3  # loss, sharpness, landscape
+    assert body.count('class="plotly-graph-div"') == 6  # loss, sharpness, histogram, spectra, the pair, landscape
+    assert "Opposing pair 1, found at step 2 (search on sharpness): cos -0.95, anti-phase -0.99" in body
+    assert "sample: 8 examples" in body and "100 of 1,000 coordinates" in body
     from backend.api.reports import _plotly_js
 
     assert _plotly_js() in body  # plotly.js inside; nothing else is loaded from anywhere
