@@ -128,7 +128,8 @@ class HessianTracker:
             pre = hs.eigenpairs(lambda v: d * op(d * v), op.n, 1, tol=cfg.tol, seed=ctx.seed + step, device=op.device)
             metrics["hessian/sharpness"] = float(pre.values[0])
             result["preconditioned_sharpness"] = float(pre.values[0])
-        self.latest_sharpness = (step, metrics["hessian/sharpness"], threshold)
+        if "hessian/sharpness" in metrics:  # (Adam's first step has no preconditioner, so no sharpness to compare)
+            self.latest_sharpness = (step, metrics["hessian/sharpness"], threshold)
         if cfg.negative:
             bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=ctx.seed, device=op.device)
             result["negative_eigenvalues"] = bottom.values.tolist()
