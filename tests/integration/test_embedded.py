@@ -36,14 +36,14 @@ def test_kill_stops_everything_as_ctrl_c_does(tmp_path: Path):
 
 def test_job_interrupted_by_ctrl_c_finishes_after_restart(tmp_path: Path):
     serve = Serve(tmp_path)
-    job = serve.client.post("/jobs", json=spec(steps=40_000, name="interrupted")).json()
+    job = serve.client.post("/jobs", json=spec(steps=8_000, name="interrupted")).json()
     serve.job_when(job["id"], lambda j: j["status"] == "running" and j["step"] > 200, 120)
     psutil.wait_procs(serve.ctrl_c(), timeout=10)
     again = Serve(tmp_path)
     done = again.job_when(job["id"], lambda j: j["status"] in TERMINAL, 240)
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     series = again.client.get(f"/jobs/{job['id']}/metrics", params={"names": "train/loss", "max_points": 100_000})
-    assert series.json()["series"][0]["steps"] == list(range(40_000))
+    assert series.json()["series"][0]["steps"] == list(range(8_000))
     psutil.wait_procs(again.ctrl_c(), timeout=10)
 
 
