@@ -62,8 +62,9 @@ def run() -> list[dict]:
     try:
         train(_spec(VARIANTS["searching"]), _Quiet(), torch.device("cpu"))  # warm-up: a process's first JVP, SciPy
         runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in VARIANTS}  # seconds, probe clock, searches
-        for _ in range(ROUNDS):
-            for name, variant in VARIANTS.items():
+        order = list(VARIANTS.items())
+        for r in range(ROUNDS):
+            for name, variant in order[r % len(order) :] + order[: r % len(order)]:  # each variant leads in turn
                 recorder = _Quiet()
                 start = time.perf_counter()
                 train(_spec(variant), recorder, torch.device("cpu"))
