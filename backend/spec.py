@@ -454,6 +454,10 @@ class JobSpec(StrictModel):
             late = [s for s in getattr(probe, "at", []) if s != "end" and s > self.train.steps]
             if late:
                 raise ValueError(f"probes.{name}.at has steps after the last ({self.train.steps}): {late}")
+        return self
+
+    @model_validator(mode="after")
+    def _small_batch_in_the_batch(self) -> "JobSpec":
         stats = self.probes.gradstats
         if stats is not None and stats.two_batch is not None and stats.two_batch >= self.train.batch_size:
             raise ValueError(f"probes.gradstats.two_batch ({stats.two_batch}) must be smaller than train.batch_size ({self.train.batch_size})")
