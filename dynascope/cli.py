@@ -212,11 +212,11 @@ def user_create(
     with _account_session() as session:
         try:
             user = accounts.create_user(session, username, password, admin=admin)
+            if team:
+                accounts.set_membership(session, user, accounts.get_or_create_team(session, team), Role(role))
         except accounts.AccountError as exc:
             console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(1) from None
-        if team:
-            accounts.set_membership(session, user, accounts.get_or_create_team(session, team), Role(role))
     console.print(f"account {escape(username)} made" + (f", {role} of team {escape(team)}" if team else ""))
     if not password_stdin:
         console.print(f"password (shown once): {password}")
@@ -226,8 +226,12 @@ def user_create(
 def team_create(name: str) -> None:
     from backend.services import accounts
 
-    with _account_session() as session:
-        accounts.get_or_create_team(session, name)
+    try:
+        with _account_session() as session:
+            accounts.get_or_create_team(session, name)
+    except accounts.AccountError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from None
     console.print(f"team {escape(name)} ready")
 
 

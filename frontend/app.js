@@ -63,8 +63,8 @@ function renderJobs(params) {
   const load = async () => {
     const p = new URLSearchParams({ limit, offset: state.offset, sort: state.sort });
     for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["creator", "creator"], ["model", "model"], ["data", "data"]]) if (state[k]) p.set(name, state[k]);
-    if (state.after) p.set("created_after", `${state.after}T00:00:00`);
-    if (state.before) p.set("created_before", `${state.before}T23:59:59.999`);
+    if (state.after) p.set("created_after", `${state.after}T00:00:00Z`);
+    if (state.before) p.set("created_before", `${state.before}T23:59:59.999Z`);
     const page = await api(`/jobs?${p}`);
     if (!alive) return;  // the user has moved on to another page meanwhile
     view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +

@@ -26,6 +26,12 @@ OUTPUT_DIR = ROOT / "test-output"
 TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
 
 
+def pytest_report_header() -> str:
+    from tests.fuzzing import header
+
+    return header()
+
+
 def unavailable(reason: str) -> None:
     if os.environ.get("DYNASCOPE_REQUIRE_SERVICES") == "1":
         pytest.fail(f"required service missing: {reason}")

@@ -12,6 +12,7 @@ from backend import queue
 from backend.api.auth import Member, Principal, Viewer
 from backend.api.deps import RowId, SessionDep, SettingsDep, get_job_or_404, send_or_undo
 from backend.config import Settings
+from backend.formats import Moment, Tag
 from backend.models import Dataset, Job, JobStatus, Team
 from backend.schemas import BulkAction, BulkOutcome, JobOut, JobPage, JobUpdate
 from backend.services import accounts
@@ -127,12 +128,12 @@ def list_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
     q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
     sweep_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="only the jobs of this sweep")] = None,
-    tag: Annotated[list[str] | None, Query(description="only jobs with every one of these tags")] = None,
+    tag: Annotated[list[Tag], Query(description="only jobs with every one of these tags")] = [],
     creator: Annotated[str | None, Query(max_length=100, description="username of who submitted it")] = None,
     model: Annotated[str | None, Query(max_length=50, description="model kind (mlp, cnn, resnet, transformer)")] = None,
     data: Annotated[str | None, Query(max_length=50, description="data kind (digits, gaussian_mixture, …)")] = None,
-    created_after: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
-    created_before: Annotated[datetime | None, Query(description="ISO time (UTC)")] = None,
+    created_after: Annotated[Moment | None, Query()] = None,
+    created_before: Annotated[Moment | None, Query()] = None,
     sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,

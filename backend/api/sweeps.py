@@ -78,7 +78,7 @@ def get_phase_diagram(
     session: SessionDep,
     who: Viewer,
     metric: Annotated[
-        str, Query(pattern=r"^((final|max|min):[\w/.\-]{1,200}|diverged)$", description="final:val/loss, max:hessian/sharpness, diverged, …")
+        str, Query(pattern=r"^((final|max|min):[A-Za-z0-9_/.\-]{1,200}|diverged)$", description="final:val/loss, max:hessian/sharpness, diverged, …")
     ] = "final:val/loss",
     x: Annotated[str | None, Query(max_length=200, description="the swept field across (default: the first)")] = None,
     y: Annotated[str | None, Query(max_length=200, description="the swept field down (default: the second, if any)")] = None,

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from backend import security
 from backend.config import Settings
+from backend.formats import TeamName, Username, violation
 from backend.models import ApiToken, Job, JobStatus, LoginCode, Membership, Role, Team, User, WebSession, utcnow
 
 DEFAULT_TEAM = "default"
@@ -18,6 +19,8 @@ class AccountError(ValueError):
 
 
 def create_user(session: Session, username: str, password: str | None, *, admin: bool = False) -> User:
+    if why := violation(Username, username):
+        raise AccountError(f"the username {username!r} is not allowed: {why}")
     if session.scalar(select(User.id).where(func.lower(User.username) == username.lower())) is not None:
         raise AccountError(f"the username {username!r} is taken")
     user = User(username=username, password_hash=security.hash_password(password) if password else None, is_admin=admin)
@@ -29,6 +32,8 @@ def create_user(session: Session, username: str, password: str | None, *, admin:
 def get_or_create_team(session: Session, name: str) -> Team:
     team = session.scalar(select(Team).where(Team.name == name))
     if team is None:
+        if why := violation(TeamName, name):
+            raise AccountError(f"the team name {name!r} is not allowed: {why}")
         team = Team(name=name)
         session.add(team)
         session.flush()

@@ -303,7 +303,7 @@ def test_history_filters_sorts_tags_notes_and_bulk_actions(client):
     assert names(model="cnn") == ["bravo"] and names(data="gaussian_mixture") == ["charlie"]
     assert names(sort="name") == ["alpha", "bravo", "charlie"] and names(sort="-name") == ["charlie", "bravo", "alpha"]
     assert names(sort="created") == ["alpha", "bravo", "charlie"]
-    assert names(created_after="2000-01-01T00:00:00Z") == ["charlie", "bravo", "alpha"] and names(created_before="2000-01-01T00:00:00") == []
+    assert names(created_after="2000-01-01T00:00:00Z") == ["charlie", "bravo", "alpha"] and names(created_before="2000-01-01T00:00:00Z") == []
     assert client.get("/api/v1/jobs", params={"sort": "duration; drop table"}).status_code == 422
     # bulk: cancel three (queued: at once), then delete them; a job still running would be refused
     out = client.post("/api/v1/jobs/bulk", json={"action": "cancel", "ids": [a["id"], b["id"], c["id"], 99999]}).json()
