@@ -6,11 +6,16 @@ Every model is strict (unknown keys are errors) so that a typo never silently tr
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from dynascope.settings import (
+    HessianSettings,
+    InterpolationSettings,
+    LandscapeSettings,
+    Probes,
+    StrictModel,
+    TrajectorySettings,
+)
 
 
 class MLPModel(StrictModel):
@@ -213,97 +218,11 @@ class TrainConfig(StrictModel):
     )
 
 
-class Schedule(StrictModel):
-    """When a probe runs: every N steps, and/or at listed steps; `end` is after the last update.
-
-    A probe at step s sees the weights before update s (step 0: at initialization).
-    """
-
-    every: int | None = Field(None, gt=0)
-    at: list[Annotated[int, Field(ge=0)] | Literal["end"]] = []
-
-    @model_validator(mode="after")
-    def _needs_a_time(self) -> "Schedule":
-        if self.every is None and not self.at:
-            raise ValueError("give `every: N` and/or `at: [steps or end]`")
-        return self
-
-    def due(self, step: int, total: int) -> bool:
-        if self.every is not None and step % self.every == 0:
-            return True
-        return step in self.at or (step == total and "end" in self.at)
-
-
-class HessianSettings(StrictModel):
-    """What the Hessian analysis computes, on a fixed sample of the training set."""
-
-    top_k: int = Field(5, ge=1, le=100, description="largest eigenvalues (with eigenvectors and residuals)")
-    negative: int = Field(0, ge=0, le=20, description="most negative eigenvalues too (0: none)")
-    tol: float = Field(1e-3, gt=0.0, lt=1.0, description="stop when every ‖Hv − λv‖ ≤ tol·|λ|")
-    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the fixed sample (capped at the train set)")
-    mode: Literal["eval", "train"] = "eval"
-    trace: bool = False
-    density: bool = False
-    density_probes: int = Field(10, ge=2, le=100)
-    density_steps: int = Field(50, ge=5, le=500)
-    layerwise: bool = False
-    gauss_newton: bool = Field(False, description="per top eigenvector, the share vᵀGv/vᵀHv of its curvature")
-    save_eigenvectors: bool = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
-
-
-class HessianProbe(Schedule, HessianSettings):
-    """The Hessian's spectrum during training, on a schedule."""
-
-
 class HessianAnalysis(HessianSettings):
     """The Hessian's spectrum at a checkpoint a job kept (its last one by default), run on demand."""
 
     kind: Literal["hessian"] = "hessian"
     step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
-
-
-def _odd(value: int) -> int:
-    if value % 2 == 0:
-        raise ValueError("must be odd, so that the centre is a grid point")
-    return value
-
-
-Resolution = Annotated[int, Field(ge=3, le=201, description="points per axis, odd"), AfterValidator(_odd)]
-
-
-class LandscapeSettings(StrictModel):
-    """A loss surface (or curve) around the weights, on a fixed stratified sample of the training set.
-
-    `surface[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)`. `random`: Gaussian directions, filter-normalized (Li et al.
-    2018); `hessian`: the top two Hessian eigenvectors (unit length), the sharpest plane.
-    """
-
-    plane: Literal["random", "hessian"] = "random"
-    dims: Literal[1, 2] = Field(2, description="1: a curve along d1; 2: a surface")
-    resolution: Resolution = 25
-    span: float | None = Field(
-        None, gt=0.0, le=1000.0, description="the grid spans ±span (null: 1 for random planes, 3/√λ1 for the Hessian's)"
-    )
-    seed: int = Field(123, ge=0, le=2**31 - 1, description="seed of the random directions")
-    normalization: Literal["filter", "layer", "none"] = "filter"
-    include_bias_bn: bool = Field(False, description="move biases and normalization parameters too (Li et al.: no)")
-    orthogonalize: bool = Field(False, description="make d2 orthogonal to d1 (random planes)")
-    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the stratified sample (capped at the train set)")
-    batch_norm: Literal["eval", "recompute"] = Field(
-        "eval", description="eval: the centre's running statistics; recompute: each point's own, over the sample"
-    )
-    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (2-D, ≥ 17 points)")
-    save_directions: bool = Field(True, description="keep the directions (safetensors)")
-
-    @model_validator(mode="after")
-    def _adaptive_fits(self) -> "LandscapeSettings":
-        if self.adaptive and (self.dims != 2 or self.resolution < 17):
-            raise ValueError("adaptive needs a 2-D grid of at least 17 points per axis")
-        return self
-
-
-class LandscapeProbe(Schedule, LandscapeSettings):
-    """A loss landscape during training, on a schedule (typically `at: [end]`)."""
 
 
 class LandscapeAnalysis(LandscapeSettings):
@@ -313,31 +232,15 @@ class LandscapeAnalysis(LandscapeSettings):
     step: int | None = Field(None, ge=0, description="the checkpoint's step (null: the latest)")
 
 
-class _SurfaceSampling(StrictModel):
-    examples: int = Field(1000, gt=0, le=1_000_000, description="size of the stratified sample (capped at the train set)")
-    batch_norm: Literal["eval", "recompute"] = Field(
-        "eval", description="eval: the weights' running statistics; recompute: each point's own, over the sample"
-    )
-
-
-class TrajectoryAnalysis(_SurfaceSampling):
+class TrajectoryAnalysis(TrajectorySettings):
     """The training path on the plane of its first two principal components (PCA of checkpoint − final weights
     over the checkpoints the job kept up to `step`), with the loss surface of that plane under it."""
 
     kind: Literal["trajectory"] = "trajectory"
     step: int | None = Field(None, ge=0, description="the path's last checkpoint, the plane's centre (null: the latest)")
-    resolution: Resolution = 25
-    margin: float = Field(0.25, ge=0.0, le=10.0, description="the grid reaches this fraction beyond the path")
-    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (≥ 17 points)")
-
-    @model_validator(mode="after")
-    def _adaptive_fits(self) -> "TrajectoryAnalysis":
-        if self.adaptive and self.resolution < 17:
-            raise ValueError("adaptive needs at least 17 points per axis")
-        return self
 
 
-class InterpolationAnalysis(_SurfaceSampling):
+class InterpolationAnalysis(InterpolationSettings):
     """Loss and accuracy along the straight line θ(α) = (1 − α)·θ_from + α·θ_to between two checkpoints of this
     job, or from one of its checkpoints to another job's latest (same model). BatchNorm statistics are
     interpolated too; α = 0 and α = 1 are always points of the line."""
@@ -346,14 +249,9 @@ class InterpolationAnalysis(_SurfaceSampling):
     step: int | None = Field(None, ge=0, description="θ_from: this job's checkpoint (null: the first kept; with to_job, the latest)")
     to_step: int | None = Field(None, ge=0, description="θ_to: this job's checkpoint (null: the latest)")
     to_job: int | None = Field(None, ge=1, le=2**31 - 1, description="θ_to: that job's latest checkpoint instead")
-    points: int = Field(41, ge=3, le=2001)
-    range: tuple[float, float] = Field((-0.5, 1.5), description="α from, to")
 
     @model_validator(mode="after")
-    def _range_holds_the_ends(self) -> "InterpolationAnalysis":
-        lo, hi = self.range
-        if not (lo <= 0.0 and hi >= 1.0):
-            raise ValueError("range must reach from ≤ 0 to ≥ 1, so that both checkpoints are on the line")
+    def _one_other_end(self) -> "InterpolationAnalysis":
         if self.to_job is not None and self.to_step is not None:
             raise ValueError("give to_step (this job) or to_job (another job's latest), not both")
         return self
@@ -370,60 +268,6 @@ CheckpointAnalysis = Annotated[
     | Annotated[InterpolationAnalysis, Tag("interpolation")],
     Discriminator(_analysis_kind),
 ]
-
-
-class GradStatsProbe(Schedule):
-    """First-order statistics of the training batch's gradient at each due step, from that step's own backward
-    pass, per layer and global; `end` means the last update. Cosines compare successive due steps."""
-
-    spectra: bool = Field(True, description="singular values of each linear layer's batch gradient (low-rank route)")
-    histogram_examples: int = Field(
-        8, ge=0, le=1024, description="per-example gradient histogram on a fixed sample of this many examples (0: none)"
-    )
-    histogram_elements: int = Field(200_000, ge=1000, le=10_000_000, description="coordinates sampled per example")
-    details_every: int | None = Field(None, gt=0, description="steps between spectra and histograms (null: every due step)")
-    ema: float = Field(0.95, ge=0.0, lt=1.0, description="decay of the noise scale's EMAs")
-    two_batch: int | None = Field(
-        None, ge=1, description="also B_simple by the two-batch-size estimator (McCandlish et al., App. A.1): the gradient "
-        "of this many of the batch's examples against the whole batch's — one extra forward and backward over them "
-        "at each due step (null: the per-example estimator only)",
-    )  # fmt: skip
-
-
-class SignalsProbe(StrictModel):
-    """Opposing signals during training: per-example losses on a fixed probe set at every step (taken from the
-    training forward itself when the batch is the whole training set), their changes and heavy tail; a search
-    for opposing groups on a schedule, when the probe loss rises and when the sharpness (with the hessian
-    probe) reaches its stability threshold; a pair is reported once the steps after it
-    show its groups' losses swinging out of phase."""
-
-    probe_examples: int = Field(
-        1024, gt=0, le=100_000, description="size of the fixed stratified probe set (full-batch training: the training set)"
-    )
-    detect_every: int = Field(100, gt=0, description="steps between two scheduled searches")
-    on_rise: bool = Field(True, description="search also when the probe set's mean loss rises")
-    on_sharpness: bool = Field(
-        True, description="search also when the Hessian probe's sharpness reaches its stability threshold (2/lr under GD)"
-    )
-    min_gap: int = Field(10, ge=1, description="at least this many steps between two searches")
-    window: int = Field(20, ge=3, le=500, description="steps on each side for the anti-phase score")
-    antiphase_max: float = Field(-0.5, ge=-1.0, le=0.0, description="report pairs whose score is at most this")
-    top_k: int = Field(48, ge=6, le=1024, description="examples with the largest |Δℓ| considered")
-    z_min: float = Field(3.0, ge=0.0, description="robust z-score an outlier needs")
-    cut: float = Field(0.8, gt=0.0, le=2.0, description="cosine distance at which clusters are cut")
-    min_size: int = Field(3, ge=2)
-    tau: float = Field(0.3, ge=0.0, le=1.0, description="pairs need cos(ḡ_A, ḡ_B) ≤ −tau")
-    z_expand: float = Field(3.0, ge=0.0, description="robust z-score that puts an example on a group's side")
-    max_pairs: int = Field(8, ge=1, le=64, description="reported pairs whose losses are tracked to the end")
-
-
-class Probes(StrictModel):
-    """Analyses run during training, each on its own schedule."""
-
-    hessian: HessianProbe | None = None
-    landscape: LandscapeProbe | None = None
-    gradstats: GradStatsProbe | None = None
-    signals: SignalsProbe | None = None
 
 
 class JobSpec(StrictModel):
@@ -451,7 +295,7 @@ class JobSpec(StrictModel):
     def _steps_in_range(self) -> "JobSpec":
         for name in Probes.model_fields:
             probe = getattr(self.probes, name)
-            late = [s for s in getattr(probe, "at", []) if s != "end" and s > self.train.steps]
+            late = [s for s in getattr(probe, "at", []) if isinstance(s, int) and s > self.train.steps]
             if late:
                 raise ValueError(f"probes.{name}.at has steps after the last ({self.train.steps}): {late}")
         return self

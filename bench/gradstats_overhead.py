@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.hessian_cases import SHARED
-from worker.analysis import gradstats as gs
+from dynascope.analysis import gradstats as gs
 
 KIT = SHARED / "bench-cases" / "gradstats"
 LR, ROUNDS, CALLS = 0.05, 6, 5

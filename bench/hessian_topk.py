@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 
 from bench import hessian_cases
-from worker.analysis.hessian import _tridiagonal_eigh, hessian_top_eigenpairs, lanczos
-from worker.analysis.hvp import HessianOperator
+from dynascope.analysis.hessian import _tridiagonal_eigh, hessian_top_eigenpairs, lanczos
+from dynascope.analysis.hvp import HessianOperator
 
 K, TOL, SEEDS = 5, 1e-3, (0, 1, 2)
 

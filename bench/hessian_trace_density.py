@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 
 from bench import hessian_cases
-from worker.analysis.hessian import hutchpp_trace, spectral_density
-from worker.analysis.hvp import HessianOperator
+from dynascope.analysis.hessian import hutchpp_trace, spectral_density
+from dynascope.analysis.hvp import HessianOperator
 
 SEEDS = (0, 1, 2)
 BUDGETS = (12, 24, 48, 96, 150, 300)

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 
 from bench import hessian_cases
 from bench.hessian_topk import pyhessian
-from worker.analysis.hessian import eigenpairs
-from worker.analysis.hvp import HessianOperator
+from dynascope.analysis.hessian import eigenpairs
+from dynascope.analysis.hvp import HessianOperator
 
 LR, STEPS, EVERY, TOL = 0.5, 300, 5, 1e-3
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bench.hessian_cases import SHARED
-from worker.analysis import landscape as ls
+from dynascope.analysis import landscape as ls
 from worker.training.optim import make_loss
 
 KIT = SHARED / "bench-cases" / "landscape"

@@ -1,60 +1,73 @@
 """Analyses of kept checkpoints as tasks: run_analysis(id) computes one in this worker, or plans a large grid
 and splits it into run_grid_chunk(id, k) tasks that any idle worker takes; the worker that finishes the last
-chunk assembles the surface. Every task is safe to deliver twice (a lost worker's chunk is simply redone)."""
+chunk assembles the surface. Every task is safe to deliver twice (a lost worker's chunk is simply redone), and
+every state change goes through backend.services.analyses (guarded by the attempt that owns the analysis)."""
 
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db import session_scope
-from backend.models import Analysis, Artifact, Job, JobStatus, Result, utcnow
+from backend.models import Analysis, Artifact, Job, JobStatus, Result
 from backend.queue import RUN_ANALYSIS_TASK, RUN_GRID_CHUNK_TASK, enqueue_grid_chunk, get_celery
-from backend.services import analyses as liveness
-from backend.services.artifacts import LocalArtifactStore
-from backend.spec import CheckpointAnalysis, HessianAnalysis, InterpolationAnalysis, JobSpec
-from worker.recorder import json_safe
+from backend.services import analyses as lifecycle
+from backend.services.artifacts import ArtifactStore, get_store
+from backend.services.downsample import json_safe
+from backend.spec import CheckpointAnalysis, JobSpec
+from dynascope.probes import Calls, ProbeStopped
+from dynascope.probes.grids import GridPlan, evaluate_points, finish
+from dynascope.results import Document
 from worker.training import checkpoint
-from worker.training.analyses import analyze_checkpoint, context_at, directions_kind, plan_analysis
-from worker.training.landscapes import GridPlan, evaluate_points, finish
+from worker.training.analyses import ANALYSES, Site, analyze, plan, run_at
 from worker.training.models import pick_device
-from worker.training.probes import ProbeStopped
 
 celery_app = get_celery()
+S = JobStatus
 
 
-def _grid_points(request: Any) -> int:
-    if isinstance(request, HessianAnalysis):
-        return 0
-    if isinstance(request, InterpolationAnalysis):
-        return request.points + 2
-    dims = getattr(request, "dims", 2)
-    return 0 if getattr(request, "adaptive", False) else request.resolution**dims
+@dataclass
+class Loaded:
+    """An analysis' row, read once: what it asks for, of which job, at which checkpoint, and the files kept."""
+
+    spec: JobSpec
+    request: Any
+    job_id: int
+    step: int
+    kept: dict[tuple[int, int], Path]
+
+    @property
+    def kind(self) -> str:
+        return f"{self.request.kind}_analysis"
+
+    def site(self) -> Site:
+        if (self.job_id, self.step) not in self.kept:
+            raise FileNotFoundError(f"job {self.job_id} has no checkpoint at step {self.step} any more")
+        tensors, self.metadata = checkpoint.read(self.kept[(self.job_id, self.step)])
+        return Site(self.job_id, self.step, tensors, self.kept)
 
 
-def _set(analysis_id: int, **values: Any) -> int:
-    with session_scope() as session:
-        return session.execute(update(Analysis).where(Analysis.id == analysis_id).values(**values)).rowcount
-
-
-def _fail(analysis_id: int, error: str) -> str:
-    _set(analysis_id, status=JobStatus.failed.value, error=error, finished_at=utcnow(), stage="failed")
-    return "failed"
-
-
-def _cancelled(analysis_id: int) -> str:
-    _set(analysis_id, status=JobStatus.cancelled.value, finished_at=utcnow(), stage="cancelled")
-    return "cancelled"
+def _load(session: Session, analysis: Analysis, store: ArtifactStore) -> Loaded:
+    job = session.get(Job, analysis.job_id)
+    assert job is not None
+    jobs = {job.id} | ({analysis.params["to_job"]} if analysis.params.get("to_job") else set())
+    query = select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs))
+    kept = {(a.job_id, a.step): store.path(a.id) for a in session.scalars(query)}
+    request = TypeAdapter(CheckpointAnalysis).validate_python(analysis.params)
+    return Loaded(JobSpec.model_validate(job.spec), request, job.id, analysis.step, kept)
 
 
 @contextmanager
@@ -68,7 +81,7 @@ def _beating(analysis_id: int, chunk: int | None = None) -> Iterator[Callable[[]
         while not done.wait(interval):
             try:
                 with session_scope() as session:
-                    if liveness.beat(session, analysis_id, chunk):
+                    if lifecycle.beat(session, analysis_id, chunk):
                         stop.set()
             except Exception:  # a database hiccup: try again next beat
                 continue
@@ -82,164 +95,168 @@ def _beating(analysis_id: int, chunk: int | None = None) -> Iterator[Callable[[]
         thread.join()
 
 
-def _load(session: Session, analysis: Analysis, store: LocalArtifactStore) -> dict[str, Any]:
-    job = session.get(Job, analysis.job_id)
-    jobs = {job.id} | ({analysis.params["to_job"]} if analysis.params.get("to_job") else set())
-    kept = {
-        (a.job_id, a.step): store.path(a.id)
-        for a in session.scalars(select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs)))
-    }
-    return {
-        "spec": JobSpec.model_validate(job.spec),
-        "request": TypeAdapter(CheckpointAnalysis).validate_python(analysis.params),
-        "job_id": job.id,
-        "step": analysis.step,
-        "kept": kept,
-    }
-
-
 def _publish(session: Session, analysis: Analysis, kind: str, data: dict[str, Any]) -> None:
     """The analysis' result document, replacing an earlier (partial) one."""
-    for row in liveness.rows(session, analysis, kind):
+    for row in lifecycle.rows(session, analysis, kind):
         session.delete(row)
     session.add(Result(job_id=analysis.job_id, kind=kind, step=analysis.step, data=json_safe({**data, "analysis_id": analysis.id})))
+
+
+def _keep(session: Session, store: ArtifactStore, analysis_id: int, job_id: int, step: int, kind: str, tensors, meta) -> str:  # type: ignore[no-untyped-def]
+    stored = store.put(safetensors_bytes(tensors, metadata={**meta, "analysis_id": str(analysis_id)}))
+    session.add(Artifact(id=stored.id, job_id=job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
+    return stored.id
+
+
+class Owned:
+    """A worker's writes to the analysis it claimed, each one only while that attempt still owns it."""
+
+    def __init__(self, analysis_id: int, attempt: int | None) -> None:
+        self.analysis_id, self.attempt = analysis_id, attempt
+
+    def mine(self, session: Session) -> Analysis | None:
+        analysis = session.get(Analysis, self.analysis_id)
+        running = analysis is not None and analysis.status == S.running.value
+        return analysis if running and (self.attempt is None or analysis.attempts == self.attempt) else None
+
+    def stage(self, text: str) -> None:
+        with session_scope() as session:
+            lifecycle.set_stage(session, self.analysis_id, self.attempt, text)
+
+    def end(self, new: JobStatus, **values: Any) -> str:
+        conditions = [lifecycle.ours(self.attempt)] if self.attempt is not None else []
+        with session_scope() as session:
+            lifecycle.transition(session, self.analysis_id, new, *conditions, only_from=[S.running.value], stage=new.value, **values)
+        return new.value
+
+    def publish(self, kind: str, document: Document | dict[str, Any]) -> None:
+        data = document.recorded() if isinstance(document, Document) else document
+        with session_scope() as session:
+            if (analysis := self.mine(session)) is not None:
+                _publish(session, analysis, kind, data)
 
 
 @celery_app.task(name=RUN_ANALYSIS_TASK)
 def run_analysis(analysis_id: int) -> str:
     settings = get_settings()
-    store = LocalArtifactStore(settings.artifact_dir)
+    store = get_store(settings)
     device = pick_device(settings.device)
     with session_scope() as session:
-        started = session.execute(
-            update(Analysis)
-            .where(Analysis.id == analysis_id, Analysis.status == JobStatus.queued.value, Analysis.cancel_requested.is_(False))
-            .values(status=JobStatus.running.value, stage="loading the checkpoint", attempts=Analysis.attempts + 1, heartbeat_at=utcnow())
-        ).rowcount
-        if not started:
+        attempt = lifecycle.claim(session, analysis_id)
+        if attempt is None:
             return "skipped"
-        analysis = session.get(Analysis, analysis_id)
-        loaded = _load(session, analysis, store)
-    request, job_id, step, kept = loaded["request"], loaded["job_id"], loaded["step"], loaded["kept"]
-    kind = f"{request.kind}_analysis"
+        loaded = _load(session, session.get(Analysis, analysis_id), store)
+    owned = Owned(analysis_id, attempt)
     try:
-        if (job_id, step) not in kept:
-            raise FileNotFoundError(f"job {job_id} has no checkpoint at step {step} any more")
-        tensors, metadata = checkpoint.read(kept[(job_id, step)])
-        if _grid_points(request) > settings.grid_chunk_points:
+        site = loaded.site()
+        if ANALYSES[loaded.request.kind].points(loaded.request) > settings.grid_chunk_points:
             with _beating(analysis_id):
-                return _split(analysis_id, loaded, tensors, metadata, device, store, settings.grid_chunk_points)
-
-        def publish(payload: dict[str, Any]) -> None:
-            with session_scope() as session:
-                _publish(session, session.get(Analysis, analysis_id), kind, {**payload, "partial": True})
-
+                return _split(owned, loaded, site, device, store, settings.grid_chunk_points)
         with _beating(analysis_id) as should_stop:
-            output = analyze_checkpoint(
-                loaded["spec"], request, step, tensors, metadata, device, store.path,
-                lambda text: _set(analysis_id, stage=text[:200]), kept, job_id, should_stop=should_stop, publish=publish,
-            )  # fmt: skip
+            run = run_at(loaded.spec, loaded.step, site.tensors, loaded.metadata, device, store.path)
+            calls = Calls(report=owned.stage, should_stop=should_stop, publish=lambda doc: owned.publish(loaded.kind, doc))
+            done = analyze(loaded.request, run, site, calls)
     except ProbeStopped:
-        return _cancelled(analysis_id)
+        return owned.end(S.cancelled)
     except Exception:
-        return _fail(analysis_id, traceback.format_exc(limit=20))
+        return owned.end(S.failed, error=traceback.format_exc(limit=20))
     with session_scope() as session:
-        analysis = session.get(Analysis, analysis_id)
-        _publish(session, analysis, kind, output.result)
-        for artifact_kind, (tensors, meta) in output.artifacts.items():
-            stored = store.put(safetensors_bytes(tensors, metadata={**meta, "analysis_id": str(analysis_id)}))
-            session.add(Artifact(id=stored.id, job_id=job_id, kind=artifact_kind, step=step, size=stored.size, sha256=stored.sha256))
-        session.execute(
-            update(Analysis)
-            .where(Analysis.id == analysis_id)
-            .values(status=JobStatus.succeeded.value, stage="done", finished_at=utcnow())
-        )
+        analysis = owned.mine(session)
+        if analysis is None:
+            return "lost"  # another attempt owns it now; write nothing
+        _publish(session, analysis, loaded.kind, done.result)
+        for kind, (tensors, meta) in done.artifacts.items():
+            _keep(session, store, analysis_id, loaded.job_id, loaded.step, kind, tensors, meta)
+        lifecycle.transition(session, analysis_id, S.succeeded, lifecycle.ours(attempt), stage="done")
     return "succeeded"
 
 
-def _split(analysis_id: int, loaded: dict[str, Any], tensors, metadata, device, store: LocalArtifactStore, size: int) -> str:  # type: ignore[no-untyped-def]
+def _split(owned: Owned, loaded: Loaded, site: Site, device: torch.device, store: ArtifactStore, size: int) -> str:
     """Plan the grid here, keep its directions as an artifact, and queue one task per chunk of points."""
-    ctx = context_at(loaded["spec"], loaded["step"], tensors, metadata, device, store.path)
-    ctx.report = lambda text: _set(analysis_id, stage=text[:200])
-    plan = plan_analysis(loaded["request"], ctx, loaded["step"], tensors, loaded["kept"], loaded["job_id"])
-    chunks = -(-len(plan.points) // size)
-    directions, meta = plan.direction_tensors()
-    stored = store.put(safetensors_bytes(directions, metadata={**meta, "analysis_id": str(analysis_id)}))
-    kind = directions_kind(loaded["request"])
+    run = run_at(loaded.spec, loaded.step, site.tensors, loaded.metadata, device, store.path)
+    grid = plan(loaded.request, run, site, Calls(report=owned.stage))
+    chunks = -(-len(grid.points) // size)
+    directions, meta = grid.direction_tensors()
+    kind = ANALYSES[loaded.request.kind].directions
+    assert kind is not None
     with session_scope() as session:
-        step, job_id = loaded["step"], loaded["job_id"]
-        session.add(Artifact(id=stored.id, job_id=job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
-        data = {"analysis_id": analysis_id, "plan": plan.spec(), "directions": stored.id, "chunks": chunks, "chunk_points": size,
-                "started": time.time()}  # fmt: skip
-        session.add(Result(job_id=job_id, kind=liveness.PLAN, step=step, data=json_safe(data)))
-        session.execute(update(Analysis).where(Analysis.id == analysis_id).values(stage=f"0 of {chunks} chunks of ≤ {size} points"))
+        if owned.mine(session) is None:
+            return "lost"
+        stored = _keep(session, store, owned.analysis_id, loaded.job_id, loaded.step, kind, directions, meta)
+        data = {"analysis_id": owned.analysis_id, "plan": grid.spec(), "directions": stored, "chunks": chunks, "chunk_points": size}
+        session.add(Result(job_id=loaded.job_id, kind=lifecycle.PLAN, step=loaded.step, data=json_safe({**data, "started": time.time()})))
+        lifecycle.set_stage(session, owned.analysis_id, owned.attempt, f"0 of {chunks} chunks of ≤ {size} points")
     for index in range(chunks):
-        enqueue_grid_chunk(analysis_id, index)
+        enqueue_grid_chunk(owned.analysis_id, index)
     return "split"
 
 
 @celery_app.task(name=RUN_GRID_CHUNK_TASK)
 def run_grid_chunk(analysis_id: int, index: int) -> str:
     settings = get_settings()
-    store = LocalArtifactStore(settings.artifact_dir)
+    store = get_store(settings)
     device = pick_device(settings.device)
+    owned = Owned(analysis_id, None)  # chunks are idempotent: any attempt's copy of one is as good
     with session_scope() as session:
-        analysis = session.get(Analysis, analysis_id)
-        if analysis is None or analysis.status != JobStatus.running.value:
+        analysis = owned.mine(session)
+        if analysis is None:
             return "skipped"
         if analysis.cancel_requested:
-            return _cancelled(analysis_id)
-        [plan_row] = liveness.rows(session, analysis, liveness.PLAN)
+            return owned.end(S.cancelled)
+        [plan_row] = lifecycle.rows(session, analysis, lifecycle.PLAN)
         loaded, plan_data = _load(session, analysis, store), plan_row.data
-        liveness.claim_chunk(session, analysis, index)
+        lifecycle.claim_chunk(session, analysis, index)
     try:
-        tensors, metadata = checkpoint.read(loaded["kept"][(loaded["job_id"], loaded["step"])])
-        ctx = context_at(loaded["spec"], loaded["step"], tensors, metadata, device, store.path)
+        site = loaded.site()
+        run = run_at(loaded.spec, loaded.step, site.tensors, loaded.metadata, device, store.path)
         directions = load_file(str(store.path(plan_data["directions"])))
         names = {k.split("/", 1)[1] for k in directions}
-        state = {k: v for k, v in ctx.model.state_dict().items() if k in names}
-        plan = GridPlan.restore(plan_data["plan"], directions, state)
+        grid = GridPlan.restore(plan_data["plan"], directions, {k: v for k, v in run.model.state_dict().items() if k in names})
         size = plan_data["chunk_points"]
         with _beating(analysis_id, index) as should_stop:
-            ctx.should_stop = should_stop
-            values = evaluate_points(ctx, plan, plan.points[index * size : (index + 1) * size])
+            values = evaluate_points(run, grid, grid.points[index * size : (index + 1) * size], should_stop)
     except ProbeStopped:
-        return _cancelled(analysis_id)
+        return owned.end(S.cancelled)
     except Exception:
-        return _fail(analysis_id, traceback.format_exc(limit=20))
-    return _assemble(analysis_id, index, values, plan, plan_data, store)
+        return owned.end(S.failed, error=traceback.format_exc(limit=20))
+    return _assemble(owned, loaded.kind, index, values, grid, plan_data)
 
 
-def _assemble(analysis_id: int, index: int, values: list, plan: GridPlan, plan_data: dict[str, Any], store: LocalArtifactStore) -> str:  # type: ignore[type-arg]
+def _assemble(owned: Owned, kind: str, index: int, values: list, grid: GridPlan, plan_data: dict[str, Any]) -> str:  # type: ignore[type-arg]
     """Keep this chunk's values; publish the surface so far, or, after the last chunk, the finished one."""
     with session_scope() as session:
-        analysis = session.scalars(select(Analysis).where(Analysis.id == analysis_id).with_for_update()).one()
-        if analysis.status != JobStatus.running.value:
+        analysis = session.scalars(select(Analysis).where(Analysis.id == owned.analysis_id).with_for_update()).one()
+        if analysis.status != S.running.value:
             return "skipped"
-        for row in [*liveness.rows(session, analysis, liveness.CHUNK), *liveness.rows(session, analysis, liveness.CLAIM)]:
+        for row in [*lifecycle.rows(session, analysis, lifecycle.CHUNK), *lifecycle.rows(session, analysis, lifecycle.CLAIM)]:
             if row.data["index"] == index:
                 session.delete(row)  # a redelivered chunk replaces its earlier copy; its claim is done
-        session.add(Result(job_id=analysis.job_id, kind=liveness.CHUNK, step=analysis.step, data=json_safe({"analysis_id": analysis_id, "index": index, "values": values})))
+        chunk = {"analysis_id": owned.analysis_id, "index": index, "values": values}
+        session.add(Result(job_id=analysis.job_id, kind=lifecycle.CHUNK, step=analysis.step, data=json_safe(chunk)))
         session.flush()
-        chunks = liveness.rows(session, analysis, liveness.CHUNK)
-        shape = (len(plan.xs), 1 if plan.ys is None else len(plan.ys))
-        loss, accuracy, evaluated = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, bool)
-        for row in chunks:
-            for i, j, value, acc in row.data["values"]:
-                loss[i, j] = np.nan if value is None else value
-                accuracy[i, j] = np.nan if acc is None else acc
-                evaluated[i, j] = True
-        has_accuracy = any(row.data["values"] and row.data["values"][0][3] is not None for row in chunks)
-        done = len({row.data["index"] for row in chunks})
-        document = plan.document(loss, accuracy if has_accuracy else None, evaluated, time.time() - plan_data["started"])
-        kind = f"{analysis.kind}_analysis"
-        if done < plan_data["chunks"]:
-            _publish(session, analysis, kind, {**document, "partial": True, "chunks": plan_data["chunks"]})
-            analysis.stage = f"{done} of {plan_data['chunks']} chunks of ≤ {plan_data['chunk_points']} points"
+        chunks = lifecycle.rows(session, analysis, lifecycle.CHUNK)
+        done, total = len({row.data["index"] for row in chunks}), plan_data["chunks"]
+        document = _surface(grid, chunks, time.time() - plan_data["started"], partial=done < total)
+        document.chunks = total
+        if done < total:
+            _publish(session, analysis, kind, document.recorded())
+            lifecycle.set_stage(session, analysis.id, None, f"{done} of {total} chunks of ≤ {plan_data['chunk_points']} points")
             return "chunk"
-        _publish(session, analysis, kind, {**finish(plan, document), "partial": False, "chunks": plan_data["chunks"]})
-        for row in [*chunks, *liveness.rows(session, analysis, liveness.PLAN), *liveness.rows(session, analysis, liveness.CLAIM)]:
+        _publish(session, analysis, kind, finish(grid, document).recorded())
+        for row in [*chunks, *lifecycle.rows(session, analysis, lifecycle.PLAN), *lifecycle.rows(session, analysis, lifecycle.CLAIM)]:
             session.delete(row)
-        analysis.status, analysis.stage, analysis.finished_at = JobStatus.succeeded.value, "done", utcnow()
+        lifecycle.transition(session, analysis.id, S.succeeded, stage="done")
     return "succeeded"
 
+
+def _surface(grid: GridPlan, chunks: list[Result], seconds: float, partial: bool):  # type: ignore[no-untyped-def]
+    """The grid's document from the chunks computed so far (gaps where none is yet)."""
+    shape = (len(grid.xs), 1 if grid.ys is None else len(grid.ys))
+    loss, accuracy, evaluated = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, bool)
+    for row in chunks:
+        for i, j, value, acc in row.data["values"]:
+            loss[i, j] = np.nan if value is None else value
+            accuracy[i, j] = np.nan if acc is None else acc
+            evaluated[i, j] = True
+    has_accuracy = any(row.data["values"] and row.data["values"][0][3] is not None for row in chunks)
+    return grid.document(loss, accuracy if has_accuracy else None, evaluated, seconds, partial=partial)

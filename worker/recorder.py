@@ -5,7 +5,6 @@ and reads the cancel flag, so a slow step never makes a live job look dead. Ever
 attempt number: a worker whose job was handed to another worker stops writing at once.
 """
 
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -14,22 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
-from sqlalchemy import delete, update
+from sqlalchemy import select, update
 
 from backend.db import session_scope
 from backend.models import Artifact, Job, JobStatus, Result, utcnow
 from backend.services.artifacts import ArtifactStore
+from backend.services.downsample import json_safe
 from backend.services.series import append_points
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 class DbRecorder:
@@ -99,11 +89,15 @@ class DbRecorder:
             )
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
-        """A probe's result at a step; it replaces an earlier (partial) one of the same kind and step."""
+        """A probe's result at a step; it replaces a partial one of the same kind and step (a surface published
+        while it was computed), not another whole one (two opposing pairs found by one search)."""
         if self.lost.is_set():
             return
         with session_scope() as session:
-            session.execute(delete(Result).where(Result.job_id == self.job_id, Result.kind == kind, Result.step == step))
+            query = select(Result).where(Result.job_id == self.job_id, Result.kind == kind, Result.step == step)
+            for row in session.scalars(query):
+                if row.data.get("partial"):
+                    session.delete(row)
             session.add(Result(job_id=self.job_id, kind=kind, step=step, data=json_safe(payload)))
 
     # Flushing.

@@ -17,7 +17,7 @@ from backend.db import session_scope
 from backend.models import Job, JobStatus, utcnow
 from backend.queue import RUN_JOB_TASK, enqueue_job, get_celery
 from backend.services import jobs as job_service
-from backend.services.artifacts import LocalArtifactStore
+from backend.services.artifacts import ArtifactStore, get_store
 from backend.spec import JobSpec
 from worker.recorder import DbRecorder
 from worker.training import checkpoint
@@ -39,7 +39,7 @@ def _pin_threads(**_: object) -> None:
         torch.set_num_threads(threads)
 
 
-def _resume_state(session: Session, job_id: int, store: LocalArtifactStore) -> TrainState | None:
+def _resume_state(session: Session, job_id: int, store: ArtifactStore) -> TrainState | None:
     """The newest checkpoint an earlier attempt left, read back (safetensors: no code is ever loaded)."""
     artifact = job_service.latest_checkpoint(session, job_id)
     if artifact is None:
@@ -54,7 +54,7 @@ def _resume_state(session: Session, job_id: int, store: LocalArtifactStore) -> T
 @celery_app.task(name=RUN_JOB_TASK)
 def run_job(job_id: int) -> str:
     settings = get_settings()
-    store = LocalArtifactStore(settings.artifact_dir)
+    store = get_store(settings)
     device = pick_device(settings.device)
     with session_scope() as session:
         job = session.get(Job, job_id)

@@ -5,10 +5,9 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from backend.api.auth import Viewer
-from backend.api.deps import RowId, SessionDep, SettingsDep, get_job_or_404
+from backend.api.deps import RowId, SessionDep, StoreDep, get_job_or_404
 from backend.models import Artifact
 from backend.schemas import ArtifactOut
-from backend.services.artifacts import LocalArtifactStore
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
@@ -30,13 +29,13 @@ def download_artifact(
     artifact_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
     session: SessionDep,
     who: Viewer,
-    settings: SettingsDep,
+    store: StoreDep,
 ) -> FileResponse:
     get_job_or_404(session, job_id, who.team_id)
     artifact = session.get(Artifact, artifact_id)
     if artifact is None or artifact.job_id != job_id:
         raise HTTPException(404, detail=f"artifact {artifact_id} not found in job {job_id}")
-    path = LocalArtifactStore(settings.artifact_dir).path(artifact.id)
+    path = store.path(artifact.id)
     if not path.is_file():
         raise HTTPException(404, detail=f"artifact {artifact_id} is missing from the store")
     return FileResponse(

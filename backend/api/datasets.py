@@ -6,11 +6,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.auth import Member, Viewer
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import SessionDep, SettingsDep, StoreDep
 from backend.models import Dataset, Team
 from backend.schemas import DatasetOut
 from backend.services import accounts
-from backend.services.artifacts import LocalArtifactStore
 from backend.services.uploads import UploadError, parse_csv, parse_npz
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -40,6 +39,7 @@ async def upload_dataset(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     who: Member,
     name: Annotated[str, Query(min_length=1, max_length=200)],
     format: Annotated[Literal["npz", "csv"], Query(description="npz: arrays X, y; csv: header + numbers")],
@@ -58,7 +58,7 @@ async def upload_dataset(
     except UploadError as exc:
         raise HTTPException(422, detail=[{"loc": ["body"], "msg": str(exc), "type": "upload_invalid"}]) from None
     blob = parsed.to_npz()
-    stored = LocalArtifactStore(settings.artifact_dir).put(blob)
+    stored = store.put(blob)
     row = Dataset(
         id=stored.id, team_id=who.team_id, name=name, source_format=format, examples=len(parsed.y), input_shape=list(parsed.x.shape[1:]),
         classes=parsed.classes, size=stored.size, sha256=hashlib.sha256(data).hexdigest(),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from backend.config import Settings, get_settings
 from backend.db import get_sessionmaker
 from backend.models import Job
+from backend.services.artifacts import ArtifactStore, get_store
 
 
 def get_session() -> Iterator[Session]:
@@ -22,6 +23,13 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="a row id")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _store(settings: SettingsDep) -> ArtifactStore:
+    return get_store(settings)
+
+
+StoreDep = Annotated[ArtifactStore, Depends(_store)]
 
 
 def send_or_undo(session: Session, send: Callable[[], object], undo: object) -> None:

@@ -10,14 +10,13 @@ from sqlalchemy.orm import Session
 
 from backend import queue
 from backend.api.auth import Member, Principal, Viewer
-from backend.api.deps import RowId, SessionDep, SettingsDep, get_job_or_404, send_or_undo
+from backend.api.deps import RowId, SessionDep, SettingsDep, StoreDep, get_job_or_404, send_or_undo
 from backend.config import Settings
 from backend.formats import Moment, Tag
 from backend.models import Dataset, Job, JobStatus, Team
 from backend.schemas import BulkAction, BulkOutcome, JobOut, JobPage, JobUpdate
 from backend.services import accounts
 from backend.services import jobs as job_service
-from backend.services.artifacts import LocalArtifactStore
 from backend.shapes import misfit
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
 
@@ -168,11 +167,10 @@ def update_job(job_id: RowId, change: JobUpdate, session: SessionDep, who: Membe
 
 
 @router.post("/bulk", response_model=BulkOutcome)
-def bulk(request: BulkAction, session: SessionDep, settings: SettingsDep, who: Member) -> BulkOutcome:
+def bulk(request: BulkAction, session: SessionDep, store: StoreDep, who: Member) -> BulkOutcome:
     """Cancel or delete many jobs. A delete takes only finished jobs (cancel a running one first) and removes
     their series, results and artifact files."""
     outcome = BulkOutcome(done=[], refused={})
-    store = LocalArtifactStore(settings.artifact_dir)
     revoke = []
     for job_id in dict.fromkeys(request.ids):
         job = session.get(Job, job_id)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from backend.config import Settings
+
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -45,3 +47,8 @@ class LocalArtifactStore:
 
     def delete(self, artifact_id: str) -> None:
         self.path(artifact_id).unlink(missing_ok=True)
+
+
+def get_store(settings: Settings) -> ArtifactStore:
+    """The deployment's artifact store (artifacts and uploads)."""
+    return LocalArtifactStore(settings.artifact_dir)

@@ -3,6 +3,9 @@
 Random or stride sampling drops the one step where the loss exploded; min/max buckets cannot.
 """
 
+import math
+from typing import Any
+
 import numpy as np
 
 
@@ -36,6 +39,14 @@ def downsample_minmax(steps: np.ndarray, values: np.ndarray, max_points: int) ->
     return steps[idx], values[idx]
 
 
-def json_safe(values: np.ndarray) -> list[float | None]:
-    """Floats for JSON: NaN and ±Inf become null (drawn as gaps)."""
-    return [float(v) if np.isfinite(v) else None for v in values.tolist()]
+def json_safe(value: Any) -> Any:
+    """Data for JSON at any depth: NaN and ±Inf become null (drawn as gaps), arrays become lists."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

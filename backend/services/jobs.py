@@ -1,8 +1,5 @@
-"""Job lifecycle: the only place that moves a job between states.
-
-Every transition is a conditional UPDATE on the row, so two workers, a reaper and a cancel racing on the
-same job cannot both win.
-"""
+"""Job lifecycle: the only place that moves a job between states (guarded, see lifecycle.py), and the job
+history's queries."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, Team, User, utcnow
 from backend.config import Settings
-from backend.services import accounts
+from backend.services import accounts, lifecycle
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -29,34 +26,15 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class TransitionError(RuntimeError):
-    pass
-
-
 def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:
-    if JobStatus(new) not in ALLOWED[JobStatus(old)]:
-        raise TransitionError(f"a job cannot go from {old} to {new}")
-
-
-def _sources(new: JobStatus) -> list[str]:
-    return [old.value for old, targets in ALLOWED.items() if new in targets]
+    lifecycle.check(ALLOWED, old, new)
 
 
 def transition(
     session: Session, job_id: int, new: JobStatus, *conditions, only_from: list[str] | None = None, **values
 ) -> bool:
     """Move a job to `new` if its current state allows it (and `conditions` hold); True if this call did."""
-    sources = only_from if only_from is not None else _sources(new)
-    for old in sources:
-        check_transition(old, new)
-    now = utcnow()
-    values = {"status": new.value, "updated_at": now, **values}
-    if new.terminal:
-        values.setdefault("finished_at", now)
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(sources), *conditions).values(**values)
-    )
-    return result.rowcount == 1
+    return lifecycle.transition(session, Job, job_id, ALLOWED, new, *conditions, only_from=only_from, updated_at=utcnow(), **values)
 
 
 def create_job(

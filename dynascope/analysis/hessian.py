@@ -14,7 +14,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
-from worker.analysis.hvp import Batch, HessianOperator, LossFn, Mode, layer_blocks
+from dynascope.analysis.hvp import Batch, HessianOperator, LossFn, Mode, layer_blocks
 
 MatVec = Callable[[Tensor], Tensor]
 Which = Literal["LA", "SA"]

@@ -3,6 +3,7 @@
 import pytest
 
 from tests.conftest import OUTPUT_DIR, Serve, spec
+from tests.helpers import planted_pair_job
 
 pytestmark = pytest.mark.e2e
 
@@ -350,9 +351,7 @@ def test_gradient_statistics_view(page, served: Serve):
 
 
 def test_opposing_signals_view(page, served: Serve):
-    from tests.unit.test_signals_probe import job as signals_job
-
-    raw = signals_job(6.0)
+    raw = planted_pair_job(6.0)
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
     page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)

@@ -11,12 +11,8 @@ from sqlalchemy import func, select
 from backend.db import session_scope
 from backend.models import Job
 from backend.services.series import CHUNK_POINTS, append_points
+from tests.helpers import field_errors, job_count
 from tests.conftest import spec
-
-
-def job_count() -> int:
-    with session_scope() as session:
-        return session.scalar(select(func.count()).select_from(Job)) or 0
 
 
 def queued_messages(embedded_redis: str) -> int:
@@ -52,11 +48,6 @@ def test_yaml_body(client: TestClient):
     response = client.post("/api/v1/jobs", content=body, headers={"content-type": "application/yaml"})
     assert response.status_code == 201, response.text
     assert response.json()["spec"]["model"]["widths"] == [8]
-
-
-def field_errors(response) -> dict[str, str]:
-    assert response.status_code == 422, response.text
-    return {".".join(map(str, e["loc"][1:])) or "body": e["msg"] for e in response.json()["detail"]}
 
 
 @pytest.mark.parametrize(

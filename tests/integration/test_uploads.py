@@ -10,8 +10,8 @@ import torch
 
 from backend.spec import JobSpec
 from tests.conftest import spec
-from tests.integration.test_api import field_errors, job_count
-from tests.unit.test_training import ListRecorder
+from tests.helpers import field_errors, job_count
+from tests.helpers import ListRecorder
 from worker.training.loop import Outcome, train
 
 

@@ -198,7 +198,7 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     from safetensors.torch import load_file
 
     from backend.spec import JobSpec
-    from worker.analysis.hessian import hessian_top_eigenpairs
+    from dynascope.analysis.hessian import hessian_top_eigenpairs
     from worker.training.loop import prepare
 
     stack.start_worker()
@@ -226,7 +226,7 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     kinds = [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
     assert "hessian-eigenvectors" in kinds
     # A loss surface around the same checkpoint: its centre is the checkpoint's loss on the stated sample.
-    from worker.training.data import stratified_sample
+    from dynascope.probes.samples import stratified_sample
 
     made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"kind": "landscape", "resolution": 5, "examples": 300})
     assert made.status_code == 201, made.text

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from worker.analysis import gradstats as gs
+from dynascope.analysis import gradstats as gs
 
 CE = F.cross_entropy
 SHARED = Path(os.environ.get("DYNASCOPE_SHARED", Path(__file__).resolve().parents[3] / "shared"))

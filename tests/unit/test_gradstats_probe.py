@@ -7,7 +7,7 @@ import torch
 
 from backend.spec import JobSpec
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder
+from tests.helpers import ListRecorder
 from worker.training.loop import Outcome, train
 
 
@@ -40,7 +40,7 @@ def test_every_step_plain_sgd_identities():
 
 
 def test_schedule_details_and_momentum():
-    rec = run(50, optimizer={"kind": "sgd", "lr": 0.1, "momentum": 0.9}, every=10, at=["end"], details_every=20, histogram_examples=4)
+    rec = run(50, optimizer={"kind": "sgd", "lr": 0.1, "momentum": 0.9}, every=10, at=["last"], details_every=20, histogram_examples=4)
     steps = sorted({s for s, k, _ in rec.points if k == "grad/norm"})
     assert steps == [0, 10, 20, 30, 40, 49]
     details = [(s, r) for k, s, r in rec.results if k == "gradstats"]

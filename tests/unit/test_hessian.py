@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.func import functional_call
 
-from worker.analysis.hessian import (
+from dynascope.analysis.hessian import (
     eigenpairs,
     hessian_spectral_density,
     hessian_top_eigenpairs,
@@ -15,7 +15,7 @@ from worker.analysis.hessian import (
     hutchpp_trace,
     layerwise_top_eigenvalues,
 )
-from worker.analysis.hvp import HessianOperator, layer_blocks
+from dynascope.analysis.hvp import HessianOperator, layer_blocks
 
 CE = nn.functional.cross_entropy
 
@@ -214,7 +214,7 @@ def test_train_mode_with_dropout_is_symmetric_and_differs_from_eval(case):
 
 
 def test_bulk_edge_and_outlier_count_on_a_planted_spectrum():
-    from worker.analysis.hessian import bulk_edge, count_beyond, spectral_density
+    from dynascope.analysis.hessian import bulk_edge, count_beyond, spectral_density
 
     spectrum = np.concatenate([[50.0, 20.0, 10.0, 5.0], np.linspace(-0.5, 1.0, 996)])
     a = Quadratic(spectrum).a
@@ -229,7 +229,7 @@ def test_bulk_edge_and_outlier_count_on_a_planted_spectrum():
 
 
 def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(case):
-    from worker.analysis.hvp import GaussNewtonOperator
+    from dynascope.analysis.hvp import GaussNewtonOperator
 
     model, batches = case["model"], case["batches"]
     op = HessianOperator(model, CE, batches)

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from backend.spec import CNNModel
-from worker.analysis import landscape as ls
+from dynascope.analysis import landscape as ls
 from worker.training.models import cnn, mlp
 
 CE = nn.functional.cross_entropy

@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 
 from backend.spec import InterpolationAnalysis, JobSpec, TrajectoryAnalysis
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder
+from tests.helpers import ListRecorder
 from worker.training.analyses import analyze_checkpoint
-from worker.training.data import stratified_sample
+from dynascope.probes.samples import stratified_sample
 from worker.training.loop import Outcome, prepare, train
 
 

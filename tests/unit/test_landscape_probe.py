@@ -8,10 +8,11 @@ from safetensors.torch import save as save_safetensors
 
 from backend.spec import DigitsData, JobSpec
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder
-from worker.analysis.hessian import hessian_top_eigenpairs
-from worker.training import data, landscapes, models
-from worker.training.data import stratified_sample
+from tests.helpers import ListRecorder
+from dynascope.analysis.hessian import hessian_top_eigenpairs
+from dynascope.probes import grids
+from worker.training import data, models
+from dynascope.probes.samples import stratified_sample
 from worker.training.loop import Outcome, train
 from worker.training.optim import make_loss
 
@@ -41,7 +42,7 @@ def test_stratified_sample_keeps_class_shares_and_is_fixed():
 
 
 def test_random_surface_probe_records_the_surface_and_its_directions(monkeypatch):
-    monkeypatch.setattr(landscapes, "PUBLISH_SECONDS", 0.0)
+    monkeypatch.setattr(grids, "PUBLISH_SECONDS", 0.0)
     rec = run_with_landscape(resolution=7, span=0.5, examples=300, seed=9)
     [(kind, step, result)] = [r for r in rec.results if r[0] == "landscape"]
     assert step == 40 and not result["partial"] and result["points_done"] == result["points_total"] == 49

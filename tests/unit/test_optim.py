@@ -9,9 +9,9 @@ from torch import nn
 
 from backend.spec import JobSpec, LRSchedule
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder, run
-from worker.analysis.hessian import eigenpairs
-from worker.analysis.hvp import HessianOperator
+from tests.helpers import ListRecorder, run
+from dynascope.analysis.hessian import eigenpairs
+from dynascope.analysis.hvp import HessianOperator
 from worker.training.loop import Outcome
 from worker.training.optim import adam_preconditioner, lr_factor, make_loss, stability_threshold
 

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from backend.spec import DigitsData, JobSpec
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder
+from tests.helpers import ListRecorder
 from worker.training import data, models
 from worker.training.loop import Outcome, train
 

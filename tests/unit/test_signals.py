@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from backend.spec import OpposingFeaturesData
-from worker.analysis import signals as sg
+from dynascope.analysis import signals as sg
 from worker.training import data, models
 from worker.training.optim import make_example_loss, make_loss
 

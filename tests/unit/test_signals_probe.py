@@ -3,25 +3,13 @@
 import torch
 
 from backend.spec import JobSpec, OpposingFeaturesData
-from tests.unit.test_training import ListRecorder
+from tests.helpers import ListRecorder, planted_pair_job
 from worker.training import data
 from worker.training.loop import Outcome, train
 
 
-def job(strength: float, hessian: bool = False) -> dict:
-    return {
-        "name": "signals",
-        "model": {"kind": "mlp", "widths": [64]},
-        "data": {"kind": "opposing_features", "examples": 1000, "classes": 4, "strength": strength, "share": 0.5, "class_signal": 0.3},
-        "optimizer": {"kind": "sgd", "lr": 0.12},
-        "train": {"steps": 260, "batch_size": 100_000, "loss": "mse", "eval_every": 100, "checkpoint_every": None},
-        "probes": {"signals": {"detect_every": 100, "on_rise": False}}
-        | ({"hessian": {"every": 50, "top_k": 1, "examples": 100_000, "tol": 1e-4}} if hessian else {}),
-    }
-
-
 def test_the_planted_pair_is_reported_with_groups_curves_and_features():
-    raw = job(6.0, hessian=True)
+    raw = planted_pair_job(6.0, hessian=True)
     rec = ListRecorder()
     assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
     reports = [(s, r) for k, s, r in rec.results if k == "signals"]
@@ -83,7 +71,7 @@ def test_text_groups_come_as_text():
 def test_the_probe_reads_the_trained_losses_and_leaves_training_unchanged():
     """Under full-batch GD the probe's losses are the training step's own ℓ_i (the step trains on their mean,
     with or without the probe), so the probe changes no number of the run."""
-    raw = job(6.0) | {"train": {**job(6.0)["train"], "steps": 30}}
+    raw = planted_pair_job(6.0) | {"train": {**planted_pair_job(6.0)["train"], "steps": 30}}
     plain, probed = ListRecorder(), ListRecorder()
     train(JobSpec.model_validate({**raw, "probes": {}}), plain, torch.device("cpu"))
     train(JobSpec.model_validate(raw), probed, torch.device("cpu"))
@@ -96,8 +84,10 @@ def test_the_probe_reads_the_trained_losses_and_leaves_training_unchanged():
 def test_a_search_runs_when_the_sharpness_reaches_its_threshold():
     """Measured sharpness (step → value, threshold 2): searches at each first measurement at or above the
     threshold after one below, deferred while the last search is under `min_gap` steps old."""
-    from backend.spec import SignalsProbe
-    from worker.training.signals_probe import SignalsTracker
+    from dynascope.probes import Batch, Run
+    from dynascope.probes.hessian import Sharpness
+    from dynascope.probes.signals import Signals
+    from dynascope.settings import SignalsProbe
 
     measured = {0: 1.0, 5: 1.5, 10: 2.5, 15: 3.0, 20: 1.8, 25: 2.2, 28: 1.0, 30: 2.1}
     gen = torch.Generator().manual_seed(0)
@@ -107,14 +97,16 @@ def test_a_search_runs_when_the_sharpness_reaches_its_threshold():
 
     def searches(on: bool) -> list[int]:
         cfg = SignalsProbe(detect_every=1000, on_rise=False, on_sharpness=on, min_gap=10)
-        now = {"step": 0}
-        latest = lambda: max(((s, v, 2.0) for s, v in measured.items() if s <= now["step"]), default=None)  # noqa: E731
-        tracker = SignalsTracker(cfg, each, x, y, 0, True, sharpness=latest)
+        run = Run(model, lambda o, t: each(o, t).mean(), each, x, y, 3, 0, 40, threshold=lambda: (2.0, "2/lr"), full_batch=True)
+        probe = Signals(cfg, run)
         found = []
         for step in range(40):
-            now["step"] = step
+            latest = max((s for s in measured if s <= step), default=None)
+            if latest is not None:  # the Hessian probe's newest measurement, as it publishes it
+                run.board.publish(Sharpness(latest, torch.zeros(18), measured[latest], 2.0))
             losses = torch.rand(200, generator=gen)
-            if "signals/outliers" in tracker.observe(step, model, losses, torch.arange(200)):
+            out = probe.after_forward(Batch(step, x, y, torch.arange(200), losses, float(losses.mean()), 0.1))
+            if "signals/outliers" in out.metrics:
                 found.append(step)
         return found
 
@@ -122,10 +114,10 @@ def test_a_search_runs_when_the_sharpness_reaches_its_threshold():
     assert searches(False) == []
 
 
-def test_the_hessian_probe_triggers_a_search_in_a_job():
+def test_the_hessian_probe_triggers_a_search_in_a_planted_pair_job():
     """Full-batch GD at lr 0.15 starts above 2/lr (sharpness 15 > 13.3): the Hessian probe's first measurement
     makes a search due at the first step with a loss change; nothing else schedules one."""
-    raw = job(6.0) | {"optimizer": {"kind": "sgd", "lr": 0.15}}
+    raw = planted_pair_job(6.0) | {"optimizer": {"kind": "sgd", "lr": 0.15}}
     raw["train"] = {**raw["train"], "steps": 20}
     hessian = {"every": 10, "top_k": 1, "examples": 100_000, "tol": 1e-4}
     found = {}

@@ -8,47 +8,8 @@ import torch
 
 from backend.spec import JobSpec
 from tests.conftest import spec
+from tests.helpers import ListRecorder, run
 from worker.training.loop import Outcome, train
-
-
-class ListRecorder:
-    """Keeps what the loop reports in lists; can ask the loop to stop after a number of steps."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.points: list[tuple[int, str, float]] = []
-        self.checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self.artifacts: list[tuple[str, int, dict[str, torch.Tensor], dict[str, str] | None]] = []
-        self.results: list[tuple[str, int, dict[str, Any]]] = []
-        self.partials: list[dict[str, Any]] = []  # results that a later one replaced
-        self.last_progress: tuple[int, int, str] | None = None
-        self.stop_after = stop_after
-
-    def log(self, step, metrics):
-        self.points += [(step, k, v) for k, v in metrics.items()]
-
-    def progress(self, step, total, stage):
-        self.last_progress = (step, total, stage)
-
-    def should_stop(self):
-        return self.stop_after is not None and self.last_progress is not None and self.last_progress[0] >= self.stop_after
-
-    def save_tensors(self, kind, step, tensors, metadata=None):
-        if kind == "checkpoint":
-            self.checkpoints.append((step, tensors))
-        self.artifacts.append((kind, step, tensors, metadata))
-
-    def result(self, kind, step, payload):
-        """Like the DbRecorder: a result replaces an earlier one of the same kind and step."""
-        self.partials += [p for k, s, p in self.results if (k, s) == (kind, step)]
-        self.results = [r for r in self.results if (r[0], r[1]) != (kind, step)] + [(kind, step, payload)]
-
-    def series(self, name: str) -> list[float]:
-        return [v for _, k, v in self.points if k == name]
-
-
-def run(raw: dict, **kw) -> tuple[Outcome, ListRecorder]:
-    recorder = ListRecorder(**kw)
-    return train(JobSpec.model_validate(raw), recorder, torch.device("cpu")), recorder
 
 
 def test_trains_and_learns():

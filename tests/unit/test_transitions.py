@@ -1,7 +1,8 @@
 import pytest
 
 from backend.models import JobStatus
-from backend.services.jobs import ALLOWED, TransitionError, check_transition
+from backend.services.jobs import ALLOWED, check_transition
+from backend.services.lifecycle import TransitionError
 
 S = JobStatus
 

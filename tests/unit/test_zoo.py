@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from backend.spec import JobSpec, OpposingFeaturesData, TextData
 from tests.conftest import spec
-from tests.unit.test_training import ListRecorder
+from tests.helpers import ListRecorder
 from worker.training import data
 from worker.training.loop import Outcome, train
 

@@ -1,6 +1,12 @@
-"""Analyses of checkpoints a job kept, asked for after the fact (the job may be long finished)."""
+"""Analyses of checkpoints a job kept, asked for after the fact (the job may be long finished).
+
+ANALYSES is the registry of kinds (`hessian`, `landscape`, `trajectory`, `interpolation`): what each computes
+at a checkpoint, and for a grid its plan (any worker can compute any chunk of it), its number of points and the
+artifact kind of its directions. The backend's table of kinds (backend.spec.ANALYSIS_KINDS) holds the same
+names; a test checks that they agree."""
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -8,12 +14,43 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from backend.spec import HessianAnalysis, HessianProbe, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
+from backend.spec import HessianAnalysis, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
+from dynascope.probes import Calls, Run
+from dynascope.probes.grids import GridPlan, plan_interpolation, plan_landscape, plan_trajectory, run_plan
+from dynascope.probes.hessian import measure
+from dynascope.results import Endpoint
 from worker.training.checkpoint import FORMAT, read, unpack
-from worker.training.landscapes import GridPlan, finish, plan_interpolation, plan_landscape, plan_trajectory, run_plan
-from worker.training.loop import prepare, probe_context
+from worker.training.loop import prepare, probe_run
 from worker.training.optim import base_config, lr_factor
-from worker.training.probes import HessianTracker, ProbeContext, ProbeOutput
+
+
+@dataclass
+class Site:
+    """Where an analysis looks: a job's checkpoint (its step and tensors), and the other kept checkpoints a
+    trajectory or an interpolation reads, by (job id, step)."""
+
+    job_id: int | None
+    step: int
+    tensors: dict[str, Tensor]
+    kept: Mapping[tuple[int, int], Path] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.tensors.items() if "/" not in k}
+
+
+@dataclass
+class Analyzed:
+    result: dict[str, Any]  # the document, as recorded
+    artifacts: dict[str, tuple[dict[str, Tensor], dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    request: type
+    points: Callable[[Any], int] = lambda _: 0  # a grid's points (0: not a grid, or an adaptive one)
+    plan: Callable[[Any, Run, Site, Calls], GridPlan] | None = None
+    directions: str | None = None  # the artifact kind of a grid's directions
 
 
 def _reader(path: Path) -> Callable[[str], Tensor]:
@@ -24,75 +61,81 @@ def _reader(path: Path) -> Callable[[str], Tensor]:
     return tensor
 
 
-def context_at(
-    spec: JobSpec,
-    step: int,
-    tensors: dict[str, Tensor],
-    metadata: dict[str, str],
-    device: torch.device,
-    uploads: Callable[[str], Path] | None = None,
-) -> ProbeContext:
+def _trajectory(request: TrajectoryAnalysis, run: Run, site: Site, calls: Calls) -> GridPlan:
+    path = [(s, _reader(p)) for (j, s), p in sorted(site.kept.items()) if j == site.job_id and s <= site.step]
+    return plan_trajectory(request, run, path, calls)
+
+
+def _interpolation(request: InterpolationAnalysis, run: Run, site: Site, calls: Calls) -> GridPlan:
+    if request.to_job:
+        to = (request.to_job, max(s for j, s in site.kept if j == request.to_job))
+    else:
+        assert request.to_step is not None  # (the API fills it in)
+        to = (site.job_id, request.to_step)
+    end, _ = read(site.kept[to])
+    ends = (Endpoint(job=site.job_id, step=site.step), Endpoint(job=to[0], step=to[1]))
+    return plan_interpolation(request, run, site.weights, {k: v for k, v in end.items() if "/" not in k}, ends)
+
+
+ANALYSES: dict[str, Kind] = {
+    "hessian": Kind(HessianAnalysis),
+    "landscape": Kind(
+        LandscapeAnalysis,
+        points=lambda r: 0 if r.adaptive else r.resolution**r.dims,
+        plan=lambda r, run, site, calls: plan_landscape(r, run),
+        directions="landscape-directions",
+    ),
+    "trajectory": Kind(
+        TrajectoryAnalysis, points=lambda r: 0 if r.adaptive else r.resolution**2, plan=_trajectory, directions="trajectory-directions"
+    ),
+    "interpolation": Kind(InterpolationAnalysis, points=lambda r: r.points + 2, plan=_interpolation, directions="interpolation-direction"),
+}
+
+
+def run_at(
+    spec: JobSpec, step: int, tensors: dict[str, Tensor], metadata: dict[str, str], device: torch.device, uploads: Callable[[str], Path] | None = None
+) -> Run:
     """The probes' view of the run at a checkpoint: its weights, and the lr (and Adam state) it had then."""
-    run = prepare(spec, device, uploads)
-    run.model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
+    prepared = prepare(spec, device, uploads)
+    prepared.model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
     if metadata.get("format") == FORMAT:
-        run.optimizer.load_state_dict(unpack(tensors, metadata).optimizer)
+        prepared.optimizer.load_state_dict(unpack(tensors, metadata).optimizer)
     lr = base_config(spec.optimizer).lr * lr_factor(spec.train.schedule, min(step, spec.train.steps - 1), spec.train.steps)
-    for group in run.optimizer.param_groups:
+    for group in prepared.optimizer.param_groups:
         group["lr"] = lr
-    return probe_context(spec, run, should_stop=lambda: False)
+    return probe_run(spec, prepared)
 
 
-GridAnalysis = LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis
+def plan(request: Any, run: Run, site: Site, calls: Calls | None = None) -> GridPlan:
+    kind = ANALYSES[request.kind]
+    assert kind.plan is not None, f"{request.kind} is not a grid"
+    return kind.plan(request, run, site, calls or Calls())
 
 
-def plan_analysis(
-    request: GridAnalysis,
-    ctx: ProbeContext,
-    step: int,
-    tensors: dict[str, Tensor],
-    kept: Mapping[tuple[int, int], Path],
-    job_id: int | None,
-) -> GridPlan:
-    """The grid of a landscape, trajectory or interpolation analysis. `kept` maps (job id, step) to the
-    checkpoint files a trajectory or an interpolation needs besides this one."""
-    if isinstance(request, LandscapeAnalysis):
-        return plan_landscape(request, ctx)
-    if isinstance(request, TrajectoryAnalysis):
-        return plan_trajectory(request, ctx, [(s, _reader(p)) for (j, s), p in sorted(kept.items()) if j == job_id and s <= step])
-    to = (request.to_job, max(s for j, s in kept if j == request.to_job)) if request.to_job else (job_id, request.to_step)
-    end, _ = read(kept[to])
-    model_part = {k: v for k, v in tensors.items() if "/" not in k}
-    ends = {"from": {"job": job_id, "step": step}, "to": {"job": to[0], "step": to[1]}}
-    return plan_interpolation(request, ctx, model_part, {k: v for k, v in end.items() if "/" not in k}, ends)
+def analyze(request: Any, run: Run, site: Site, calls: Calls | None = None) -> Analyzed:
+    """The whole analysis in this process (it stops with ProbeStopped when `calls.should_stop` says so, and
+    publishes partial grids while it runs)."""
+    calls = calls or Calls()
+    kind = ANALYSES[request.kind]
+    if kind.plan is None:
+        output, _ = measure(request, run, site.step, calls)
+        [(_, document)] = output.results
+        return Analyzed(document.recorded(), output.artifacts)
+    grid = kind.plan(request, run, site, calls)
+    document = run_plan(run, grid, calls)
+    assert kind.directions is not None
+    return Analyzed(document.recorded(), {kind.directions: grid.direction_tensors()})
 
 
 def analyze_checkpoint(
     spec: JobSpec,
-    request: HessianAnalysis | GridAnalysis,
+    request: Any,
     step: int,
     tensors: dict[str, Tensor],
     metadata: dict[str, str],
     device: torch.device,
-    uploads: Callable[[str], Path] | None = None,
-    report: Callable[[str], None] = lambda _: None,
     kept: Mapping[tuple[int, int], Path] | None = None,
     job_id: int | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    publish: Callable[[dict[str, Any]], None] = lambda _: None,
-) -> ProbeOutput:
-    """The whole analysis at the checkpoint's weights, in this process (it stops with ProbeStopped when
-    `should_stop` says so, and `publish`es partial grids while it runs)."""
-    ctx = context_at(spec, step, tensors, metadata, device, uploads)
-    ctx.report, ctx.should_stop, ctx.publish = report, should_stop, publish
-    if isinstance(request, HessianAnalysis):
-        probe = HessianTracker(HessianProbe(at=[step], **request.model_dump(exclude={"kind", "step"})))
-        return probe(step, ctx)
-    plan = plan_analysis(request, ctx, step, tensors, kept or {}, job_id)
-    result = finish(plan, run_plan(ctx, plan))
-    return ProbeOutput({}, result, {directions_kind(request): plan.direction_tensors()})
-
-
-def directions_kind(request: GridAnalysis) -> str:
-    """The artifact kind of a grid's directions (for an interpolation: θ_to − θ_from)."""
-    return {"landscape": "landscape-directions", "trajectory": "trajectory-directions"}.get(request.kind, "interpolation-direction")
+) -> Analyzed:
+    """One analysis of one checkpoint, from its file's contents (what a test or a notebook calls)."""
+    return analyze(request, run_at(spec, step, tensors, metadata, device), Site(job_id, step, tensors, kept or {}))

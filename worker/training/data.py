@@ -44,28 +44,6 @@ class Split:
         return Split(**moved, n_classes=self.n_classes, modality=self.modality, vocab=self.vocab, planted=self.planted)
 
 
-def stratified_sample(y: Tensor, size: int, seed: int) -> Tensor:
-    """Indices of a fixed sample of `size` rows keeping each class's share (largest remainders); plain random
-    rows for regression targets. The same seed gives the same rows at every step."""
-    n = len(y)
-    gen = torch.Generator().manual_seed(seed)
-    if size >= n:
-        return torch.arange(n)
-    if y.is_floating_point() or y.dim() > 1:
-        return torch.randperm(n, generator=gen)[:size].sort().values
-    labels = y.cpu()
-    classes, counts = labels.unique(return_counts=True)
-    exact = counts.double() * size / n
-    take = exact.floor().long()
-    short = size - int(take.sum())
-    take[torch.argsort(exact - take, descending=True)[:short]] += 1
-    picked = []
-    for c, k in zip(classes.tolist(), take.tolist()):
-        rows = (labels == c).nonzero().squeeze(1)
-        picked.append(rows[torch.randperm(len(rows), generator=gen)[:k]])
-    return torch.cat(picked).sort().values
-
-
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, stratify: bool = True):  # type: ignore[no-untyped-def]
     return train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y if stratify else None)
 

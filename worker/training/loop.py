@@ -1,18 +1,21 @@
-"""The training loop. It knows nothing of the database: it reports through a Recorder."""
+"""The training loop of a server job: the step, and calls into the probe runner. It knows nothing of the
+database: it reports through a Recorder."""
 
 import enum
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from contextlib import nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer, TransformerModel
+from dynascope.probes import Batch, ProbeSet, ProbeStopped, Recorder, Run
+from dynascope.results import RunEnd, RunFacts
 from worker.training import data, models
 from worker.training.checkpoint import TrainState, pack
 from worker.training.optim import (
@@ -25,20 +28,6 @@ from worker.training.optim import (
     make_optimizer,
     stability_threshold,
 )
-from worker.training.gradstats_probe import GradStatsTracker
-from worker.training.landscapes import LandscapeTracker
-from worker.training.signals_probe import SignalsTracker
-from worker.training.probes import HessianTracker, Probe, ProbeContext, ProbeStopped
-
-
-class Recorder(Protocol):
-    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
-    def progress(self, step: int, total: int, stage: str) -> None: ...
-    def should_stop(self) -> bool: ...
-    def save_tensors(
-        self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-    ) -> None: ...
-    def result(self, kind: str, step: int, payload: dict[str, Any]) -> None: ...
 
 
 class Outcome(enum.StrEnum):
@@ -48,7 +37,7 @@ class Outcome(enum.StrEnum):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def evaluate(model: nn.Module, loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     model.eval()
     out = model(x)
     metrics = {"loss": loss_fn(out, y).item()}
@@ -56,53 +45,6 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dic
         metrics["accuracy"] = (out.argmax(-1) == y).float().mean().item()
     model.train()
     return metrics
-
-
-def _run_probes(
-    probes: list[Probe], step: int, total: int, ctx: ProbeContext, recorder: Recorder, spent: dict[str, float]
-) -> None:
-    for probe in probes:
-        if not probe.schedule.due(step, total):
-            continue
-        recorder.progress(step, total, f"probe {probe.name} at step {step}")
-        ctx.report = lambda stage, name=probe.name: recorder.progress(step, total, f"probe {name} at step {step}: {stage}")
-        ctx.publish = lambda payload, name=probe.name: recorder.result(name, step, payload)
-        started = time.perf_counter()
-        output = probe(step, ctx)
-        seconds = time.perf_counter() - started
-        spent[probe.name] = spent.get(probe.name, 0.0) + seconds
-        recorder.log(step, {**output.metrics, f"time/{probe.name}_seconds": seconds})
-        if output.result is not None:
-            recorder.result(probe.name, step, {**output.result, "seconds": seconds})
-        for kind, (tensors, metadata) in output.artifacts.items():
-            recorder.save_tensors(kind, step, tensors, metadata)
-
-
-def build_probes(spec: JobSpec) -> list[Probe]:
-    probes: list[Probe] = []
-    if spec.probes.hessian is not None:
-        probes.append(HessianTracker(spec.probes.hessian))
-    if spec.probes.landscape is not None:
-        probes.append(LandscapeTracker(spec.probes.landscape))
-    return probes
-
-
-def train(
-    spec: JobSpec,
-    recorder: Recorder,
-    device: torch.device,
-    resume: TrainState | None = None,
-    uploads: Callable[[str], Path] | None = None,
-) -> Outcome:
-    """Train the spec's model; step s logs the batch loss at the weights before update s.
-
-    With `resume`, the run continues from that state exactly as if it had never stopped (on CPU, the same
-    numbers bit for bit).
-    """
-    try:
-        return _train(spec, recorder, device, resume, uploads)
-    except ProbeStopped:
-        return Outcome.stopped
 
 
 @dataclass
@@ -128,172 +70,198 @@ def prepare(spec: JobSpec, device: torch.device, uploads: Callable[[str], Path] 
     return Prepared(split, model, params, loss_fn, example_loss, make_optimizer(spec.optimizer, params))
 
 
-def probe_context(spec: JobSpec, run: Prepared, should_stop: Callable[[], bool]) -> ProbeContext:
-    current_lr = lambda: run.optimizer.param_groups[0]["lr"]  # noqa: E731
-    return ProbeContext(
-        run.model, run.loss_fn, run.split.x_train, run.split.y_train, run.split.n_classes, spec.train.seed,
-        threshold=lambda: stability_threshold(spec.optimizer, current_lr()),
-        preconditioner=lambda: adam_preconditioner(run.optimizer, run.params, spec.optimizer),
+def probe_run(spec: JobSpec, prepared: Prepared) -> Run:
+    """What the probes see of this job."""
+    optimizer, split = prepared.optimizer, prepared.split
+    return Run(
+        prepared.model,
+        prepared.loss_fn,
+        prepared.example_loss,
+        split.x_train,
+        split.y_train,
+        split.n_classes,
+        spec.train.seed,
+        spec.train.steps,
+        threshold=lambda: stability_threshold(spec.optimizer, optimizer.param_groups[0]["lr"]),
+        preconditioner=lambda: adam_preconditioner(optimizer, prepared.params, spec.optimizer),
         adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
-        should_stop=should_stop,
-    )  # fmt: skip
-
-
-def _signals_tracker(spec: JobSpec, run: Prepared, probes: list[Probe]) -> SignalsTracker | None:
-    """The signals probe, fed the Hessian probe's latest top eigenvector and sharpness when there is one."""
-    if spec.probes.signals is None:
-        return None
-    hessian = next((p for p in probes if isinstance(p, HessianTracker)), None)
-
-    def top_eigenvector() -> tuple[int, torch.Tensor] | None:
-        return None if hessian is None or hessian.previous is None else (hessian.last_step, hessian.previous[:, 0])
-
-    split = run.split
-    full_batch = spec.train.batch_size >= len(split.y_train)
-    return SignalsTracker(
-        spec.probes.signals, run.example_loss, split.x_train, split.y_train, spec.train.seed, full_batch,
-        top_eigenvector, split.vocab, sharpness=lambda: None if hessian is None else hessian.latest_sharpness,
-    )  # fmt: skip
-
-
-def _train(
-    spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None, uploads: Callable[[str], Path] | None
-) -> Outcome:
-    cfg = spec.train
-    run = prepare(spec, device, uploads)
-    split, model, params, loss_fn, optimizer = run.split, run.model, run.params, run.loss_fn, run.optimizer
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    sam = SAM(spec.optimizer.rho) if isinstance(spec.optimizer, SAMOptimizer) else None
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if cfg.precision == "bf16" and device.type == "cuda"
-        else nullcontext()
+        full_batch=spec.train.batch_size >= len(split.y_train),
+        vocab=split.vocab,
     )
-    current_lr = lambda: optimizer.param_groups[0]["lr"]  # noqa: E731
-    probes = build_probes(spec)
-    ctx = probe_context(spec, run, recorder.should_stop)
-    watch = spec.probes.gradstats
-    stats = GradStatsTracker(watch, model, split.x_train, split.y_train, cfg.seed, cfg.steps) if watch else None
-    signals = _signals_tracker(spec, run, probes)
-    spent: dict[str, float] = {}
-    batches = torch.Generator().manual_seed(cfg.seed)
-    n_train = len(split.y_train)
-    batch_size = min(cfg.batch_size, n_train)
-    order = torch.randperm(n_train, generator=batches)
-    cursor = 0
-    train_seconds, first_loss, start = 0.0, math.nan, 0
-    if resume is None:
-        recorder.result(
-            "summary",
-            0,
-            {"parameters": models.parameter_count(model), "train_examples": n_train, "val_examples": len(split.y_val),
-             "modality": split.modality, "classes": split.n_classes, "planted": split.planted},  # fmt: skip
-        )
-    else:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
+
+
+class Batches:
+    """The batch order: a permutation of the training set per epoch, from the run's own generator."""
+
+    def __init__(self, n: int, size: int, seed: int) -> None:
+        self.n, self.size = n, min(size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.cursor = torch.randperm(n, generator=self.generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.cursor + self.size > self.n:
+            self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+        self.cursor += self.size
+        return self.order[self.cursor - self.size : self.cursor]
+
+
+def train(
+    spec: JobSpec,
+    recorder: Recorder,
+    device: torch.device,
+    resume: TrainState | None = None,
+    uploads: Callable[[str], Path] | None = None,
+) -> Outcome:
+    """Train the spec's model; step s logs the batch loss at the weights before update s.
+
+    With `resume`, the run continues from that state exactly as if it had never stopped (on CPU, the same
+    numbers bit for bit).
+    """
+    try:
+        return Training(spec, recorder, device, resume, uploads).run()
+    except ProbeStopped:
+        return Outcome.stopped
+
+
+class Training:
+    """One run of a spec: its state (what a checkpoint keeps) and the loop over its steps."""
+
+    def __init__(
+        self, spec: JobSpec, recorder: Recorder, device: torch.device, resume: TrainState | None, uploads: Callable[[str], Path] | None
+    ) -> None:
+        self.spec, self.recorder, self.device = spec, recorder, device
+        self.prepared = prepare(spec, device, uploads)
+        self.base_lrs = [group["lr"] for group in self.prepared.optimizer.param_groups]
+        self.sam = SAM(spec.optimizer.rho) if isinstance(spec.optimizer, SAMOptimizer) else None
+        self.batches = Batches(len(self.prepared.split.y_train), spec.train.batch_size, spec.train.seed)
+        self.train_seconds, self.first_loss, self.start = 0.0, math.nan, 0
+        # The probes see the initial weights first (distance from initialization, after a resume too).
+        spent = resume.probe_seconds if resume is not None else None
+        self.probes = ProbeSet.build(spec.probes, probe_run(spec, self.prepared), recorder, spent)
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, resume: TrainState) -> None:
+        self.prepared.model.load_state_dict(resume.model)
+        self.prepared.optimizer.load_state_dict(resume.optimizer)
         torch.set_rng_state(resume.torch_rng)
-        batches.set_state(resume.batch_rng)
-        order, cursor, first_loss = resume.order, resume.cursor, resume.first_loss
-        train_seconds, spent, start = resume.train_seconds, dict(resume.probe_seconds), resume.step
+        self.batches.generator.set_state(resume.batch_rng)
+        self.batches.order, self.batches.cursor, self.first_loss = resume.order, resume.cursor, resume.first_loss
+        self.train_seconds, self.start = resume.train_seconds, resume.step
 
-    def state(step: int) -> TrainState:
+    def state(self, step: int) -> TrainState:
+        p, b = self.prepared, self.batches
         return TrainState(
-            step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(), batches.get_state(), order,
-            cursor, first_loss, train_seconds, spent,
-        )  # fmt: skip
+            step,
+            p.model.state_dict(),
+            p.optimizer.state_dict(),
+            torch.get_rng_state(),
+            b.generator.get_state(),
+            b.order,
+            b.cursor,
+            self.first_loss,
+            self.train_seconds,
+            self.probes.spent,
+        )
 
-    # (A resumed run knows the lr it last logged: the series matches an uninterrupted run's exactly.)
-    last_factor = lr_factor(cfg.schedule, start - 1, cfg.steps) if start else math.nan
-    for step in range(start, cfg.steps):
-        if recorder.should_stop():
-            return Outcome.stopped
-        if cfg.checkpoint_every and step > start and step % cfg.checkpoint_every == 0:
-            recorder.save_tensors("checkpoint", step, *pack(state(step)))
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.spec.train.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def run(self) -> Outcome:
+        cfg, split = self.spec.train, self.prepared.split
+        if self.start == 0:
+            self.recorder.result("summary", 0, self._facts())
+        # (A resumed run knows the lr it last logged: the series matches an uninterrupted run's exactly.)
+        self.last_factor = lr_factor(cfg.schedule, self.start - 1, cfg.steps) if self.start else math.nan
+        for step in range(self.start, cfg.steps):
+            if self.recorder.should_stop():
+                return Outcome.stopped
+            if cfg.checkpoint_every and step > self.start and step % cfg.checkpoint_every == 0:
+                self.recorder.save_tensors("checkpoint", step, *pack(self.state(step)))
+            if not self.step(step):
+                return Outcome.diverged
+            self.recorder.progress(step + 1, cfg.steps, "training")
+        self.probes.finish()
+        final = evaluate(self.prepared.model, self.prepared.loss_fn, split.x_val, split.y_val)
+        self.recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})
+        if self.start < cfg.steps:  # (a resumed run that had already finished keeps its final checkpoint)
+            self.recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
+            self.recorder.save_tensors("checkpoint", cfg.steps, *pack(self.state(cfg.steps)))
+        self.recorder.result("summary", cfg.steps, self._end(final))
+        return Outcome.finished
+
+    def step(self, step: int) -> bool:
+        """Update `step`, with the probes' hooks around it; False when the loss diverged."""
+        cfg, p = self.spec.train, self.prepared
         factor = lr_factor(cfg.schedule, step, cfg.steps)
-        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        for group, lr in zip(p.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr * factor
-        _run_probes(probes, step, cfg.steps, ctx, recorder, spent)
-        started = time.perf_counter()
-        if cursor + batch_size > n_train:
-            order, cursor = torch.randperm(n_train, generator=batches), 0
-        idx = order[cursor : cursor + batch_size].to(device)
-        cursor += batch_size
+        self.probes.before_step(step)
+        started, probe_seconds = time.perf_counter(), self.probes.seconds
+        idx = self.batches.next().to(self.device)
         evaluating = step % cfg.eval_every == 0
         if evaluating:
-            recorder.log(step, {f"val/{k}": v for k, v in evaluate(model, loss_fn, split.x_val, split.y_val).items()})
-        x, y = split.x_train[idx], split.y_train[idx]
-        watching = stats is not None and stats.due(step)
-        with autocast, stats.capture(step) if stats is not None else nullcontext():
-            out = model(x)
-            losses = run.example_loss(out.float(), y)
+            self.recorder.log(step, {f"val/{k}": v for k, v in evaluate(p.model, p.loss_fn, p.split.x_val, p.split.y_val).items()})
+        x, y = p.split.x_train[idx], p.split.y_train[idx]
+        with self.autocast(), self.probes.capture(step):
+            out = p.model(x)
+            losses = p.example_loss(out.float(), y)
             loss = losses.mean()
         loss_value = loss.item()
         metrics = {"train/loss": loss_value}
         # The loss every step; the batch accuracy and the lr (a step function) where they are cheap to keep.
-        if evaluating or factor != last_factor or step == cfg.steps - 1:
-            metrics["lr"] = current_lr()
-            last_factor = factor
+        if evaluating or factor != self.last_factor or step == cfg.steps - 1:
+            metrics["lr"], self.last_factor = p.optimizer.param_groups[0]["lr"], factor
         if evaluating and not y.is_floating_point():
             metrics["train/accuracy"] = (out.argmax(-1) == y).float().mean().item()
         if step == 0:
-            first_loss = loss_value
-        if not math.isfinite(loss_value) or (
-            cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * first_loss
-        ):
-            recorder.log(step, metrics)
-            recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value:.4g}")
-            return Outcome.diverged
-        if signals is not None:
-            before = signals.seconds
-            metrics.update(signals.observe(step, model, losses.detach(), idx))
-            for at, document in signals.reports:
-                recorder.result("signals", at, document)
-            signals.reports.clear()
-            spent["signals"] = spent.get("signals", 0.0) + signals.seconds - before
-            started += signals.seconds - before  # the probe's time, not the training's
-        optimizer.zero_grad(set_to_none=True)
+            self.first_loss = loss_value
+        if not math.isfinite(loss_value) or (cfg.divergence_factor is not None and loss_value > cfg.divergence_factor * self.first_loss):
+            self.recorder.log(step, metrics)
+            self.recorder.progress(step, cfg.steps, f"diverged at step {step}: loss {loss_value:.4g}")
+            return False
+        batch = Batch(step, x, y, idx, losses.detach(), loss_value, p.optimizer.param_groups[0]["lr"])
+        self.probes.after_forward(batch)
+        p.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        stats_seconds = stats.seconds if stats is not None else 0.0
-        if watching:
-            found, details = stats.after_backward(step, loss_value, loss_fn, x, y, current_lr())  # type: ignore[union-attr]
-            metrics.update(found)
-            if details is not None:
-                recorder.result("gradstats", step, details)
-        if sam is not None:
-            shifts = sam.ascend(params)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss_fn(model(x).float(), y).backward()
-            sam.descend(params, shifts)
+        self.probes.after_backward(batch)
+        self._update(x, y, metrics)
+        self.probes.after_step(batch)
+        self.recorder.log(step, metrics)
+        self.train_seconds += time.perf_counter() - started - (self.probes.seconds - probe_seconds)
+        return True
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor, metrics: dict[str, float]) -> None:
+        """The optimizer's step on the gradient in `.grad` (SAM: from the ascended weights; clipped if asked)."""
+        cfg, p = self.spec.train, self.prepared
+        if self.sam is not None:
+            shifts = self.sam.ascend(p.params)
+            p.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                p.loss_fn(p.model(x).float(), y).backward()
+            self.sam.descend(p.params, shifts)
         if cfg.grad_clip is not None:
-            metrics["train/grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        optimizer.step()
-        if watching:
-            metrics.update(stats.after_step())  # type: ignore[union-attr]
-        recorder.log(step, metrics)
-        if stats is not None:  # the statistics' time is the probe's, not the training's
-            spent["gradstats"] = spent.get("gradstats", 0.0) + stats.seconds - stats_seconds
-        train_seconds += time.perf_counter() - started - (stats.seconds - stats_seconds if stats is not None else 0.0)
-        recorder.progress(step + 1, cfg.steps, "training")
-    if signals is not None:
-        signals.finish(cfg.steps)
-        for at, document in signals.reports:
-            recorder.result("signals", at, document)
-    final = evaluate(model, loss_fn, split.x_val, split.y_val)
-    recorder.log(cfg.steps, {f"val/{k}": v for k, v in final.items()})
-    _run_probes(probes, cfg.steps, cfg.steps, ctx, recorder, spent)
-    if start < cfg.steps:  # (a resumed run that had already finished keeps its final checkpoint)
-        recorder.progress(cfg.steps, cfg.steps, "saving checkpoint")
-        recorder.save_tensors("checkpoint", cfg.steps, *pack(state(cfg.steps)))
-    recorder.result(
-        "summary",
-        cfg.steps,
-        {
+            metrics["train/grad_norm"] = float(nn.utils.clip_grad_norm_(p.params, cfg.grad_clip))
+        p.optimizer.step()
+
+    def _facts(self) -> dict[str, Any]:
+        split = self.prepared.split
+        return RunFacts(
+            parameters=models.parameter_count(self.prepared.model),
+            train_examples=len(split.y_train),
+            val_examples=len(split.y_val),
+            modality=split.modality,
+            classes=split.n_classes,
+            planted=split.planted,
+        ).recorded()
+
+    def _end(self, final: dict[str, float]) -> dict[str, Any]:
+        steps = self.spec.train.steps
+        return RunEnd(
             **{f"val_{k}": v for k, v in final.items()},
-            "train_seconds": train_seconds,
-            "steps_per_second": cfg.steps / train_seconds if train_seconds else None,
-            "probe_seconds": spent,
-        },
-    )
-    return Outcome.finished
+            train_seconds=self.train_seconds,
+            steps_per_second=steps / self.train_seconds if self.train_seconds else None,
+            probe_seconds=self.probes.spent,
+        ).recorded()

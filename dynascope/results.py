@@ -1,0 +1,227 @@
+"""The result documents probes and analyses record, one model per kind: the worker (or the tracker) builds them,
+the API documents them in OpenAPI, the dashboard's figures and the HTML report read them.
+
+Pydantic only (no torch). Series (metrics) are not documents: they are points per name and step.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def recorded(self) -> dict[str, Any]:
+        """The document as it is recorded: only the fields it was given (what was not computed is absent)."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+
+class Timed(Document):
+    """A document of one whole measurement; the probe runner sets how long it took."""
+
+    seconds: float | None = None
+
+
+# --- summary and resume (the training loop's own) ---
+
+
+class RunFacts(Document):
+    """Recorded at step 0: what the run trains on."""
+
+    parameters: int
+    train_examples: int
+    val_examples: int
+    modality: str
+    classes: int | None
+    planted: dict[str, list[int]] = {}
+
+
+class RunEnd(Document):
+    """Recorded at the last step: the final validation metrics and where the time went."""
+
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    train_seconds: float
+    steps_per_second: float | None
+    probe_seconds: dict[str, float]
+
+
+class Resume(Document):
+    attempt: int
+    from_step: int
+
+
+# --- hessian ---
+
+
+class Trace(Document):
+    value: float
+    stderr: float
+    method: str
+    hvps: int
+
+
+class Density(Document):
+    grid: list[float]
+    density: list[float]
+    sigma: float
+    probes: int
+    steps: int
+    bulk_edge: float
+    outliers: int = Field(description="eigenvalues beyond the bulk edge, by the density's mass there")
+    top_k_beyond_edge: int
+    moments: dict[str, list[float]]
+
+
+class HessianResult(Timed):
+    eigenvalues: list[float] = Field(description="the top-k, largest first")
+    residuals: list[float] = Field(description="‖Hv − λv‖ of each")
+    converged: bool
+    hvps_top: int
+    threshold: float = Field(description="the stability threshold at this step")
+    threshold_rule: str
+    examples: int
+    mode: Literal["eval", "train"]
+    loss: float
+    parameters: int
+    n_classes: int | None
+    preconditioned_sharpness: float | None = Field(None, description="Adam: λmax(P⁻¹H)")
+    negative_eigenvalues: list[float] | None = None
+    negative_residuals: list[float] | None = None
+    trace: Trace | None = None
+    density: Density | None = None
+    gauss_newton_fraction: list[float] | None = None
+    layerwise_lambda_max: dict[str, float] | None = None
+    hvps: int
+    analysis_id: int | None = None
+
+
+# --- gradient statistics ---
+
+
+class LayerSpectrum(Document):
+    nuclear: float
+    top: float
+    sigma1_ratio: float | None
+    frobenius: float
+    rank_bound: int
+
+
+class Histogram(Document):
+    edges: list[float]
+    counts: list[int]
+    examples: int
+    elements_per_example: int
+    parameters: int
+
+
+class GradStatsDetails(Document):
+    """The gradstats probe's detail steps: which rule each parameter's per-example gradients came from, the
+    layers' gradient spectra and a histogram of per-example gradient elements."""
+
+    rules: dict[str, str]
+    batch_size: int
+    dead_fraction: float | None
+    spectra: dict[str, LayerSpectrum] | None = None
+    histogram: Histogram | None = None
+
+
+# --- opposing signals ---
+
+
+class SignalsGroup(Document):
+    core: list[int] = Field(description="training-set rows of the group's core")
+    expanded: list[int]
+    mean_delta: float
+    intra_cos: float | None
+    loss: list[float] = Field(description="the core's mean loss at each of the pair's steps")
+    loss_expanded: list[float]
+    examples: list[Any] = Field(description="a few of the core's inputs as they are (images, rows, token ids)")
+    mean_input_minus_all: list[Any] | None = None
+    snippets: list[str] | None = None
+    classes: list[int] | None = None
+
+
+class HessianAlignment(Document):
+    eigenvector_step: int
+    abs_cos: float
+    random_abs_cos: float
+
+
+class SignalsPair(Document):
+    """An opposing pair, reported once its groups' losses swung out of phase after the search that found it."""
+
+    pair: int
+    cos: float
+    antiphase: float | None
+    window: int
+    hessian_alignment: HessianAlignment | None
+    trigger: list[str]
+    probe_examples: int
+    steps: list[int]
+    A: SignalsGroup
+    B: SignalsGroup
+
+
+# --- loss landscapes (probe and checkpoint analyses) ---
+
+
+class PathOnPlane(Document):
+    steps: list[int]
+    x: list[float]
+    y: list[float]
+
+
+class Endpoint(Document):
+    job: int | None
+    step: int
+
+
+class LandscapeResult(Timed):
+    """A surface (`dims` 2: loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)) or a curve (`dims` 1: loss[i]); a partial one
+    while it is computed, with gaps (null) where points are still to come."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    plane: Literal["random", "hessian", "pca", "interpolation"]
+    dims: Literal[1, 2]
+    resolution: int
+    span: float | None
+    span_y: float | None = None
+    xs: list[float]
+    ys: list[float] | None
+    loss: list[Any] = Field(description="loss[i][j] (a list for a curve); null where not (yet) finite")
+    accuracy: list[Any] | None
+    points_done: int
+    points_total: int
+    points_per_s: float | None
+    evaluated: list[list[int]] | None = None
+    partial: bool
+    examples: int
+    batch_norm: Literal["eval", "recompute"]
+    indexing: str
+    seed: int | None = None
+    normalization: str | None = None
+    include_bias_bn: bool | None = None
+    orthogonalize: bool | None = None
+    adaptive: bool | None = None
+    eigenvalues: list[float] | None = None
+    explained_variance_ratio: list[float] | None = None
+    path: PathOnPlane | None = None
+    from_: Endpoint | None = Field(None, alias="from")
+    to: Endpoint | None = None
+    batch_size: int | None = None
+    centre_loss: float | None = None
+    end_loss: float | None = None
+    chunks: int | None = None
+    analysis_id: int | None = None
+
+
+RESULTS: dict[str, type[Document]] = {
+    "summary": RunFacts,
+    "resume": Resume,
+    "hessian": HessianResult,
+    "gradstats": GradStatsDetails,
+    "signals": SignalsPair,
+    "landscape": LandscapeResult,
+}
