@@ -28,6 +28,7 @@ from backend.api import (
     artifacts,
     datasets,
     events,
+    figures,
     health,
     jobs,
     landscapes,
@@ -44,7 +45,8 @@ from backend.db import session_scope
 from backend.schemas import ErrorOut
 from backend.services.analyses import reap_stale_analyses
 from backend.services.jobs import reap_stale_jobs
-from backend.spec import HessianAnalysis, InterpolationAnalysis, JobSpec, LandscapeAnalysis, TrajectoryAnalysis
+from backend.api.results import DOCUMENTS
+from backend.spec import ANALYSIS_KINDS, JobSpec
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -177,7 +179,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec_schema.pop("$defs", {}))
         components["JobSpec"] = spec_schema
-        for model in (HessianAnalysis, LandscapeAnalysis, TrajectoryAnalysis, InterpolationAnalysis):
+        for model in (*ANALYSIS_KINDS.values(), *dict.fromkeys(DOCUMENTS.values())):
             one = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(one.pop("$defs", {}))
             components[model.__name__] = one
@@ -205,7 +207,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     for module in (
-        health, account, tokens, teams, specs, datasets, jobs, sweeps, metrics, results, landscapes, reports, artifacts, analyses, events,
+        health, account, tokens, teams, specs, datasets, jobs, sweeps, metrics, results, figures, landscapes, reports, artifacts, analyses,
+        events,
     ):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX)
 

@@ -3,7 +3,7 @@
 Every model is strict (unknown keys are errors) so that a typo never silently trains the wrong thing.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
@@ -257,15 +257,23 @@ class InterpolationAnalysis(InterpolationSettings):
         return self
 
 
+ANALYSIS_KINDS: dict[str, type[HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis]] = {
+    "hessian": HessianAnalysis,
+    "landscape": LandscapeAnalysis,
+    "trajectory": TrajectoryAnalysis,
+    "interpolation": InterpolationAnalysis,
+}
+"""The kinds of checkpoint analysis, by name; each one's results land under `{kind}_analysis`."""
+GRID_RESULTS = ("landscape", *(f"{kind}_analysis" for kind in ("landscape", "trajectory", "interpolation")))
+"""The result kinds that are grids of loss values (a probe's landscape, or a grid analysis): exportable as files."""
+
+
 def _analysis_kind(value: Any) -> str | None:
     return value.get("kind", "hessian") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
 CheckpointAnalysis = Annotated[
-    Annotated[HessianAnalysis, Tag("hessian")]
-    | Annotated[LandscapeAnalysis, Tag("landscape")]
-    | Annotated[TrajectoryAnalysis, Tag("trajectory")]
-    | Annotated[InterpolationAnalysis, Tag("interpolation")],
+    Union[tuple(Annotated[model, Tag(kind)] for kind, model in ANALYSIS_KINDS.items())],  # noqa: UP007 (a union built from the table)
     Discriminator(_analysis_kind),
 ]
 

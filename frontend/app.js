@@ -1,10 +1,9 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
 import { renderAccount, renderSignIn, loadMe, session, signInWithCode } from "./account.js";
-import { API, TERMINAL, api, download, esc, plotLayout } from "./common.js";
-import { gradstatsView } from "./views/gradstats.js";
-import { landscapeView } from "./views/landscape.js";
+import { analysesSection } from "./analyses.js";
+import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout } from "./common.js";
+import { VIEWS } from "./views/index.js";
 import { phaseView } from "./views/phase.js";
-import { signalsView } from "./views/signals.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
 const view = document.getElementById("view");
@@ -219,88 +218,12 @@ function renderNew(params) {
 }
 
 // ---- one job -------------------------------------------------------------------------------------------
-const MAX_POINTS = 2000;
-const TRAINING_CHARTS = {
-  "loss-plot": { title: "Loss", series: ["train/loss", "val/loss"], ylog: true, smooth: ["train/loss"] },
-  "acc-plot": { title: "Accuracy", series: ["train/accuracy", "val/accuracy"], ylog: false },
-  "lr-plot": { title: "Learning rate", series: ["lr"], ylog: false, steps: true },
-};
-
-// Debiased exponential moving average (as TensorBoard draws it); null values stay gaps.
-function smoothed(y, weight) {
-  let last = 0, n = 0;
-  return y.map((v) => {
-    if (v == null || !Number.isFinite(v)) return null;
-    last = weight * last + (1 - weight) * v;
-    n += 1;
-    return last / (1 - weight ** n);
-  });
-}
-
-function downloadCsv(el, filename) {
-  const rows = ["series,step,value"];
-  for (const t of el.data) t.x.forEach((x, i) => rows.push(`"${t.name}",${x},${t.y[i] ?? ""}`));
-  download(rows.join("\n") + "\n", filename, "text/csv");
-}
-
-// The charts a job has follow from its spec: each probe adds its own views.
-function chartsFor(spec) {
-  const charts = { ...TRAINING_CHARTS };
-  const hessian = spec?.probes?.hessian;
-  if (hessian) {
-    // SGD: the sharpness is λ1 itself. Adam: it is λmax(P⁻¹H), drawn beside the raw λ1..k.
-    const adaptive = ["adam", "adamw"].includes(spec.optimizer.kind === "sam" ? spec.optimizer.base.kind : spec.optimizer.kind);
-    const lambdas = Array.from({ length: hessian.top_k }, (_, i) => `hessian/lambda_${i + 1}`).slice(adaptive ? 0 : 1);
-    charts["sharpness-plot"] = { title: "Sharpness: top Hessian eigenvalues and the stability threshold",
-      series: ["hessian/sharpness", ...lambdas, "hessian/threshold"], ylog: false, markers: true, threshold: "hessian/threshold",
-      labels: { "hessian/sharpness": adaptive ? "sharpness λmax(P⁻¹H)" : "sharpness λ1", "hessian/threshold": adaptive ? "threshold (2+2β1)/((1−β1)·lr)" : "threshold 2(1+β)/lr" } };
-  }
-  return charts;
-}
-
-function thresholdCrossing(el, chart) {
-  // The first step where λ1 reaches the threshold (the edge of stability), marked on the chart.
-  const lam = el.data[0];
-  const thr = el.data[chart.series.indexOf(chart.threshold)];
-  if (!lam || !thr || !thr.y.length) return null;
-  const limit = new Map(thr.x.map((x, i) => [x, thr.y[i]]));
-  for (let i = 0; i < lam.x.length; i++) {
-    const t = limit.get(lam.x[i]);
-    if (t != null && lam.y[i] != null && lam.y[i] >= t) return lam.x[i];
-  }
-  return null;
-}
-
-function markCrossing(el, chart) {
-  const step = thresholdCrossing(el, chart);
-  const shapes = step == null ? [] : [{ type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#cf222e" } }];
-  const annotations = step == null ? [] : [{ x: step, yref: "paper", y: 1, text: `λ1 ≥ threshold at step ${step}`, showarrow: false, yanchor: "bottom", font: { color: "#cf222e" } }];
-  el.dataset.crossing = step ?? "";
-  Plotly.relayout(el, { shapes, annotations });
-}
-
-async function drawDensity(id, el) {
-  const [latest] = await api(`/jobs/${id}/results/hessian?last=1`);
-  if (!latest?.data?.density) return;
-  const r = latest.data, d = r.density;
-  const floor = Math.max(...d.density) * 1e-8;
-  const traces = [
-    { name: "density", x: d.grid, y: d.density.map((v) => Math.max(v, floor)), mode: "lines", fill: "tozeroy" },
-    { name: `top-${r.eigenvalues.length} eigenvalues`, x: r.eigenvalues, y: r.eigenvalues.map(() => floor * 10), mode: "markers", marker: { symbol: "triangle-down", size: 10 } },
-  ];
-  const layout = plotLayout(`Spectral density at step ${latest.step}: ≈${d.outliers} outliers beyond the bulk edge · ${r.n_classes} classes`, true);
-  layout.xaxis.title = { text: "eigenvalue" };
-  layout.shapes = [{ type: "line", x0: d.bulk_edge, x1: d.bulk_edge, yref: "paper", y0: 0, y1: 1, line: { dash: "dash" } }];
-  layout.annotations = [{ x: d.bulk_edge, yref: "paper", y: 1, text: "bulk edge", showarrow: false, yanchor: "bottom" }];
-  el.dataset.step = latest.step;
-  await Plotly.react(el, traces, layout, { responsive: true, displaylogo: false });
-  const button = document.querySelector(`button.csv-export[data-for="${el.id}"]`);
-  if (button) button.onclick = () => downloadCsv(el, `job${id}-density-step${latest.step}.csv`);
-}
-
+// The page: the job's state, tags and notes, the options of its series charts (kept in the URL), its views
+// (which the server names for this job: training, and one per probe or analysis kind it has), the analyses of
+// its kept checkpoints, facts and spec. One event stream feeds them all.
 function renderJob(id, params) {
   const options = { smooth: Math.min(0.999, Math.max(0, Number(params.get("smooth") ?? 0.6))), logx: params.get("logx") === "1",
-    logy: params.get("logy") };  // "1": every chart's y on a log scale, "0": none, absent: each chart's default (loss: log)
+    logy: params.get("logy") };  // "1": every series chart's y on a log scale, "0": none, absent: each chart's default (loss: log)
   view.innerHTML = `
     <h1 id="job-title">Job ${id}</h1>
     <div class="toolbar">
@@ -323,35 +246,11 @@ function renderJob(id, params) {
       <label><input id="log-x" type="checkbox" ${options.logx ? "checked" : ""}> log x</label>
       <label><input id="log-y" type="checkbox" ${options.logy === "1" ? "checked" : ""}> log y</label>
     </div>
-    <div class="plots" id="plots"></div>
-    <div id="gradstats-view"></div>
-    <div id="signals-view"></div>
-    <div id="landscape-view"></div>
-    <h2>Analyses of kept checkpoints</h2>
-    <div class="toolbar">
-      <button id="analyze-hessian" class="writes">Hessian of the latest checkpoint</button>
-      <span class="muted">top-5 eigenvalues, most negative, trace and density, on up to 1,000 training examples</span>
-    </div>
-    <div class="toolbar">
-      <button id="analyze-landscape" class="writes">Loss landscape of the latest checkpoint</button>
-      <span class="muted">25×25 filter-normalized random plane, ±1, on up to 1,000 training examples</span>
-    </div>
-    <div class="toolbar">
-      <button id="analyze-trajectory" class="writes">Training path on its PCA plane</button>
-      <button id="analyze-interpolation" class="writes">Interpolate first → last checkpoint</button>
-      <label>or last checkpoint → job <input id="interpolate-job" type="number" min="1" style="width:6em"></label>
-      <button id="analyze-interpolation-job" class="writes">Interpolate to that job</button>
-    </div>
-    <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th><th></th></tr></thead><tbody></tbody></table>
+    <div id="job-views"></div>
+    <div id="job-analyses"></div>
     <h2>Details</h2><dl class="facts" id="job-facts"></dl>
     <h2>Spec</h2><pre class="spec" id="job-spec"></pre>`;
   let job = null;
-  let charts = {};
-  const lastStep = {};
-  const pending = [];
-  let drawn = false;
-  let densityTimer = null;
-
   const showJob = (j) => {
     job = { ...job, ...j };
     view.querySelector("#job-title").textContent = `Job ${job.id}: ${job.name}`;
@@ -365,24 +264,16 @@ function renderJob(id, params) {
       created: fmtTime(job.created_at), started: fmtTime(job.started_at), finished: fmtTime(job.finished_at) };
     view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
   };
+  const summarize = () => api(`/jobs/${id}/results/summary`).then((s) => {
+    if (!s.length) return;
+    const last = s[s.length - 1].data;
+    // Time per probe next to the training itself (known once the job has finished).
+    const timing = last.train_seconds == null ? null : [`training ${last.train_seconds.toFixed(1)} s`,
+      ...Object.entries(last.probe_seconds || {}).map(([k, v]) => `${k} ${v.toFixed(1)} s`)].join(" · ");
+    showJob({ parameters: s[0].data.parameters, timing });
+  }).catch(console.error);
 
-  const scheduleDensity = () => {
-    const el = view.querySelector("#density-plot");
-    if (!el || densityTimer) return;
-    densityTimer = setTimeout(() => { densityTimer = null; drawDensity(id, el).catch(console.error); }, 1000);
-  };
-
-  const restyleSmoothed = (el, chart) => {
-    chart.smooth.forEach((name, j) => {
-      const t = el.data[chart.series.indexOf(name)];
-      Plotly.restyle(el, { x: [t.x], y: [smoothed(t.y, options.smooth)], visible: options.smooth > 0 }, [chart.series.length + j]);
-      Plotly.restyle(el, { opacity: options.smooth > 0 ? 0.3 : 1 }, [chart.series.indexOf(name)]);
-    });
-  };
-  const addCsvButton = (el, filename) => {
-    const button = view.querySelector(`button.csv-export[data-for="${el.id}"]`);
-    if (button) button.onclick = () => downloadCsv(el, filename);
-  };
+  // The URL keeps the options of the series charts and each view's own state (ls…).
   const viewState = Object.fromEntries([...params].filter(([k]) => k.startsWith("ls")));
   const keepOptions = () => {
     const p = new URLSearchParams({ smooth: options.smooth });
@@ -391,179 +282,65 @@ function renderJob(id, params) {
     for (const [k, v] of Object.entries(viewState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/jobs/${id}?${p}`);
   };
-  let landscape = null;
-  let gradstats = null;
-  let signals = null;
-  let mountViews = () => {};
-  const showLandscape = () => {
-    if (landscape) return landscape.refresh();
-    landscape = landscapeView(view.querySelector("#landscape-view"), id, params,
-      (changed) => { Object.assign(viewState, changed); keepOptions(); }, () => job != null && !TERMINAL.has(job.status));
-  };
+  const optionListeners = [];
+  const changed = () => { optionListeners.forEach((f) => f()); keepOptions(); };
   view.querySelector("#smoothing").addEventListener("input", (e) => {
     options.smooth = Number(e.target.value);
     view.querySelector("#smoothing-value").textContent = options.smooth;
-    for (const [div, chart] of Object.entries(charts)) if (chart.smooth) restyleSmoothed(view.querySelector(`#${div}`), chart);
-    keepOptions();
+    changed();
   });
-  view.querySelector("#log-y").addEventListener("change", (e) => {
-    options.logy = e.target.checked ? "1" : "0";
-    for (const div of Object.keys(charts)) Plotly.relayout(view.querySelector(`#${div}`), { "yaxis.type": e.target.checked ? "log" : "linear" });
-    keepOptions();
-  });
-  view.querySelector("#log-x").addEventListener("change", (e) => {
-    options.logx = e.target.checked;
-    for (const div of Object.keys(charts)) Plotly.relayout(view.querySelector(`#${div}`), { "xaxis.type": options.logx ? "log" : "linear" });
-    keepOptions();
-  });
+  view.querySelector("#log-y").addEventListener("change", (e) => { options.logy = e.target.checked ? "1" : "0"; changed(); });
+  view.querySelector("#log-x").addEventListener("change", (e) => { options.logx = e.target.checked; changed(); });
 
-  let redrawing = false;
-  const appendPoints = (points) => {
-    let longest = 0;
-    for (const [div, chart] of Object.entries(charts)) {
-      const el = view.querySelector(`#${div}`);
-      let grew = false;
-      chart.series.forEach((name, i) => {
-        const p = points[name];
-        if (!p) return;
-        const keep = p.steps.map((s, k) => k).filter((k) => p.steps[k] > (lastStep[name] ?? -1));
-        if (!keep.length) return;
-        Plotly.extendTraces(el, { x: [keep.map((k) => p.steps[k])], y: [keep.map((k) => p.values[k])] }, [i]);
-        lastStep[name] = p.steps[keep[keep.length - 1]];
-        longest = Math.max(longest, el.data[i].x.length);
-        grew = true;
-      });
-      if (grew && chart.smooth) restyleSmoothed(el, chart);
-      if (grew && chart.threshold) markCrossing(el, chart);
-    }
-    if (points["hessian/lambda_1"]) scheduleDensity();
-    // Live points pile up; past a few times the budget, redraw from the server's spike-keeping downsample.
-    if (longest > 4 * MAX_POINTS && !redrawing) {
-      redrawing = true;
-      drawAll().catch(console.error).finally(() => { redrawing = false; });
+  let source = null;
+  const mounted = new Map();  // view name → the mounted view
+  const ctx = {
+    jobId: id, params, options, live: () => job != null && !TERMINAL.has(job.status),
+    setState: (state) => { Object.assign(viewState, state); keepOptions(); },
+    onOptions: (f) => optionListeners.push(f),
+    listen: () => listen(),
+  };
+  const parts = () => [...mounted.values(), analyses];
+  // The views this job shows, each mounted once, in the server's order (training first: the first chart comes first).
+  const mountViews = async () => {
+    for (const v of await api(`/jobs/${id}/figures`)) {
+      if (mounted.has(v.name) || !VIEWS[v.name]) continue;
+      const box = document.createElement("div");
+      box.id = `${v.name}-view`;
+      view.querySelector("#job-views").append(box);
+      const mountedView = VIEWS[v.name](box, { ...ctx, kinds: v.kinds });
+      mounted.set(v.name, mountedView);
+      await mountedView.refresh();
     }
   };
-
-  const drawAll = async () => {
-    drawn = false;
-    const wanted = [...new Set(Object.values(charts).flatMap((c) => c.series))].join(",");
-    const m = await api(`/jobs/${id}/metrics?max_points=${MAX_POINTS}&missing_ok=true&names=${encodeURIComponent(wanted)}`);
-    const byName = Object.fromEntries(m.series.map((s) => [s.name, s]));
-    for (const [div, chart] of Object.entries(charts)) {
-      const raw = chart.series.map((name) => {
-        const s = byName[name] || { steps: [], values: [] };
-        if (s.steps.length) lastStep[name] = s.steps[s.steps.length - 1];
-        const isThreshold = name === chart.threshold;
-        return { name: chart.labels?.[name] ?? name, x: s.steps, y: s.values, connectgaps: false,
-          mode: isThreshold ? "lines" : (chart.markers || name.startsWith("val/")) ? "lines+markers" : "lines",
-          line: isThreshold ? { dash: "dash", color: "#cf222e" } : chart.steps ? { shape: "hv" } : undefined,
-          opacity: chart.smooth?.includes(name) && options.smooth > 0 ? 0.3 : 1 };
-      });
-      const smooth = (chart.smooth || []).map((name) => {
-        const t = raw[chart.series.indexOf(name)];
-        return { name: `${name} (smoothed)`, x: t.x, y: smoothed(t.y, options.smooth), mode: "lines", visible: options.smooth > 0 };
-      });
-      const el = view.querySelector(`#${div}`);
-      const layout = plotLayout(chart.title, chart.ylog);
-      layout.xaxis.type = options.logx ? "log" : "linear";
-      layout.yaxis.type = (options.logy == null ? chart.ylog : options.logy === "1") ? "log" : "linear";
-      await Plotly.newPlot(el, [...raw, ...smooth], layout, { responsive: true, displaylogo: false });
-      addCsvButton(el, `job${id}-${div.replace("-plot", "")}.csv`);
-      if (chart.threshold) markCrossing(el, chart);
-    }
-    if (view.querySelector("#density-plot")) await drawDensity(id, view.querySelector("#density-plot"));
-    drawn = true;
-    mountViews();
-    pending.splice(0).forEach(appendPoints);
+  let remount = null;
+  const mountSoon = () => { clearTimeout(remount); remount = setTimeout(() => mountViews().catch(console.error), 500); };
+  const dispatch = (type, data) => {
+    parts().forEach((part) => part.onEvent(type, data));
+    if (type === "analysis" || (type === "result" && data.kind.endsWith("_analysis"))) mountSoon();
   };
-
-  const source = new EventSource(`${API}/jobs/${id}/events`);
-  const ready = api(`/jobs/${id}`).then((j) => {
+  const listen = () => {
+    if (source && source.readyState !== EventSource.CLOSED) return;
+    source = new EventSource(`${API}/jobs/${id}/events`);
+    for (const type of ["metrics", "result", "analysis"]) source.addEventListener(type, (e) => dispatch(type, JSON.parse(e.data)));
+    source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
+    source.addEventListener("end", () => { source.close(); summarize(); dispatch("end", {}); });
+  };
+  const analyses = analysesSection(view.querySelector("#job-analyses"), ctx);
+  // The views are drawn at once, not after the stream's hello: live points that arrive meanwhile only extend
+  // the traces past the steps already drawn.
+  listen();
+  api(`/jobs/${id}`).then((j) => {
     showJob(j);
     view.querySelector("#job-tags").value = j.tags.join(", ");
     view.querySelector("#job-notes").value = j.notes ?? "";
-    const summarize = () => api(`/jobs/${id}/results/summary`).then((s) => {
-      if (!s.length) return;
-      const last = s[s.length - 1].data;
-      // Time per probe next to the training itself (known once the job has finished).
-      const timing = last.train_seconds == null ? null : [`training ${last.train_seconds.toFixed(1)} s`,
-        ...Object.entries(last.probe_seconds || {}).map(([k, v]) => `${k} ${v.toFixed(1)} s`)].join(" · ");
-      showJob({ parameters: s[0].data.parameters, timing });
-    }).catch(console.error);
-    summarize();
-    source.addEventListener("end", summarize);
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
-    charts = chartsFor(j.spec);
-    const chartBox = (k, label) => `<div class="chart"><button class="csv-export" data-for="${k}" aria-label="export ${esc(label)} as CSV">CSV</button>
-      <div id="${k}" class="plot" role="img" aria-label="${esc(label)}"></div></div>`;
-    const divs = Object.entries(charts).map(([k, c]) => chartBox(k, `${c.title} over steps`));
-    if (j.spec?.probes?.hessian?.density) divs.push(chartBox("density-plot", "Hessian spectral density"));
-    view.querySelector("#plots").innerHTML = divs.join("");
-    // The probes' own views start once the training charts are drawn: the first chart comes first.
-    mountViews = () => {
-      mountViews = () => {};
-      const live = () => job != null && !TERMINAL.has(job.status);
-      if (j.spec?.probes?.landscape) showLandscape();
-      if (j.spec?.probes?.gradstats) gradstats = gradstatsView(view.querySelector("#gradstats-view"), id, live);
-      if (j.spec?.probes?.signals) signals = signalsView(view.querySelector("#signals-view"), id, live);
-    };
+    summarize();
   }).catch((err) => {
     source.close();
     view.innerHTML = `<h1>Job ${esc(id)}</h1><p class="error-text">${err.status === 404 ? "No such job." : esc(err)}</p>`;
   });
-  // Drawn at once, not after the stream's hello: points the stream brings meanwhile wait in `pending`, and
-  // appending skips the steps already drawn.
-  ready.then(drawAll).catch(console.error);
-  source.addEventListener("metrics", (e) => { const pts = JSON.parse(e.data); drawn ? appendPoints(pts) : pending.push(pts); });
-  source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-  source.addEventListener("end", () => { source.close(); scheduleDensity(); if (landscape) landscape.refresh(); if (gradstats) gradstats.refresh(); if (signals) signals.refresh(); });
-
-  let analysesTimer = null;
-  const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
-  const summaries = {
-    hessian: (r) => [r.eigenvalues?.length ? `λ: ${r.eigenvalues.map(fmt).join(", ")}` : "",
-      r.trace ? `trace ${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : "", r.density ? `≈${r.density.outliers} outliers (${r.n_classes} classes)` : ""].filter(Boolean).join(" · "),
-    landscape: (r) => r.loss ? `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : r.resolution} ${r.plane} plane, centre loss ${fmt(r.centre_loss)}` : "",
-    trajectory: (r) => r.path ? `${r.path.steps.length} checkpoints, PCs explain ${r.explained_variance_ratio.map((v) => `${(100 * v).toFixed(1)} %`).join(" + ")}` : "",
-    interpolation: (r) => r.to ? `job ${r.from.job} step ${r.from.step} → job ${r.to.job} step ${r.to.step}: loss ${fmt(r.centre_loss)} → ${fmt(r.end_loss)}, max ${fmt(Math.max(...r.loss.filter((v) => v != null)))}` : "",
-  };
-  const showAnalyses = async () => {
-    const [rows, ...results] = await Promise.all([api(`/jobs/${id}/analyses`), ...Object.keys(summaries).map((k) => api(`/jobs/${id}/results/${k}_analysis`))]);
-    const byId = Object.fromEntries(results.flat().map((r) => [r.data.analysis_id, r.data]));
-    view.querySelector("#analyses-table tbody").innerHTML = rows.map((a) => {
-      const r = byId[a.id] || {};
-      return `<tr data-analysis="${a.id}"><td>${a.id}</td><td>${esc(a.kind)}</td><td>${a.step}</td><td class="status ${a.status}">${a.status}</td>
-        <td>${esc(a.error ? a.error.split("\n").filter(Boolean).pop() : a.stage)}</td><td>${esc(summaries[a.kind]?.(r) ?? "")}</td>
-        <td>${TERMINAL.has(a.status) || a.cancel_requested ? "" : `<button class="cancel-analysis danger writes" data-id="${a.id}" aria-label="cancel analysis ${a.id}">Cancel</button>`}</td></tr>`;
-    }).join("");
-    if (rows.some((a) => a.kind !== "hessian" && a.status === "succeeded")) showLandscape();
-    clearTimeout(analysesTimer);
-    if (rows.some((a) => !TERMINAL.has(a.status))) analysesTimer = setTimeout(() => showAnalyses().catch(console.error), 1000);
-  };
-  showAnalyses().catch(console.error);
-  view.querySelector("#analyses-table tbody").addEventListener("click", async (e) => {
-    const button = e.target.closest("button.cancel-analysis");
-    if (!button) return;
-    button.disabled = true;
-    await api(`/jobs/${id}/analyses/${button.dataset.id}/cancel`, { method: "POST" }).catch(console.error);
-    showAnalyses().catch(console.error);
-  });
-  const analyze = (body) => async () => {
-    try {
-      await api(`/jobs/${id}/analyses`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-    } catch (err) {
-      alert(err.body?.detail?.[0]?.msg ?? String(err));
-    }
-    showAnalyses().catch(console.error);
-  };
-  view.querySelector("#analyze-hessian").addEventListener("click", analyze({ kind: "hessian", top_k: 5, negative: 1, trace: true, density: true }));
-  view.querySelector("#analyze-landscape").addEventListener("click", analyze({ kind: "landscape", resolution: 25 }));
-  view.querySelector("#analyze-trajectory").addEventListener("click", analyze({ kind: "trajectory", resolution: 25 }));
-  view.querySelector("#analyze-interpolation").addEventListener("click", analyze({ kind: "interpolation" }));
-  view.querySelector("#analyze-interpolation-job").addEventListener("click", () => {
-    const other = Number(view.querySelector("#interpolate-job").value);
-    if (other > 0) analyze({ kind: "interpolation", to_job: other })().catch(console.error);
-  });
+  mountViews().catch(console.error);
 
   view.querySelector("#save-annotations").addEventListener("click", async () => {
     const tags = view.querySelector("#job-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
@@ -586,7 +363,7 @@ function renderJob(id, params) {
     sessionStorage.setItem("dynascope.clone", JSON.stringify({ ...job.spec, name: `${job.spec.name}-copy` }, null, 2));
     location.hash = "#/new";
   });
-  return () => { source.close(); clearTimeout(densityTimer); clearTimeout(analysesTimer); landscape?.stop(); gradstats?.stop(); signals?.stop(); };
+  return () => { source?.close(); clearTimeout(remount); parts().forEach((part) => part.stop()); };
 }
 
 // ---- compare runs --------------------------------------------------------------------------------------
@@ -606,7 +383,7 @@ function renderCompare(params) {
       <label><input id="compare-logy" type="checkbox" ${state.logy ? "checked" : ""}> log y</label>
       <button id="compare-draw">Draw</button>
     </div>
-    <div class="chart"><button class="csv-export" data-for="compare-plot" aria-label="export the comparison as CSV">CSV</button>
+    <div class="chart">
       <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>
     <div id="phase-view"></div>`;
   const el = view.querySelector("#compare-plot");
@@ -639,7 +416,7 @@ function renderCompare(params) {
     }
     for (const id of state.jobs.split(",").filter(Boolean)) jobs.push(await api(`/jobs/${id}`));
     const names = new Set();
-    const series = await Promise.all(jobs.map((j) => api(`/jobs/${j.id}/metrics?max_points=${MAX_POINTS}`)));
+    const series = await Promise.all(jobs.map((j) => api(`/jobs/${j.id}/metrics?max_points=2000`)));
     series.forEach((m) => m.series.forEach((s) => names.add(s.name)));
     const select = view.querySelector("#compare-series");
     select.innerHTML = [...names].sort().map((n) => `<option ${n === state.series ? "selected" : ""}>${esc(n)}</option>`).join("");
@@ -654,8 +431,8 @@ function renderCompare(params) {
       if (t) traces.push({ name: `threshold (${label(j)})`, x: t.steps, y: t.values, mode: "lines", line: { dash: "dash", color }, legendgroup: String(j.id) });
     });
     const layout = plotLayout(`${state.series} across ${jobs.length} runs`, state.logy);
-    await Plotly.newPlot(el, traces, layout, { responsive: true, displaylogo: false });
-    view.querySelector("button.csv-export").onclick = () => downloadCsv(el, "comparison.csv");
+    await Plotly.newPlot(el, traces, layout, PLOT_CONFIG);
+    addExports(view, "comparison");
   };
   view.querySelector("#compare-draw").addEventListener("click", () => draw().catch(console.error));
   view.querySelector("#compare-series").addEventListener("change", () => draw().catch(console.error));

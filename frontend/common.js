@@ -37,13 +37,21 @@ export function fullPlotly() {
   return fullBundle;
 }
 
-export function plotLayout(title, ylog) {
+// Every chart is drawn with this config.
+export const PLOT_CONFIG = { responsive: true, displaylogo: false };
+
+// The colour theme over a figure's layout (the server's figures carry none: the report has its own).
+export function themed(layout) {
   const dark = matchMedia("(prefers-color-scheme: dark)").matches;
-  return {
+  return { ...layout, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { ...(layout.font || {}), color: dark ? "#e6edf3" : "#1b1f24" } };
+}
+
+// The house layout, for the charts drawn here rather than described by the server (comparisons, phase diagrams).
+export function plotLayout(title, ylog) {
+  return themed({
     title: { text: title }, margin: { t: 40, r: 10, b: 40, l: 55 }, xaxis: { title: { text: "step" } },
     yaxis: { type: ylog ? "log" : "linear" }, legend: { orientation: "h", y: -0.28 },
-    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { color: dark ? "#e6edf3" : "#1b1f24" },
-  };
+  });
 }
 
 export function download(text, filename, type) {
@@ -52,25 +60,28 @@ export function download(text, filename, type) {
   URL.revokeObjectURL(link.href);
 }
 
-// A chart's data as drawn: CSV rows (trace, x, y[, z]) or the traces as JSON.
+// A chart's data as drawn: CSV (series, x, y; with a z column for heat maps and surfaces, x and y their
+// coordinates) or its traces as JSON. The columns are named by the chart's axes.
 export function chartData(el, format) {
   const traces = (el.data || []).map((t) => ({ name: t.name ?? "", type: t.type ?? "scatter", x: Array.from(t.x ?? []), y: Array.from(t.y ?? []), z: t.z }));
   if (format === "json") return JSON.stringify(traces);
-  const rows = ["trace,x,y,z"];
+  const title = (axis) => el.layout?.[axis]?.title?.text;
+  const gridded = traces.some((t) => t.z);
+  const rows = [gridded ? `series,${title("xaxis") || "x"},${title("yaxis") || "y"},z` : `series,${title("xaxis") || "x"},value`];
   for (const t of traces) {
     if (t.z) t.z.forEach((row, i) => row.forEach((v, j) => rows.push(`"${t.name}",${t.x[j] ?? j},${t.y[i] ?? i},${v ?? ""}`)));
-    else t.x.forEach((x, i) => rows.push(`"${t.name}",${x},${t.y[i] ?? ""},`));
+    else t.x.forEach((x, i) => rows.push(gridded ? `"${t.name}",${x},${t.y[i] ?? ""},` : `"${t.name}",${x},${t.y[i] ?? ""}`));
   }
   return rows.join("\n") + "\n";
 }
 
-// CSV and JSON buttons on every chart of a view (PNG is in each chart's own toolbar).
+// CSV and JSON buttons before every chart of a container (PNG is in each chart's own toolbar).
 export function addExports(container, prefix) {
   for (const el of container.querySelectorAll(".plot[id]")) {
     if (el.previousElementSibling?.classList.contains("exports")) continue;
     const bar = document.createElement("div");
     bar.className = "exports";
-    bar.innerHTML = `<button class="export" data-format="csv" aria-label="export ${el.id} as CSV">CSV</button> <button class="export" data-format="json" aria-label="export ${el.id} as JSON">JSON</button>`;
+    bar.innerHTML = ["csv", "json"].map((f) => `<button class="${f}-export" data-format="${f}" data-for="${el.id}" aria-label="export ${el.id} as ${f.toUpperCase()}">${f.toUpperCase()}</button>`).join(" ");
     bar.addEventListener("click", (e) => {
       const format = e.target.dataset.format;
       if (format) download(chartData(el, format), `${prefix}-${el.id}.${format}`, format === "csv" ? "text/csv" : "application/json");

@@ -9,20 +9,13 @@ from sqlalchemy.orm import Session
 from backend import queue
 from backend.api.auth import Member, Viewer
 from backend.api.deps import RowId, SessionDep, get_job_or_404, send_or_undo
-from backend.models import Analysis, Artifact, Job, JobStatus, utcnow
+from backend.models import Analysis, Artifact, Job
 from backend.schemas import AnalysisOut
-from backend.spec import (
-    CheckpointAnalysis,
-    HessianAnalysis,
-    InterpolationAnalysis,
-    LandscapeAnalysis,
-    TrajectoryAnalysis,
-    field_errors,
-)
+from backend.services import analyses
+from backend.spec import ANALYSIS_KINDS, CheckpointAnalysis, InterpolationAnalysis, TrajectoryAnalysis, field_errors
 
 router = APIRouter(prefix="/jobs", tags=["analyses"])
 _ANALYSIS = TypeAdapter(CheckpointAnalysis)
-ANALYSIS_SCHEMAS = ("HessianAnalysis", "LandscapeAnalysis", "TrajectoryAnalysis", "InterpolationAnalysis")
 
 
 def _refuse(field: str, msg: str) -> NoReturn:
@@ -34,7 +27,7 @@ def _kept_steps(session: Session, job_id: int) -> list[int]:
     return list(session.scalars(query))
 
 
-def _validated(body: dict[str, Any]) -> HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis:
+def _validated(body: dict[str, Any]) -> Any:  # one of ANALYSIS_KINDS' models
     body = {"kind": "hessian", **body}
     try:
         return _ANALYSIS.validate_python(body)
@@ -48,7 +41,7 @@ _BODY = {
         "content": {
             "application/json": {
                 "schema": {
-                    "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in ANALYSIS_SCHEMAS],
+                    "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in (m.__name__ for m in ANALYSIS_KINDS.values())],
                 }
             }
         },
@@ -114,10 +107,7 @@ def cancel_analysis(job_id: RowId, analysis_id: RowId, session: SessionDep, who:
     analysis = session.get(Analysis, analysis_id)
     if analysis is None or analysis.job_id != job_id:
         raise HTTPException(404, detail=f"job {job_id} has no analysis {analysis_id}")
-    if analysis.status == JobStatus.queued.value:
-        analysis.status, analysis.stage, analysis.finished_at = JobStatus.cancelled.value, "cancelled", utcnow()
-    elif analysis.status == JobStatus.running.value:
-        analysis.cancel_requested = True
-        analysis.stage = "cancelling"
+    analyses.cancel(session, analysis)
     session.commit()
+    session.refresh(analysis)
     return AnalysisOut.model_validate(analysis)

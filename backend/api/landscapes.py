@@ -8,9 +8,9 @@ from backend.api.auth import Viewer
 from backend.api.deps import RowId, SessionDep, get_job_or_404
 from backend.models import Result
 from backend.services import landscape_export
+from backend.spec import GRID_RESULTS
 
 router = APIRouter(prefix="/jobs", tags=["results"])
-LANDSCAPE_KINDS = ("landscape", "landscape_analysis")
 
 
 @router.get("/{job_id}/landscapes/{result_id}/export", response_class=Response)
@@ -24,7 +24,7 @@ def export_landscape(
     """A loss landscape result as a file: every array, and its settings (grid, directions' seed, sample)."""
     get_job_or_404(session, job_id, who.team_id)
     result = session.get(Result, result_id)
-    if result is None or result.job_id != job_id or result.kind not in LANDSCAPE_KINDS:
+    if result is None or result.job_id != job_id or result.kind not in GRID_RESULTS:
         raise HTTPException(404, detail=f"job {job_id} has no landscape result {result_id}")
     data = result.data
     name = f"job{job_id}-landscape-step{result.step}-{result_id}.{format}"

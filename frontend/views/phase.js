@@ -1,7 +1,7 @@
 // A sweep as a phase diagram: one number per job (final/max/min of a series, or diverged) on the grid of two
 // swept fields, as a heat map whose cells open their job. Data: /sweeps/<id>/phase. State in the URL:
 // metric, px, py.
-import { addExports, api, esc, plotLayout } from "../common.js";
+import { PLOT_CONFIG, addExports, api, esc, plotLayout } from "../common.js";
 
 const PRESETS = ["final:val/loss", "final:val/accuracy", "final:train/loss", "max:hessian/sharpness", "max:train/loss", "diverged"];
 
@@ -51,7 +51,7 @@ export function phaseView(container, sweepId, params, onState) {
       type: "heatmap", x: phase.xs.map(String), y: phase.ys.map((v) => (v == null ? "" : String(v))), z: phase.z, text, texttemplate: "%{text}",
       colorscale: phase.metric === "diverged" ? [[0, "#2da44e"], [1, "#cf222e"]] : "Viridis", reversescale: reversed, hoverongaps: false,
       customdata: phase.jobs, hovertemplate: "%{x}, %{y}: %{z}<br>jobs %{customdata}<extra></extra>",
-    }], layout, { responsive: true, displaylogo: false });
+    }], layout, PLOT_CONFIG);
     el.dataset.metric = phase.metric;
     addExports(container, `sweep${sweepId}`);
     const missing = phase.z.flat().filter((v) => v == null).length;

@@ -320,6 +320,10 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     assert line["data"]["to"] == {"job": other["id"], "step": 60} and line["data"]["from"]["step"] == 60
     # the line draws while it is computed; its row reads as finished once the analysis is done
     page.wait_for_function("document.querySelector('#analyses-table tbody').innerText.includes('step 60 → job')", timeout=120_000)
+    # and exports like every grid
+    page.wait_for_selector("a.landscape-export[data-format='json']", timeout=30_000)
+    exported = served.client.get(page.get_attribute("a.landscape-export[data-format='json']", "href").removeprefix("/api/v1")).json()
+    assert exported["plane"] == "interpolation" and not exported["partial"] and exported["to"] == line["data"]["to"]
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-interpolation.png"), full_page=True)
 
 
@@ -345,7 +349,7 @@ def test_gradient_statistics_view(page, served: Serve):
     rows = download.value.path().read_text().strip().splitlines()
     noise = [r.split(",") for r in rows[1:] if r.startswith('"per step (per-example')]
     assert [int(r[1]) for r in noise] == api["steps"]
-    for (_, _, value, _), want in zip(noise, api["values"], strict=True):  # gaps stay gaps
+    for (_, _, value, *_), want in zip(noise, api["values"], strict=True):  # gaps stay gaps
         assert (value == "" and want is None) or float(value) == pytest.approx(want, rel=1e-12)
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "gradstats.png"), full_page=True)
 

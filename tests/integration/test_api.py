@@ -326,35 +326,97 @@ def test_a_sweep_as_a_phase_diagram(client):
 
 
 def test_job_report_is_one_self_contained_html_file(client):
+    """The report draws each of the job's views with the dashboard's own figure descriptions (GET .../figures)."""
     from backend.models import Result
+    from dynascope.results import GradStatsDetails, LandscapeResult, SignalsPair
 
     job = client.post("/api/v1/jobs", json=spec(name="reported <job>")).json()
+    surface = LandscapeResult(
+        plane="random", dims=2, resolution=3, span=1.0, xs=[-1.0, 0.0, 1.0], ys=[-1.0, 0.0, 1.0], points_done=8, points_total=9,
+        loss=[[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]], accuracy=None, points_per_s=None, partial=False, examples=100,
+        batch_norm="eval", indexing="loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)", seed=1, normalization="filter",
+    )  # fmt: skip
+    histogram = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "examples": 8, "elements_per_example": 100, "parameters": 1000}
+    layer = {"nuclear": 2.0, "top": 0.8, "sigma1_ratio": 0.4, "frobenius": 1.0, "rank_bound": 4}
+    details = GradStatsDetails(rules={"1.weight": "linear"}, batch_size=8, dead_fraction=0.0, histogram=histogram, spectra={"1.weight": layer})
+    group = lambda core, loss: {"core": core, "expanded": core, "mean_delta": 0.1, "intra_cos": 0.9, "loss": loss, "loss_expanded": loss,  # noqa: E731
+                                "examples": [[0.5, 1.5]] * len(core), "classes": [len(core), 0]}  # fmt: skip
+    pair = SignalsPair(pair=0, cos=-0.95, antiphase=-0.99, window=1, hessian_alignment=None, trigger=["sharpness"], probe_examples=9,
+                       steps=[1, 2, 3], A=group([1, 2], [0.5, 0.4, 0.5]), B=group([7], [0.3, 0.4, 0.3]))  # fmt: skip
     with session_scope() as session:
         append_points(session, job["id"], "train/loss", np.arange(5), np.array([2.0, 1.5, np.inf, 1.0, 0.8]))
-        append_points(session, job["id"], "hessian/sharpness", np.arange(0, 5, 2), np.array([1.0, 2.0, 3.0]))
-        append_points(session, job["id"], "hessian/threshold", np.arange(0, 5, 2), np.array([4.0, 4.0, 4.0]))
-        surface = {"dims": 2, "plane": "random", "xs": [-1.0, 0.0, 1.0], "ys": [-1.0, 0.0, 1.0],
-                   "loss": [[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]], "partial": False}  # fmt: skip
-        session.add(Result(job_id=job["id"], kind="landscape", step=5, data=surface))
-        histogram = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "examples": 8, "elements_per_example": 100, "parameters": 1000}
-        session.add(Result(job_id=job["id"], kind="gradstats", step=4, data={"histogram": histogram, "spectra": {"1.weight": {"sigma1_ratio": 0.4}}}))
-        group = lambda core, loss: {"core": core, "loss": loss, "classes": [len(core), 0]}  # noqa: E731
-        pair = {"pair": 0, "cos": -0.95, "antiphase": -0.99, "steps": [1, 2, 3], "trigger": ["sharpness"],
-                "A": group([1, 2], [0.5, 0.4, 0.5]), "B": group([7], [0.3, 0.4, 0.3])}  # fmt: skip
-        session.add(Result(job_id=job["id"], kind="signals", step=2, data=pair))
+        append_points(session, job["id"], "grad/noise_scale", np.arange(5), np.array([5.0, 4.0, 3.0, 2.0, 1.0]))
+        for kind, step, document in (("landscape", 5, surface), ("gradstats", 4, details), ("signals", 2, pair)):
+            session.add(Result(job_id=job["id"], kind=kind, step=step, data=document.recorded()))
     response = client.get(f"/api/v1/jobs/{job['id']}/report.html")
     assert response.status_code == 200 and "attachment" in response.headers["content-disposition"]
     body = response.text
     assert "reported &lt;job&gt;" in body and "<job>" not in body.split("<pre>")[0]  # escaped
-    assert body.count('class="plotly-graph-div"') == 6  # loss, sharpness, histogram, spectra, the pair, landscape
-    assert "Opposing pair 1, found at step 2 (search on sharpness): cos -0.95, anti-phase -0.99" in body
-    assert "sample: 8 examples" in body and "100 of 1,000 coordinates" in body
+    views = [v["name"] for v in client.get(f"/api/v1/jobs/{job['id']}/figures").json()]
+    assert views == ["training", "gradstats", "signals", "landscape"]
+    drawn = [client.get(f"/api/v1/jobs/{job['id']}/figures/{name}").json() for name in views]
+    charts = [f for v in drawn for f in v["figures"] if not f["table"] and any(t.get("x") or t.get("y") or t.get("z") for t in f["data"])]
+    assert body.count('class="plotly-graph-div"') == len(charts) == 7  # loss, noise, histogram, spectra, the pair's losses and classes, landscape
+    assert "<caption>Group A: 2 of its examples</caption>" in body  # table rows are examples as tables
+    as_plotly_writes = lambda text: json.dumps(text)[1:-1].replace("/", "\\u002f")  # noqa: E731
+    for figure in charts:
+        assert f'id="{figure["id"]}"' in body and as_plotly_writes(figure["layout"]["title"]["text"]) in body
+    heading = drawn[2]["notes"]["pair-0-heading"]
+    assert heading == "Pair 1, found at step 2 (search on the sharpness reaching 2/lr): cos(ḡ_A, ḡ_B) = -0.95, anti-phase -0.99" and heading in body
+    assert as_plotly_writes("sample: 8 examples × 100 of 1,000 coordinates") in body
     from backend.api.reports import _plotly_js
 
     assert _plotly_js() in body  # plotly.js inside; nothing else is loaded from anywhere
     rest = body.replace(_plotly_js(), "")
     assert "<script src=" not in rest and "http" not in rest.split("<h2>Spec</h2>")[0]
     assert client.get("/api/v1/jobs/99999/report.html").status_code == 404
+
+
+def test_every_grid_result_exports_in_every_format(client):
+    """A probe's landscape, a landscape around a checkpoint, a trajectory plane and an interpolation line: each is
+    a file in each format, with its own arrays; a result that is not a grid is not."""
+    import csv
+    import io
+
+    from backend.models import Result
+    from backend.spec import GRID_RESULTS
+    from dynascope.results import Endpoint, LandscapeResult, PathOnPlane
+
+    job = client.post("/api/v1/jobs", json=spec(name="exported")).json()
+    common = {"points_per_s": None, "partial": False, "examples": 10, "batch_norm": "eval", "indexing": "loss[i][j]", "accuracy": None}
+    surface = lambda plane, loss, **more: LandscapeResult(  # noqa: E731
+        plane=plane, dims=2, resolution=2, span=1.0, xs=[-1.0, 1.0], ys=[-1.0, 1.0], loss=loss, points_done=4, points_total=4, **common, **more
+    )
+    documents = {
+        "landscape": surface("random", [[1.0, 2.0], [3.0, 4.0]], seed=3),
+        "landscape_analysis": surface("hessian", [[5.0, 6.0], [7.0, None]], eigenvalues=[2.0, 1.0], analysis_id=1),
+        "trajectory_analysis": surface(
+            "pca", [[0.5, 0.25], [0.125, 1.0]], explained_variance_ratio=[0.9, 0.1], path=PathOnPlane(steps=[0, 5], x=[1.0, 0.0], y=[0.5, 0.0])
+        ),
+        "interpolation_analysis": LandscapeResult(
+            plane="interpolation", dims=1, resolution=3, span=None, xs=[0.0, 0.5, 1.0], ys=None, loss=[2.0, 3.0, 1.0], points_done=3,
+            points_total=3, **common, from_=Endpoint(job=job["id"], step=0), to=Endpoint(job=job["id"], step=5),
+        ),
+    }  # fmt: skip
+    assert set(documents) == set(GRID_RESULTS)
+    with session_scope() as session:
+        rows = {kind: Result(job_id=job["id"], kind=kind, step=5, data=document.recorded()) for kind, document in documents.items()}
+        session.add_all([*rows.values(), hessian := Result(job_id=job["id"], kind="hessian", step=5, data={"eigenvalues": [1.0]})])
+        session.flush()
+        ids = {kind: row.id for kind, row in rows.items()} | {"hessian": hessian.id}
+    for kind, document in documents.items():
+        url = f"/api/v1/jobs/{job['id']}/landscapes/{ids[kind]}/export"
+        loss = np.array([np.nan if v is None else v for v in np.ravel(np.array(document.loss, dtype=object))], dtype=float)
+        got = client.get(url, params={"format": "csv"})
+        assert got.status_code == 200 and f"step5-{ids[kind]}.csv" in got.headers["content-disposition"], kind
+        cells = [row["loss"] for row in csv.DictReader(io.StringIO(got.text))]
+        np.testing.assert_array_equal([float(c) if c else np.nan for c in cells], loss)
+        arrays = np.load(io.BytesIO(client.get(url, params={"format": "npz"}).content), allow_pickle=False)
+        np.testing.assert_array_equal(arrays["loss"].ravel(), loss)
+        assert json.loads(str(arrays["metadata"]))["plane"] == document.plane
+        assert client.get(url, params={"format": "json"}).json() == document.recorded()
+        assert f"DIMENSIONS {len(document.xs)} {len(document.ys or [0])} 1" in client.get(url, params={"format": "vtk"}).text
+    assert client.get(f"/api/v1/jobs/{job['id']}/landscapes/{ids['hessian']}/export").status_code == 404
 
 
 def test_unfinished_analyses_are_sent_again_after_an_embedded_restart(client):
