@@ -21,8 +21,7 @@ TeamName = Annotated[
         min_length=1,
         max_length=100,
         pattern=rf"^[^{CONTROL}{SPACE}](?:[^{CONTROL}]*[^{CONTROL}{SPACE}])?$",
-        description="letters of any script, digits, spaces and punctuation; no control characters, no space at "
-        "either end (at most 100)",
+        description="letters of any script, digits, spaces and punctuation; no control characters, no space at either end (at most 100)",
     ),
 ]
 Tag = Annotated[

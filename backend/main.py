@@ -207,9 +207,23 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     for module in (
-        health, account, tokens, teams, specs, datasets, jobs, sweeps, metrics, results, figures, landscapes, reports, artifacts, analyses,
+        health,
+        account,
+        tokens,
+        teams,
+        specs,
+        datasets,
+        jobs,
+        sweeps,
+        metrics,
+        results,
+        figures,
+        landscapes,
+        reports,
+        artifacts,
+        analyses,
         events,
-    ):  # fmt: skip
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
 
     plotly_js = files("plotly") / "package_data" / "plotly.min.js"
@@ -219,8 +233,10 @@ def create_app() -> FastAPI:
     docs_body = bytes(get_swagger_ui_html(openapi_url=app.openapi_url or "", title="Dynascope API").body).decode()
     inline = re.findall(r"<script>(.*?)</script>", docs_body, re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
-    docs_csp = (f"default-src 'self'; script-src 'self' https://cdn.jsdelivr.net {hashes}; style-src 'self' 'unsafe-inline' "
-                "https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'")  # fmt: skip
+    docs_csp = (
+        f"default-src 'self'; script-src 'self' https://cdn.jsdelivr.net {hashes}; style-src 'self' 'unsafe-inline' "
+        "https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'"
+    )
 
     @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:

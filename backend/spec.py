@@ -204,14 +204,10 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(128, gt=0, le=1_000_000, description="capped at the training set (full batch: GD)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     eval_every: int = Field(50, gt=0, description="Steps between validation evaluations (and the last step).")
-    loss: Literal["cross_entropy", "mse"] = Field(
-        "cross_entropy", description="mse on classes: mean squared error against one-hot targets"
-    )
+    loss: Literal["cross_entropy", "mse"] = Field("cross_entropy", description="mse on classes: mean squared error against one-hot targets")
     schedule: LRSchedule = LRSchedule()
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm (null: off)")
-    checkpoint_every: int | None = Field(
-        1000, gt=0, description="keep the whole training state every N steps: a lost worker resumes there"
-    )
+    checkpoint_every: int | None = Field(1000, gt=0, description="keep the whole training state every N steps: a lost worker resumes there")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on a GPU (fp32 on a CPU)")
     divergence_factor: float | None = Field(
         1000.0, gt=1.0, description="End as diverged when the loss exceeds this multiple of the first loss (null: off)."
@@ -312,7 +308,9 @@ class JobSpec(StrictModel):
     def _small_batch_in_the_batch(self) -> "JobSpec":
         stats = self.probes.gradstats
         if stats is not None and stats.two_batch is not None and stats.two_batch >= self.train.batch_size:
-            raise ValueError(f"probes.gradstats.two_batch ({stats.two_batch}) must be smaller than train.batch_size ({self.train.batch_size})")
+            raise ValueError(
+                f"probes.gradstats.two_batch ({stats.two_batch}) must be smaller than train.batch_size ({self.train.batch_size})"
+            )
         return self
 
 

@@ -13,12 +13,29 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import dashboard_first_chart, gradstats_overhead, job_history, hessian_topk, hessian_trace_density, hessian_tracking, landscape_surface, signals_overhead, train_loop
+from bench import (
+    dashboard_first_chart,
+    gradstats_overhead,
+    job_history,
+    hessian_topk,
+    hessian_trace_density,
+    hessian_tracking,
+    landscape_surface,
+    signals_overhead,
+    train_loop,
+)
 
-BENCHMARKS = {"train_loop": train_loop.run, "hessian_topk": hessian_topk.run, "hessian_tracking": hessian_tracking.run,
-              "hessian_trace_density": hessian_trace_density.run, "landscape": landscape_surface.run,
-              "gradstats": gradstats_overhead.run, "signals": signals_overhead.run,
-              "dashboard": dashboard_first_chart.run, "job_history": job_history.run}
+BENCHMARKS = {
+    "train_loop": train_loop.run,
+    "hessian_topk": hessian_topk.run,
+    "hessian_tracking": hessian_tracking.run,
+    "hessian_trace_density": hessian_trace_density.run,
+    "landscape": landscape_surface.run,
+    "gradstats": gradstats_overhead.run,
+    "signals": signals_overhead.run,
+    "dashboard": dashboard_first_chart.run,
+    "job_history": job_history.run,
+}
 
 
 def main(names: list[str]) -> None:

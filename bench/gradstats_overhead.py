@@ -139,14 +139,16 @@ def run() -> list[dict]:
             multiple = {label: statistics.median(t) / base for label, t in times.items()}
             for label in ("ours", "ours + details"):
                 for anchor in [a for a in multiple if a.startswith("Cockpit")] or ["plain step"]:
-                    rows.append({
-                        "benchmark": "gradstats",
-                        "case": f"{name}, batch 128, 1 thread: {label} vs {anchor} (every step)",
-                        "ours": f"{multiple[label]:.2f}× a plain step ({1e3 * base * multiple[label]:.1f} ms)",
-                        "anchor": f"{multiple[anchor]:.1f}× a plain step",
-                        "ratio": f"{multiple[anchor] / multiple[label]:.1f}x cheaper",
-                        "table": {k: {"ms": 1e3 * statistics.median(v), "multiple": multiple[k]} for k, v in times.items()},
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "benchmark": "gradstats",
+                            "case": f"{name}, batch 128, 1 thread: {label} vs {anchor} (every step)",
+                            "ours": f"{multiple[label]:.2f}× a plain step ({1e3 * base * multiple[label]:.1f} ms)",
+                            "anchor": f"{multiple[anchor]:.1f}× a plain step",
+                            "ratio": f"{multiple[anchor] / multiple[label]:.1f}x cheaper",
+                            "table": {k: {"ms": 1e3 * statistics.median(v), "multiple": multiple[k]} for k, v in times.items()},
+                        }
+                    )
         return rows
     finally:
         torch.set_num_threads(threads)

@@ -112,8 +112,13 @@ def measure(name: str) -> list[dict]:
             hvps.append(count)
             errors.append(_error(values, ref))
         rows.append(
-            {"method": method, "seconds": statistics.median(times), "hvps": statistics.median(hvps),
-             "max_rel_error": max(errors), "reached_tol": max(errors) <= TOL}  # fmt: skip
+            {
+                "method": method,
+                "seconds": statistics.median(times),
+                "hvps": statistics.median(hvps),
+                "max_rel_error": max(errors),
+                "reached_tol": max(errors) <= TOL,
+            }
         )
     return rows
 
@@ -130,14 +135,22 @@ def run() -> list[dict]:
         for anchor in ("PyHessian defaults (tol 1e-3)", "PyHessian tol 1e-4"):
             a = by[anchor]
             out.append(
-                {"benchmark": "hessian_topk", "case": f"{name} top-{K} vs {anchor}",
-                 "ours": f"{mine['seconds']:.3f}s {mine['hvps']} HVPs err {mine['max_rel_error']:.1e}",
-                 "anchor": f"{a['seconds']:.3f}s {a['hvps']} HVPs err {a['max_rel_error']:.1e}",
-                 "ratio": f"{a['seconds'] / mine['seconds']:.1f}x faster"}  # fmt: skip
+                {
+                    "benchmark": "hessian_topk",
+                    "case": f"{name} top-{K} vs {anchor}",
+                    "ours": f"{mine['seconds']:.3f}s {mine['hvps']} HVPs err {mine['max_rel_error']:.1e}",
+                    "anchor": f"{a['seconds']:.3f}s {a['hvps']} HVPs err {a['max_rel_error']:.1e}",
+                    "ratio": f"{a['seconds'] / mine['seconds']:.1f}x faster",
+                }
             )
         out.append(
-            {"benchmark": "hessian_topk", "case": f"{name} top-{K} HVPs vs the floor",
-             "ours": f"{mine['hvps']} HVPs", "anchor": f"{floor_row['hvps']} HVPs (oracle stop)",
-             "ratio": f"{mine['hvps'] / floor_row['hvps']:.2f}x the floor", "table": rows}  # fmt: skip
+            {
+                "benchmark": "hessian_topk",
+                "case": f"{name} top-{K} HVPs vs the floor",
+                "ours": f"{mine['hvps']} HVPs",
+                "anchor": f"{floor_row['hvps']} HVPs (oracle stop)",
+                "ratio": f"{mine['hvps'] / floor_row['hvps']:.2f}x the floor",
+                "table": rows,
+            }
         )
     return out

@@ -58,10 +58,13 @@ def trace_rows(name: str) -> list[dict]:
             break
     our_time = statistics.median(t for _, t in ours)
     return [
-        {"benchmark": "hessian_trace", "case": f"{name} trace at equal error (exact {exact:.4g})",
-         "ours": f"Hutch++ {budget} HVPs, {our_time:.2f}s, err {our_err:.1e}",
-         "anchor": f"PyHessian defaults {their_time:.2f}s, err {their_err:.1e}",
-         "ratio": f"{their_time / our_time:.1f}x faster"}  # fmt: skip
+        {
+            "benchmark": "hessian_trace",
+            "case": f"{name} trace at equal error (exact {exact:.4g})",
+            "ours": f"Hutch++ {budget} HVPs, {our_time:.2f}s, err {our_err:.1e}",
+            "anchor": f"PyHessian defaults {their_time:.2f}s, err {their_err:.1e}",
+            "ratio": f"{their_time / our_time:.1f}x faster",
+        }
     ]
 
 
@@ -91,9 +94,13 @@ def density_rows() -> list[dict]:
     for p in model.parameters():
         p.grad = None
     return [
-        {"benchmark": "hessian_density", "case": "mlp spectral density vs the exact 8,970 eigenvalues",
-         "ours": f"SLQ 10x50 ({density.hvps} HVPs) {seconds:.2f}s, W1/range {w1:.1e}, KS (broadened) {ks:.2f}",
-         "anchor": f"PyHessian 0.1 density(): {theirs}", "ratio": "-"}  # fmt: skip
+        {
+            "benchmark": "hessian_density",
+            "case": "mlp spectral density vs the exact 8,970 eigenvalues",
+            "ours": f"SLQ 10x50 ({density.hvps} HVPs) {seconds:.2f}s, W1/range {w1:.1e}, KS (broadened) {ks:.2f}",
+            "anchor": f"PyHessian 0.1 density(): {theirs}",
+            "ratio": "-",
+        }
     ]
 
 

@@ -60,9 +60,12 @@ def run() -> list[dict]:
         if name == mine:
             continue
         rows.append(
-            {"benchmark": "hessian_tracking", "case": f"MLP GD lr {LR}: λmax every {EVERY} steps vs {name}",
-             "ours": f"{statistics.mean(methods[mine]):.1f} HVPs/point, max err {max(errors[mine]):.1e}, {seconds[mine]:.2f}s",
-             "anchor": f"{statistics.mean(methods[name]):.1f} HVPs/point, max err {max(errors[name]):.1e}, {seconds[name]:.2f}s",
-             "ratio": f"{seconds[name] / seconds[mine]:.1f}x faster"}  # fmt: skip
+            {
+                "benchmark": "hessian_tracking",
+                "case": f"MLP GD lr {LR}: λmax every {EVERY} steps vs {name}",
+                "ours": f"{statistics.mean(methods[mine]):.1f} HVPs/point, max err {max(errors[mine]):.1e}, {seconds[mine]:.2f}s",
+                "anchor": f"{statistics.mean(methods[name]):.1f} HVPs/point, max err {max(errors[name]):.1e}, {seconds[name]:.2f}s",
+                "ratio": f"{seconds[name] / seconds[mine]:.1f}x faster",
+            }
         )
     return rows

@@ -47,12 +47,25 @@ def _fill(url: str, key: str, jobs: int) -> str:
         statuses = ["succeeded", "failed", "cancelled", "diverged"]  # ended: no worker is there to run them
         start = utcnow() - timedelta(days=30)
         rows = [
-            {"team_id": teams[i % 2].id, "creator_id": (ada if i % 3 else bo).id, "name": f"run-{i}-lr{(i % 7) / 10}",
-             "spec": {"model": {"kind": "mlp" if i % 4 else "cnn"}}, "status": statuses[i % len(statuses)], "progress": 1.0,
-             "stage": "done", "model_kind": "mlp" if i % 4 else "cnn", "data_kind": "digits", "created_at": start + timedelta(seconds=60 * i),
-             "updated_at": start, "step": 0, "attempts": 1, "max_attempts": 3, "cancel_requested": False}
+            {
+                "team_id": teams[i % 2].id,
+                "creator_id": (ada if i % 3 else bo).id,
+                "name": f"run-{i}-lr{(i % 7) / 10}",
+                "spec": {"model": {"kind": "mlp" if i % 4 else "cnn"}},
+                "status": statuses[i % len(statuses)],
+                "progress": 1.0,
+                "stage": "done",
+                "model_kind": "mlp" if i % 4 else "cnn",
+                "data_kind": "digits",
+                "created_at": start + timedelta(seconds=60 * i),
+                "updated_at": start,
+                "step": 0,
+                "attempts": 1,
+                "max_attempts": 3,
+                "cancel_requested": False,
+            }
             for i in range(2 * jobs)
-        ]  # fmt: skip
+        ]
         session.execute(insert(Job), rows)
         session.flush()
         ids = session.query(Job.id).filter(Job.team_id == teams[0].id).all()
@@ -127,11 +140,15 @@ def run() -> list[dict]:
                     continue
                 small, large = _time(small_url, 100), _time(large_url, JOBS)
                 for label in QUERIES:
-                    rows.append({
-                        "benchmark": "job history", "case": f"{backend}, GET /jobs {label}",
-                        "ours": f"{large[label] * 1000:.1f} ms with {JOBS:,} jobs (+{JOBS:,} of another team)",
-                        "anchor": f"{small[label] * 1000:.1f} ms with 100", "ratio": f"{large[label] / small[label]:.2f}×",
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "benchmark": "job history",
+                            "case": f"{backend}, GET /jobs {label}",
+                            "ours": f"{large[label] * 1000:.1f} ms with {JOBS:,} jobs (+{JOBS:,} of another team)",
+                            "anchor": f"{small[label] * 1000:.1f} ms with 100",
+                            "ratio": f"{large[label] / small[label]:.2f}×",
+                        }
+                    )
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -103,15 +103,17 @@ def run() -> list[dict]:
                     extra = f", {ours_adaptive.fraction:.1%} of the points, worst rel. error {mine['max_rel_error']:.1e}"  # type: ignore[attr-defined]
                 elif name == "ours compiled":
                     extra = f", compile {mine['warm_up_s']:.0f}s once"
-                rows.append({
-                    "benchmark": "landscape",
-                    "case": f"digits {model_name} {grid}×{grid}, 1,000 examples, 1 thread: {name}",
-                    "ours": f"{mine['points_per_s']:.0f} pts/s, max|err| {mine['max_abs_error']:.1e}{extra}",
-                    "anchor": f"{best_anchor} {a['points_per_s']:.0f} pts/s"
-                    + (f" (err {a['max_abs_error']:.1e})" if "max_abs_error" in a else ""),
-                    "ratio": f"{mine['points_per_s'] / a['points_per_s']:.2f}x",
-                    "table": result,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "benchmark": "landscape",
+                        "case": f"digits {model_name} {grid}×{grid}, 1,000 examples, 1 thread: {name}",
+                        "ours": f"{mine['points_per_s']:.0f} pts/s, max|err| {mine['max_abs_error']:.1e}{extra}",
+                        "anchor": f"{best_anchor} {a['points_per_s']:.0f} pts/s"
+                        + (f" (err {a['max_abs_error']:.1e})" if "max_abs_error" in a else ""),
+                        "ratio": f"{mine['points_per_s'] / a['points_per_s']:.2f}x",
+                        "table": result,
+                    }
+                )
         return rows
     finally:
         torch.set_num_threads(threads)

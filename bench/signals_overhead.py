@@ -43,14 +43,16 @@ class _Quiet:
 
 
 def _spec(probe: dict | None) -> JobSpec:
-    return JobSpec.model_validate({
-        "name": "bench-signals",
-        "model": {"kind": "mlp", "widths": [64]},
-        "data": {"kind": "opposing_features", "examples": 2000, "classes": 4, "strength": 6.0, "share": 0.5, "class_signal": 0.3},
-        "optimizer": {"kind": "sgd", "lr": 0.12},
-        "train": {"steps": STEPS, "batch_size": 100_000, "loss": "mse", "eval_every": STEPS, "checkpoint_every": None},
-        "probes": {"signals": probe} if probe is not None else {},
-    })  # fmt: skip
+    return JobSpec.model_validate(
+        {
+            "name": "bench-signals",
+            "model": {"kind": "mlp", "widths": [64]},
+            "data": {"kind": "opposing_features", "examples": 2000, "classes": 4, "strength": 6.0, "share": 0.5, "class_signal": 0.3},
+            "optimizer": {"kind": "sgd", "lr": 0.12},
+            "train": {"steps": STEPS, "batch_size": 100_000, "loss": "mse", "eval_every": STEPS, "checkpoint_every": None},
+            "probes": {"signals": probe} if probe is not None else {},
+        }
+    )
 
 
 VARIANTS = {"none": None, "tracking": {"detect_every": 10 * STEPS, "on_rise": False}, "searching": {"detect_every": 100}}
@@ -76,14 +78,27 @@ def run() -> list[dict]:
         searches = runs["searching"][0][2]
         per_search = (clock["searching"] - clock["tracking"]) * STEPS / max(searches, 1)
         return [
-            {"benchmark": "signals", "case": f"planted pair, 1,600 examples, full-batch GD: per-step loss tracking, {STEPS} steps",
-             "ours": f"the probe's own clock: {1e6 * clock['tracking']:.0f} µs a step (whole runs: {median['tracking']:.3f} s median, {least['tracking']:.3f} s least)",
-             "anchor": f"a step without it: {1e6 * step:.0f} µs (whole runs: {median['none']:.3f} s median, {least['none']:.3f} s least)",
-             "ratio": f"{1 + clock['tracking'] / step:.3f}x (whole runs: {median['tracking'] / median['none']:.2f}x median, {least['tracking'] / least['none']:.2f}x least)"},
-            {"benchmark": "signals", "case": f"same, with {searches} searches", "ours": f"{median['searching']:.3f} s median",
-             "anchor": f"{median['none']:.3f} s without", "ratio": f"{median['searching'] / median['none']:.2f}x"},
-            {"benchmark": "signals", "case": "one search (outliers, their gradients, clustering, two JVPs per pair)",
-             "ours": f"{1e3 * per_search:.1f} ms", "anchor": f"a full-batch step: {1e3 * step:.2f} ms", "ratio": f"{per_search / step:.1f} steps"},
-        ]  # fmt: skip
+            {
+                "benchmark": "signals",
+                "case": f"planted pair, 1,600 examples, full-batch GD: per-step loss tracking, {STEPS} steps",
+                "ours": f"the probe's own clock: {1e6 * clock['tracking']:.0f} µs a step (whole runs: {median['tracking']:.3f} s median, {least['tracking']:.3f} s least)",
+                "anchor": f"a step without it: {1e6 * step:.0f} µs (whole runs: {median['none']:.3f} s median, {least['none']:.3f} s least)",
+                "ratio": f"{1 + clock['tracking'] / step:.3f}x (whole runs: {median['tracking'] / median['none']:.2f}x median, {least['tracking'] / least['none']:.2f}x least)",
+            },
+            {
+                "benchmark": "signals",
+                "case": f"same, with {searches} searches",
+                "ours": f"{median['searching']:.3f} s median",
+                "anchor": f"{median['none']:.3f} s without",
+                "ratio": f"{median['searching'] / median['none']:.2f}x",
+            },
+            {
+                "benchmark": "signals",
+                "case": "one search (outliers, their gradients, clustering, two JVPs per pair)",
+                "ours": f"{1e3 * per_search:.1f} ms",
+                "anchor": f"a full-batch step: {1e3 * step:.2f} ms",
+                "ratio": f"{per_search / step:.1f} steps",
+            },
+        ]
     finally:
         torch.set_num_threads(threads)

@@ -18,21 +18,27 @@ from worker.training import data, models
 from worker.training.optim import make_loss
 
 CASES = {
-    "MLP 128-128 on digits, batch 128": (
-        {"model": {"kind": "mlp", "widths": [128, 128]}, "data": {"kind": "digits"}}, 10_000),
-    "CNN 32-32 on digits, batch 128": (
-        {"model": {"kind": "cnn", "channels": [32, 32]}, "data": {"kind": "digits"}}, 1000),
+    "MLP 128-128 on digits, batch 128": ({"model": {"kind": "mlp", "widths": [128, 128]}, "data": {"kind": "digits"}}, 10_000),
+    "CNN 32-32 on digits, batch 128": ({"model": {"kind": "cnn", "channels": [32, 32]}, "data": {"kind": "digits"}}, 1000),
     "transformer 2x64 (context 64) on pydoc text, batch 32": (
-        {"model": {"kind": "transformer", "layers": 2, "heads": 4, "width": 64, "context": 64},
-         "data": {"kind": "text", "max_chars": 100_000}}, 300),
-}  # fmt: skip
+        {
+            "model": {"kind": "transformer", "layers": 2, "heads": 4, "width": 64, "context": 64},
+            "data": {"kind": "text", "max_chars": 100_000},
+        },
+        300,
+    ),
+}
 
 
 def _spec(case: dict, steps: int) -> JobSpec:
     batch = 32 if case["model"]["kind"] == "transformer" else 128
     return JobSpec.model_validate(
-        {"name": "bench", **case, "optimizer": {"kind": "sgd", "lr": 0.05},
-         "train": {"steps": steps, "batch_size": batch, "seed": 0, "eval_every": steps, "checkpoint_every": None}}  # fmt: skip
+        {
+            "name": "bench",
+            **case,
+            "optimizer": {"kind": "sgd", "lr": 0.05},
+            "train": {"steps": steps, "batch_size": batch, "seed": 0, "eval_every": steps, "checkpoint_every": None},
+        }
     )
 
 
@@ -97,8 +103,12 @@ def run(repeats: int = 5) -> list[dict]:
         for _ in range(repeats):
             bare, ours = max(bare, bare_loop(spec)), max(ours, our_loop(spec))
         rows.append(
-            {"benchmark": "train_loop", "case": f"{name}, no probes",
-             "ours": f"{ours:.1f} steps/s", "anchor": f"{bare:.1f} steps/s (bare PyTorch loop)",
-             "ratio": f"{ours / bare:.3f}"}  # fmt: skip
+            {
+                "benchmark": "train_loop",
+                "case": f"{name}, no probes",
+                "ours": f"{ours:.1f} steps/s",
+                "anchor": f"{bare:.1f} steps/s (bare PyTorch loop)",
+                "ratio": f"{ours / bare:.3f}",
+            }
         )
     return rows

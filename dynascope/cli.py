@@ -25,10 +25,22 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _worker_argv(concurrency: int, name: str) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
-        "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork", "-Q", "jobs", "-n", name,
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.tasks",
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+        "-Q",
+        "jobs",
+        "-n",
+        name,
+        "--without-mingle",
+        "--without-gossip",
+    ]
 
 
 def _stop_process_group(proc: subprocess.Popen, grace: float) -> None:
@@ -90,10 +102,7 @@ def serve(
             else:
                 queue.enqueue_grid_chunk(resend.analysis_id, resend.chunk)
 
-    procs = [
-        subprocess.Popen(_worker_argv(1, f"worker{i}@%h"), start_new_session=True, env=os.environ.copy())
-        for i in range(workers)
-    ]
+    procs = [subprocess.Popen(_worker_argv(1, f"worker{i}@%h"), start_new_session=True, env=os.environ.copy()) for i in range(workers)]
     settings = get_settings()
     bind_host, bind_port = host or settings.host, port or settings.port
     console.print(f"[bold]Dynascope[/] at http://{bind_host}:{bind_port}  (Ctrl-C stops everything)")
@@ -197,7 +206,9 @@ def user_create(
     admin: Annotated[bool, typer.Option("--admin", help="may make accounts and teams, and set quotas")] = False,
     team: Annotated[str | None, typer.Option(help="add to this team (made if missing)")] = None,
     role: RoleOption = "owner",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin (else one is made and shown)")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin (else one is made and shown)")
+    ] = False,
 ) -> None:
     """Make an account. The first account should be an administrator."""
     import secrets
@@ -242,7 +253,9 @@ def team_add(team: str, username: str, role: RoleOption = "member") -> None:
     from backend.services import accounts
 
     with _account_session() as session:
-        accounts.set_membership(session, _lookup(session, User, User.username, username), _lookup(session, Team, Team.name, team), Role(role))
+        accounts.set_membership(
+            session, _lookup(session, User, User.username, username), _lookup(session, Team, Team.name, team), Role(role)
+        )
     console.print(f"{escape(username)} is {role} of {escape(team)}")
 
 
@@ -274,7 +287,9 @@ def login_code(username: str) -> None:
     from backend.services import accounts
 
     with _account_session() as session:
-        code = accounts.new_login_code(session, get_settings().secret_key.get_secret_value(), _lookup(session, User, User.username, username))
+        code = accounts.new_login_code(
+            session, get_settings().secret_key.get_secret_value(), _lookup(session, User, User.username, username)
+        )
     print(code)
 
 
@@ -296,9 +311,13 @@ def _fail(response: httpx.Response) -> None:
 
 def _watch(client: httpx.Client, job_id: int) -> dict:
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=console,
-    ) as bar:  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task(f"job {job_id}", total=1.0, stage="")
         while True:
             job = client.get(f"/jobs/{job_id}").raise_for_status().json()
@@ -365,9 +384,7 @@ def jobs(
     table = Table("id", "name", "status", "progress", "duration", "created", title=f"{page['total']} jobs")
     for job in page["items"]:
         duration = f"{job['duration_s']:.1f}s" if job["duration_s"] is not None else ""
-        table.add_row(
-            str(job["id"]), escape(job["name"]), job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19]
-        )
+        table.add_row(str(job["id"]), escape(job["name"]), job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19])
     console.print(table)
 
 

@@ -163,9 +163,7 @@ class Stack:
         return provision(self.database_url, self.SECRET_KEY, username, team, role)
 
     def start_api(self) -> subprocess.Popen:
-        proc = self._spawn(
-            [sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--port", str(self.port)], "api"
-        )
+        proc = self._spawn([sys.executable, "-m", "uvicorn", "backend.main:create_app", "--factory", "--port", str(self.port)], "api")
         self.wait(lambda: self._healthy(), 60, "API health")
         return proc
 
@@ -253,8 +251,11 @@ class Serve:
         self.log = open(workdir / "serve.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dynascope.cli", "serve", "--port", str(self.port)],
-            cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=workdir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/api/v1", timeout=30)
         self.wait(self._healthy, 90, "health")
         self.client.headers.update(bearer(provision(self.database_url, self.secret_key, "local", "default")))

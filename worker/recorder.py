@@ -74,9 +74,7 @@ class DbRecorder:
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.lost.is_set()
 
-    def save_tensors(
-        self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-    ) -> None:
+    def save_tensors(self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         if kind == "checkpoint":
             # Every point before the checkpoint is written first: a resume from it leaves no gap.
             self.flush()
@@ -84,9 +82,7 @@ class DbRecorder:
                 return
         stored = self.store.put(safetensors_bytes(tensors, metadata=metadata))
         with session_scope() as session:
-            session.add(
-                Artifact(id=stored.id, job_id=self.job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256)
-            )
+            session.add(Artifact(id=stored.id, job_id=self.job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         """A probe's result at a step; it replaces a partial one of the same kind and step (a surface published

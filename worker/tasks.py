@@ -65,9 +65,7 @@ def run_job(job_id: int) -> str:
             job.celery_task_id = enqueue_job(job_id, countdown=QUOTA_RETRY_SECONDS)
             return "waiting for the team's quota"
         stale_before = utcnow() - timedelta(seconds=settings.heartbeat_timeout)
-        claimed = job_service.claim_job(
-            session, job_id, worker_host=HOST, device=str(device), stale_before=stale_before
-        )
+        claimed = job_service.claim_job(session, job_id, worker_host=HOST, device=str(device), stale_before=stale_before)
         if claimed is None:
             return "not claimable"
         attempt = claimed.attempts

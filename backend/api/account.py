@@ -42,9 +42,14 @@ def login(body: PasswordLogin | CodeLogin, response: Response, session: SessionD
     web, secret = accounts.open_session(session, key, user, settings.session_hours)
     session.commit()
     response.set_cookie(
-        SESSION_COOKIE, secret, max_age=int(settings.session_hours * 3600), path="/", secure=settings.cookie_secure,
-        httponly=True, samesite="strict",
-    )  # fmt: skip
+        SESSION_COOKIE,
+        secret,
+        max_age=int(settings.session_hours * 3600),
+        path="/",
+        secure=settings.cookie_secure,
+        httponly=True,
+        samesite="strict",
+    )
     return _me(session, settings, user, web.team_id, secret)
 
 
@@ -52,7 +57,9 @@ def login(body: PasswordLogin | CodeLogin, response: Response, session: SessionD
 def logout(who: SignedIn, response: Response, session: SessionDep, settings: SettingsDep) -> None:
     """Ends this browser's session (an API token stays valid: revoke it under /tokens)."""
     if who.session_secret:
-        session.execute(delete(WebSession).where(WebSession.id == security.keyed_hash(settings.secret_key.get_secret_value(), who.session_secret)))
+        session.execute(
+            delete(WebSession).where(WebSession.id == security.keyed_hash(settings.secret_key.get_secret_value(), who.session_secret))
+        )
         session.commit()
     response.delete_cookie(SESSION_COOKIE, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict")
 

@@ -71,7 +71,10 @@ def create_analysis(
     params = request.model_dump(mode="json") | {"step": step}
     if isinstance(request, TrajectoryAnalysis) and len([s for s in steps if s <= step]) < 3:
         kept = len([s for s in steps if s <= step])
-        _refuse("step", f"a trajectory needs at least 3 kept checkpoints up to step {step}; job {job_id} has {kept} (lower train.checkpoint_every)")
+        _refuse(
+            "step",
+            f"a trajectory needs at least 3 kept checkpoints up to step {step}; job {job_id} has {kept} (lower train.checkpoint_every)",
+        )
     if isinstance(request, InterpolationAnalysis):
         if request.to_job is not None:
             other = session.get(Job, request.to_job)

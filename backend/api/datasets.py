@@ -33,7 +33,9 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     "",
     status_code=201,
     response_model=DatasetOut,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
 )
 async def upload_dataset(
     request: Request,
@@ -60,9 +62,16 @@ async def upload_dataset(
     blob = parsed.to_npz()
     stored = store.put(blob)
     row = Dataset(
-        id=stored.id, team_id=who.team_id, name=name, source_format=format, examples=len(parsed.y), input_shape=list(parsed.x.shape[1:]),
-        classes=parsed.classes, size=stored.size, sha256=hashlib.sha256(data).hexdigest(),
-    )  # fmt: skip
+        id=stored.id,
+        team_id=who.team_id,
+        name=name,
+        source_format=format,
+        examples=len(parsed.y),
+        input_shape=list(parsed.x.shape[1:]),
+        classes=parsed.classes,
+        size=stored.size,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
     session.add(row)
     session.commit()
     return DatasetOut.model_validate(row)

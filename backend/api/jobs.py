@@ -85,9 +85,7 @@ def check_upload(session: Session, spec: JobSpec, team_id: int | None) -> Datase
 
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
-def create_job(
-    who: Member, spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep
-) -> JobOut:
+def create_job(who: Member, spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep) -> JobOut:
     """Validate a spec, record the job, and queue its id."""
     check_upload(session, spec, who.team_id)
     check_queue_quota(session, settings, who, 1)
@@ -139,9 +137,17 @@ def list_jobs(
 ) -> JobPage:
     assert who.team_id is not None
     filters = job_service.JobFilter(
-        team_id=who.team_id, creator=creator, status=[s.value for s in status] if status else None, q=q, sweep_id=sweep_id, tags=tag, model=model, data=data,
-        created_after=_naive_utc(created_after), created_before=_naive_utc(created_before),
-    )  # fmt: skip
+        team_id=who.team_id,
+        creator=creator,
+        status=[s.value for s in status] if status else None,
+        q=q,
+        sweep_id=sweep_id,
+        tags=tag,
+        model=model,
+        data=data,
+        created_after=_naive_utc(created_after),
+        created_before=_naive_utc(created_before),
+    )
     rows, total = job_service.list_jobs(session, filters, limit=limit, offset=offset, sort=sort)
     return JobPage(items=[JobOut.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
 

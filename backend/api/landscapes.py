@@ -36,6 +36,4 @@ def export_landscape(
         body = landscape_export.to_npz(data)
     else:
         body = landscape_export.to_vtk(data, f"Dynascope job {job_id} loss landscape at step {result.step}")
-    return Response(
-        body, media_type=landscape_export.FORMATS[format], headers={"content-disposition": f'attachment; filename="{name}"'}
-    )
+    return Response(body, media_type=landscape_export.FORMATS[format], headers={"content-disposition": f'attachment; filename="{name}"'})

@@ -32,7 +32,5 @@ def get_metrics(
     series = []
     for name, (steps, values) in read_series(session, job_id, [n for n in wanted if n in available]).items():
         ds_steps, ds_values = downsample_minmax(steps, values, max_points)
-        series.append(
-            SeriesOut(name=name, steps=ds_steps.tolist(), values=json_safe(ds_values), total_points=len(steps))
-        )
+        series.append(SeriesOut(name=name, steps=ds_steps.tolist(), values=json_safe(ds_values), total_points=len(steps)))
     return MetricsOut(job_id=job_id, max_points=max_points, series=series)

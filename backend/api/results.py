@@ -18,7 +18,11 @@ DOCUMENTS: dict[str, type[Document]] = RESULTS | {
 _KINDS = ", ".join(f"`{kind}`: {document.__name__}" for kind, document in DOCUMENTS.items())
 
 
-@router.get("/{job_id}/results/{kind}", response_model=list[ResultOut], description=f"Every result of one kind in step order. Kinds and the schema of their `data`: {_KINDS}.")
+@router.get(
+    "/{job_id}/results/{kind}",
+    response_model=list[ResultOut],
+    description=f"Every result of one kind in step order. Kinds and the schema of their `data`: {_KINDS}.",
+)
 def get_results(
     job_id: RowId,
     kind: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,49}$")],

@@ -38,11 +38,17 @@ class SpecCheck(BaseModel):
     outputs: int
 
 
-@router.post("/validate", response_model=SpecCheck, openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}}}})  # fmt: skip
-def validate_spec(
-    who: Viewer, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
-) -> SpecCheck:
+@router.post(
+    "/validate",
+    response_model=SpecCheck,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def validate_spec(who: Viewer, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep) -> SpecCheck:
     """Check a spec (or a sweep) without running it: 422 naming the field, or what it would build."""
     try:
         if "sweep" in raw:
@@ -57,6 +63,9 @@ def validate_spec(
     first = specs[0]
     shape = data_shape(first.data, uploaded)
     return SpecCheck(
-        name=first.name, jobs=len(specs), parameters=parameter_count(first, uploaded),
-        input_shape=list(shape.input_shape), outputs=shape.outputs,
-    )  # fmt: skip
+        name=first.name,
+        jobs=len(specs),
+        parameters=parameter_count(first, uploaded),
+        input_shape=list(shape.input_shape),
+        outputs=shape.outputs,
+    )

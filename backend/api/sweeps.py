@@ -32,15 +32,16 @@ _SWEEP_BODY = {
 
 def _out(sweep: Sweep, jobs: list[Job]) -> SweepOut:
     return SweepOut(
-        id=sweep.id, name=sweep.name, created_at=sweep.created_at, grid=sweep.spec["sweep"],
+        id=sweep.id,
+        name=sweep.name,
+        created_at=sweep.created_at,
+        grid=sweep.spec["sweep"],
         jobs=[JobOut.model_validate(j) for j in jobs],
-    )  # fmt: skip
+    )
 
 
 @router.post("", status_code=201, response_model=SweepOut, openapi_extra=_SWEEP_BODY)
-def create_sweep(
-    who: Member, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep
-) -> SweepOut:
+def create_sweep(who: Member, raw: Annotated[dict, Depends(raw_spec_from_body)], session: SessionDep, settings: SettingsDep) -> SweepOut:
     """A spec with `sweep: {dotted.path: [values]}`: one ordinary job per point of the grid, grouped."""
     try:
         children = expand(raw, settings.max_sweep_jobs)
@@ -78,7 +79,11 @@ def get_phase_diagram(
     session: SessionDep,
     who: Viewer,
     metric: Annotated[
-        str, Query(pattern=r"^((final|max|min):[A-Za-z0-9_/.\-]{1,200}|diverged)$", description="final:val/loss, max:hessian/sharpness, diverged, …")
+        str,
+        Query(
+            pattern=r"^((final|max|min):[A-Za-z0-9_/.\-]{1,200}|diverged)$",
+            description="final:val/loss, max:hessian/sharpness, diverged, …",
+        ),
     ] = "final:val/loss",
     x: Annotated[str | None, Query(max_length=200, description="the swept field across (default: the first)")] = None,
     y: Annotated[str | None, Query(max_length=200, description="the swept field down (default: the second, if any)")] = None,
@@ -90,6 +95,8 @@ def get_phase_diagram(
     y = y if y is not None else (fields[1] if len(fields) > 1 and fields[1] != x else None)
     for name, value in (("x", x), ("y", y)):
         if value is not None and value not in fields:
-            raise RequestValidationError([{"loc": ["query", name], "msg": f"not a swept field; the sweep has {fields}", "type": "value_error"}])
+            raise RequestValidationError(
+                [{"loc": ["query", name], "msg": f"not a swept field; the sweep has {fields}", "type": "value_error"}]
+            )
     jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
     return phase_diagram(session, jobs, x, y, metric)

@@ -39,7 +39,10 @@ def create_team(body: TeamCreate, who: Admin, session: SessionDep) -> TeamRole:
 def members(who: Viewer, session: SessionDep) -> list[MemberOut]:
     """The members of the current team."""
     rows = session.execute(
-        select(User.username, Membership.role).join(Membership, Membership.user_id == User.id).where(Membership.team_id == who.team_id).order_by(User.username)
+        select(User.username, Membership.role)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.team_id == who.team_id)
+        .order_by(User.username)
     )
     return [MemberOut(username=u, role=Role(r)) for u, r in rows]
 
@@ -57,7 +60,11 @@ def set_member(username: UsernamePath, body: MemberIn, who: Owner, session: Sess
     user = _user_or_404(session, username)
     team = session.get(Team, who.team_id)
     assert team is not None
-    if body.role != Role.owner and accounts.role_in(session, user.id, team.id) == Role.owner and not accounts.owners_left(session, team.id, user.id):
+    if (
+        body.role != Role.owner
+        and accounts.role_in(session, user.id, team.id) == Role.owner
+        and not accounts.owners_left(session, team.id, user.id)
+    ):
         raise HTTPException(409, detail="a team keeps at least one owner")
     accounts.set_membership(session, user, team, body.role)
     session.commit()
@@ -99,9 +106,12 @@ def _quota_out(session: Session, settings: Settings, team_id: int) -> QuotaOut:
     assert team is not None
     limits = accounts.quotas(team, settings)
     return QuotaOut(
-        max_running_jobs=limits.max_running_jobs, max_queued_jobs=limits.max_queued_jobs, max_upload_bytes=limits.max_upload_bytes,
-        running=accounts.count_jobs(session, team_id, JobStatus.running), queued=accounts.count_jobs(session, team_id, JobStatus.queued),
-    )  # fmt: skip
+        max_running_jobs=limits.max_running_jobs,
+        max_queued_jobs=limits.max_queued_jobs,
+        max_upload_bytes=limits.max_upload_bytes,
+        running=accounts.count_jobs(session, team_id, JobStatus.running),
+        queued=accounts.count_jobs(session, team_id, JobStatus.queued),
+    )
 
 
 @router.post("/users", status_code=201, response_model=UserOut)

@@ -24,7 +24,9 @@ def create_token(body: TokenCreate, who: Viewer, session: SessionDep, settings: 
     """A token acting in the current team with the account's role there. The response is the only time it is shown."""
     user = session.get(User, who.user_id)
     assert user is not None and who.team_id is not None
-    row, secret = accounts.create_token(session, settings.secret_key.get_secret_value(), user, who.team_id, body.name, body.rate_limit_per_minute)
+    row, secret = accounts.create_token(
+        session, settings.secret_key.get_secret_value(), user, who.team_id, body.name, body.rate_limit_per_minute
+    )
     session.commit()
     return TokenCreated.model_validate({**TokenOut.model_validate(row).model_dump(), "token": secret})
 

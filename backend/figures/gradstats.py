@@ -11,14 +11,27 @@ PROBES = ["gradstats"]
 ANALYSES: list[str] = []
 HEAT_COLUMNS = 400
 CHARTS = {
-    "gradstats-noise": ("Gradient noise scale B_simple = tr Σ / ‖G‖²", True, {
-        "grad/noise_scale": "per step (per-example estimator)", "grad/noise_scale_ema": "EMAs of tr Σ and ‖G‖², divided",
-        "grad/noise_scale_two_batch": "per step (two-batch-size estimator)", "grad/noise_scale_two_batch_ema": "two-batch: EMAs, divided"}),
-    "gradstats-coherence": ("Coherence α = ‖ḡ‖² / mean ‖g_i‖², Cockpit's tests, GSNR", True, {
-        n: n.removeprefix("grad/") for n in ("grad/alpha", "grad/norm_test", "grad/inner_test", "grad/ortho_test", "grad/mean_gsnr")}),
-    "gradstats-steps": ("Update-to-weight ratio and cosines of successive gradients and updates", False, {
-        n: n.removeprefix("grad/") for n in ("grad/update_ratio", "grad/cos_previous_grad", "grad/cos_previous_update")}),
-}  # fmt: skip
+    "gradstats-noise": (
+        "Gradient noise scale B_simple = tr Σ / ‖G‖²",
+        True,
+        {
+            "grad/noise_scale": "per step (per-example estimator)",
+            "grad/noise_scale_ema": "EMAs of tr Σ and ‖G‖², divided",
+            "grad/noise_scale_two_batch": "per step (two-batch-size estimator)",
+            "grad/noise_scale_two_batch_ema": "two-batch: EMAs, divided",
+        },
+    ),
+    "gradstats-coherence": (
+        "Coherence α = ‖ḡ‖² / mean ‖g_i‖², Cockpit's tests, GSNR",
+        True,
+        {n: n.removeprefix("grad/") for n in ("grad/alpha", "grad/norm_test", "grad/inner_test", "grad/ortho_test", "grad/mean_gsnr")},
+    ),
+    "gradstats-steps": (
+        "Update-to-weight ratio and cosines of successive gradients and updates",
+        False,
+        {n: n.removeprefix("grad/") for n in ("grad/update_ratio", "grad/cos_previous_grad", "grad/cos_previous_update")},
+    ),
+}
 
 
 def heat(series: dict[str, Series]) -> tuple[list[int], list[str], list[list[float | None]]] | None:
@@ -61,7 +74,14 @@ def _spectra(step: int, spectra: dict[str, Any]) -> Figure:
     chart["margin"]["r"] = 60
     traces = [
         {"type": "bar", "name": "σ1 ratio", "x": names, "y": [spectra[n]["sigma1_ratio"] for n in names]},
-        {"type": "scatter", "mode": "markers", "name": "nuclear norm", "x": names, "y": [spectra[n]["nuclear"] for n in names], "yaxis": "y2"},
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "nuclear norm",
+            "x": names,
+            "y": [spectra[n]["nuclear"] for n in names],
+            "yaxis": "y2",
+        },
     ]
     return Figure(id="gradstats-spectra", data=traces, layout=chart)
 
@@ -71,14 +91,23 @@ def figures(source: Source, options: Options) -> View:
     out = []
     for element, (title, ylog, labels) in CHARTS.items():
         traces = [line(found[n], label, n, mode="lines+markers", marker={"size": 3}) for n, label in labels.items() if n in found]
-        meta = {"points": len(found["grad/noise_scale"].steps) if "grad/noise_scale" in found else 0} if element == "gradstats-noise" else {}
+        meta = (
+            {"points": len(found["grad/noise_scale"].steps) if "grad/noise_scale" in found else 0} if element == "gradstats-noise" else {}
+        )
         out.append(Figure(id=element, data=traces, layout=layout(title, ylog), meta=meta))
     if (h := heat(source.series(source.names("grad/norm/"), max_points=1000))) is not None:
         chart = layout("Per-layer gradient norm (log₁₀) over steps")
         chart["margin"]["l"] = 90
         chart["yaxis"] = {"type": "category", "automargin": True}
-        trace = {"type": "heatmap", "x": h[0], "y": h[1], "z": h[2], "colorscale": "Viridis", "colorbar": {"title": {"text": "log₁₀ ‖ḡ‖"}},
-                 "hoverongaps": False}  # fmt: skip
+        trace = {
+            "type": "heatmap",
+            "x": h[0],
+            "y": h[1],
+            "z": h[2],
+            "colorscale": "Viridis",
+            "colorbar": {"title": {"text": "log₁₀ ‖ḡ‖"}},
+            "hoverongaps": False,
+        }
         out.append(Figure(id="gradstats-layers", data=[trace], layout=chart, meta={"layers": len(h[1])}))
     notes = {}
     if (row := latest(source, "gradstats")) is not None:
@@ -89,6 +118,10 @@ def figures(source: Source, options: Options) -> View:
             out.append(_spectra(row.step, d["spectra"]))
         exact = [n for n, rule in (d.get("rules") or {}).items() if rule == "torch.func"]
         by_func = f" (per-example gradients by torch.func for {', '.join(exact)})" if exact else ""
-        dead = f"; {100 * d['dead_fraction']:.1f} % of coordinates never vary (their GSNR is undefined)" if d.get("dead_fraction") is not None else ""
+        dead = (
+            f"; {100 * d['dead_fraction']:.1f} % of coordinates never vary (their GSNR is undefined)"
+            if d.get("dead_fraction") is not None
+            else ""
+        )
         notes["gradstats-info"] = f"Batch of {d['batch_size']}; every parameter counted{by_func}{dead}."
     return View(figures=out, notes=notes)

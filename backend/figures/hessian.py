@@ -38,9 +38,16 @@ def sharpness(source: Source) -> Figure:
     if crossing is not None:
         chart["shapes"] = [vline(crossing, color=THRESHOLD_COLOR)]
         chart["annotations"] = [
-            {"x": crossing, "yref": "paper", "y": 1, "text": f"λ1 ≥ threshold at step {crossing}", "showarrow": False,
-             "yanchor": "bottom", "font": {"color": THRESHOLD_COLOR}},
-        ]  # fmt: skip
+            {
+                "x": crossing,
+                "yref": "paper",
+                "y": 1,
+                "text": f"λ1 ≥ threshold at step {crossing}",
+                "showarrow": False,
+                "yanchor": "bottom",
+                "font": {"color": THRESHOLD_COLOR},
+            },
+        ]
     return Figure(id="sharpness-plot", data=traces, layout=chart, meta={"crossing": "" if crossing is None else crossing})
 
 
@@ -65,10 +72,19 @@ def density(source: Source) -> Figure | None:
     floor = max(d["density"]) * 1e-8
     traces = [
         {"name": "density", "x": d["grid"], "y": [max(v, floor) for v in d["density"]], "mode": "lines", "fill": "tozeroy"},
-        {"name": f"top-{len(r['eigenvalues'])} eigenvalues", "x": r["eigenvalues"], "y": [floor * 10] * len(r["eigenvalues"]),
-         "mode": "markers", "marker": {"symbol": "triangle-down", "size": 10}},
-    ]  # fmt: skip
-    chart = layout(f"Spectral density at step {latest.step}: ≈{d['outliers']} outliers beyond the bulk edge · {r['n_classes']} classes", True, "eigenvalue")
+        {
+            "name": f"top-{len(r['eigenvalues'])} eigenvalues",
+            "x": r["eigenvalues"],
+            "y": [floor * 10] * len(r["eigenvalues"]),
+            "mode": "markers",
+            "marker": {"symbol": "triangle-down", "size": 10},
+        },
+    ]
+    chart = layout(
+        f"Spectral density at step {latest.step}: ≈{d['outliers']} outliers beyond the bulk edge · {r['n_classes']} classes",
+        True,
+        "eigenvalue",
+    )
     chart["shapes"] = [vline(d["bulk_edge"], dash="dash", color="#444")]
     chart["annotations"] = [{"x": d["bulk_edge"], "yref": "paper", "y": 1, "text": "bulk edge", "showarrow": False, "yanchor": "bottom"}]
     return Figure(id="density-plot", data=traces, layout=chart, meta={"step": latest.step})

@@ -55,8 +55,10 @@ def surface(row: Row, log: bool, surface3d: bool) -> Figure:
     where = f"{r['examples']:,} training examples, batch norm {r['batch_norm']}"
     finite = [v for v in (_flatten(r["loss"]) if r["dims"] == 2 else r["loss"]) if v is not None]
     chart = layout("")
-    chart["title"] = {"text": f"Loss around step {step}: centre {_precise(r.get('centre_loss'))}, min {_precise(min(finite) if finite else None)} · {where}",
-                      "font": {"size": 13}}  # fmt: skip
+    chart["title"] = {
+        "text": f"Loss around step {step}: centre {_precise(r.get('centre_loss'))}, min {_precise(min(finite) if finite else None)} · {where}",
+        "font": {"size": 13},
+    }
     meta = {"result": row.id, "partial": "1" if r.get("partial") else "0"}
     if r["dims"] == 1:
         return Figure(id="landscape-plot", data=_curve(r, chart, log, where), layout=chart, meta=meta)
@@ -71,24 +73,54 @@ def surface(row: Row, log: bool, surface3d: bool) -> Figure:
         return Figure(id="landscape-plot", data=[trace], layout=chart, meta=meta)
     chart["xaxis"]["title"], chart["yaxis"] = x, {"title": y, "scaleanchor": "x"}
     traces = [
-        {"type": "contour", "name": "loss", "x": r["xs"], "y": r["ys"], "z": z, "colorscale": "Viridis", "colorbar": colorbar,
-         "connectgaps": False, "ncontours": 30, "contours": {"coloring": "heatmap"}},
-        {"type": "scatter", "name": f"weights at step {step}", "x": [0], "y": [0], "mode": "markers",
-         "marker": {"symbol": "x", "size": 11, "color": "#cf222e"}},
-    ]  # fmt: skip
+        {
+            "type": "contour",
+            "name": "loss",
+            "x": r["xs"],
+            "y": r["ys"],
+            "z": z,
+            "colorscale": "Viridis",
+            "colorbar": colorbar,
+            "connectgaps": False,
+            "ncontours": 30,
+            "contours": {"coloring": "heatmap"},
+        },
+        {
+            "type": "scatter",
+            "name": f"weights at step {step}",
+            "x": [0],
+            "y": [0],
+            "mode": "markers",
+            "marker": {"symbol": "x", "size": 11, "color": "#cf222e"},
+        },
+    ]
     if path := r.get("path"):
         traces.append(
-            {"type": "scatter", "name": "training path (checkpoints)", "x": path["x"], "y": path["y"], "mode": "lines+markers+text",
-             "text": [str(s) for s in path["steps"]], "textposition": "top center", "marker": {"size": 7, "color": "#ff7f0e"},
-             "line": {"color": "#ff7f0e"}}
-        )  # fmt: skip
+            {
+                "type": "scatter",
+                "name": "training path (checkpoints)",
+                "x": path["x"],
+                "y": path["y"],
+                "mode": "lines+markers+text",
+                "text": [str(s) for s in path["steps"]],
+                "textposition": "top center",
+                "marker": {"size": 7, "color": "#ff7f0e"},
+                "line": {"color": "#ff7f0e"},
+            }
+        )
         del chart["yaxis"]["scaleanchor"]
     if evaluated := r.get("evaluated"):
         points = [(r["xs"][i], r["ys"][j]) for i, row_ in enumerate(evaluated) for j, e in enumerate(row_) if e]
         traces.append(
-            {"type": "scatter", "name": f"computed points ({len(points)} of {len(r['xs']) * len(r['ys'])}; the rest interpolated)",
-             "x": [p[0] for p in points], "y": [p[1] for p in points], "mode": "markers", "marker": {"size": 3, "color": "rgba(255,255,255,0.6)"}}
-        )  # fmt: skip
+            {
+                "type": "scatter",
+                "name": f"computed points ({len(points)} of {len(r['xs']) * len(r['ys'])}; the rest interpolated)",
+                "x": [p[0] for p in points],
+                "y": [p[1] for p in points],
+                "mode": "markers",
+                "marker": {"size": 3, "color": "rgba(255,255,255,0.6)"},
+            }
+        )
     return Figure(id="landscape-plot", data=traces, layout=chart, meta=meta)
 
 
@@ -106,8 +138,13 @@ def _curve(r: dict[str, Any], chart: dict[str, Any], log: bool, where: str) -> l
         chart["margin"]["r"] = 60
     if r["plane"] == "interpolation":
         chart["title"]["text"] = f"Loss between {_end(r['from'])} and {_end(r['to'])} · {where}"
-        chart["shapes"] = [{"type": "line", "x0": a, "x1": a, "yref": "paper", "y0": 0, "y1": 1, "line": {"dash": "dash", "color": "#888"}} for a in (0, 1)]
-        chart["annotations"] = [{"x": a, "yref": "paper", "y": 1, "text": _end(e), "showarrow": False, "yanchor": "bottom"} for a, e in ((0, r["from"]), (1, r["to"]))]
+        chart["shapes"] = [
+            {"type": "line", "x0": a, "x1": a, "yref": "paper", "y0": 0, "y1": 1, "line": {"dash": "dash", "color": "#888"}} for a in (0, 1)
+        ]
+        chart["annotations"] = [
+            {"x": a, "yref": "paper", "y": 1, "text": _end(e), "showarrow": False, "yanchor": "bottom"}
+            for a, e in ((0, r["from"]), (1, r["to"]))
+        ]
     return traces
 
 

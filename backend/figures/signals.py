@@ -83,7 +83,9 @@ def _feature(element: str, side: str, feature: list[Any]) -> Figure:
     if _is_image(feature):
         chart["yaxis"] = {"autorange": "reversed", "scaleanchor": "x", "title": {"text": "row"}, "zeroline": False, "showgrid": False}
         chart["xaxis"] = {"title": {"text": "column"}, "zeroline": False, "showgrid": False, "constrain": "domain"}
-        return Figure(id=element, data=[{"type": "heatmap", "z": feature[0], "colorscale": "RdBu", "reversescale": True, "zmid": 0}], layout=chart)
+        return Figure(
+            id=element, data=[{"type": "heatmap", "z": feature[0], "colorscale": "RdBu", "reversescale": True, "zmid": 0}], layout=chart
+        )
     return Figure(id=element, data=[{"type": "bar", "y": _flat(feature)}], layout=chart)
 
 
@@ -103,14 +105,23 @@ def _pair(k: int, row: Row, tracked: dict[str, Series]) -> tuple[list[Figure], d
     curves = layout("Group losses around the search and after it (raw and even/odd envelopes)", True)
     curves["shapes"] = [vline(row.step)]
     classes = layout("Classes in each group (expanded)", xtitle="class")
-    bars = [{"type": "bar", "name": f"group {g}", "x": [f"class {c}" for c in range(len(p[g].get("classes") or []))], "y": p[g].get("classes") or []}
-            for g in COLORS]  # fmt: skip
+    bars = [
+        {
+            "type": "bar",
+            "name": f"group {g}",
+            "x": [f"class {c}" for c in range(len(p[g].get("classes") or []))],
+            "y": p[g].get("classes") or [],
+        }
+        for g in COLORS
+    ]
     out = [Figure(id=f"pair-{k}-curves", data=traces, layout=curves), Figure(id=f"pair-{k}-classes", data=bars, layout=classes)]
     out += [_examples(f"pair-{k}-{g}-examples", g, p[g]) for g in COLORS]
     out += [_feature(f"pair-{k}-{g}-feature", g, p[g]["mean_input_minus_all"]) for g in COLORS if p[g].get("mean_input_minus_all")]
     trigger = f" (search on {', '.join(TRIGGERS.get(t, t) for t in p['trigger'])})" if p.get("trigger") else ""
     antiphase = "—" if p["antiphase"] is None else f"{p['antiphase']:.2f}"
-    notes = {f"pair-{k}-heading": f"Pair {p['pair'] + 1}, found at step {row.step}{trigger}: cos(ḡ_A, ḡ_B) = {p['cos']:.2f}, anti-phase {antiphase}"}
+    notes = {
+        f"pair-{k}-heading": f"Pair {p['pair'] + 1}, found at step {row.step}{trigger}: cos(ḡ_A, ḡ_B) = {p['cos']:.2f}, anti-phase {antiphase}"
+    }
     if a := p.get("hessian_alignment"):
         notes[f"pair-{k}-alignment"] = (
             f"|cos(top Hessian eigenvector at step {a['eigenvector_step']}, ĝ_A − ĝ_B)| = {a['abs_cos']:.3f} "
@@ -119,7 +130,9 @@ def _pair(k: int, row: Row, tracked: dict[str, Series]) -> tuple[list[Figure], d
     for g in COLORS:
         core = p[g]["core"]
         rows = ", ".join(map(str, core[:12])) + (", …" if len(core) > 12 else "")
-        notes[f"pair-{k}-{g}-about"] = f"Group {g}: {len(core)} core examples, {len(p[g]['expanded'])} with those that side with them; rows {rows}"
+        notes[f"pair-{k}-{g}-about"] = (
+            f"Group {g}: {len(core)} core examples, {len(p[g]['expanded'])} with those that side with them; rows {rows}"
+        )
     return out, notes
 
 
@@ -129,7 +142,12 @@ def figures(source: Source, options: Options) -> View:
     loss = layout("Probe-set loss; dotted: steps where a reported pair was found", True)
     loss["shapes"] = [vline(p.step, color="#cf222e") for p in pairs]
     out = [
-        Figure(id="signals-loss", data=[line(found.get("signals/probe_loss"), "probe loss", "signals/probe_loss")], layout=loss, meta={"pairs": len(pairs)}),
+        Figure(
+            id="signals-loss",
+            data=[line(found.get("signals/probe_loss"), "probe loss", "signals/probe_loss")],
+            layout=loss,
+            meta={"pairs": len(pairs)},
+        ),
         Figure(
             id="signals-tail",
             data=[line(found.get("signals/heavy_tail"), "share of Σ|Δℓ_i| in the top 1 %", "signals/heavy_tail")],

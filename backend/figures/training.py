@@ -9,7 +9,7 @@ CHARTS = [  # (element id, title, series, log y, smoothed series, drawn as a ste
     ("loss-plot", "Loss", ["train/loss", "val/loss"], True, ["train/loss"], False),
     ("acc-plot", "Accuracy", ["train/accuracy", "val/accuracy"], False, [], False),
     ("lr-plot", "Learning rate", ["lr"], False, [], True),
-]  # fmt: skip
+]
 
 
 def figures(source: Source, options: Options) -> View:

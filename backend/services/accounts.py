@@ -62,7 +62,10 @@ def has_users(session: Session) -> bool:
 
 def memberships(session: Session, user_id: int) -> list[tuple[Team, Role]]:
     rows = session.execute(
-        select(Team, Membership.role).join(Membership, Membership.team_id == Team.id).where(Membership.user_id == user_id).order_by(Team.name)
+        select(Team, Membership.role)
+        .join(Membership, Membership.team_id == Team.id)
+        .where(Membership.user_id == user_id)
+        .order_by(Team.name)
     )
     return [(team, Role(role)) for team, role in rows]
 
@@ -75,7 +78,9 @@ def role_in(session: Session, user_id: int, team_id: int | None) -> Role | None:
 
 
 def owners_left(session: Session, team_id: int, without_user: int) -> int:
-    query = select(func.count()).where(Membership.team_id == team_id, Membership.role == Role.owner.value, Membership.user_id != without_user)
+    query = select(func.count()).where(
+        Membership.team_id == team_id, Membership.role == Role.owner.value, Membership.user_id != without_user
+    )
     return session.scalar(query) or 0
 
 
@@ -85,9 +90,13 @@ def owners_left(session: Session, team_id: int, without_user: int) -> int:
 def create_token(session: Session, key: str, user: User, team_id: int, name: str, rate_limit: int | None = None) -> tuple[ApiToken, str]:
     secret, prefix = security.new_api_token()
     row = ApiToken(
-        user_id=user.id, team_id=team_id, name=name, prefix=prefix, token_hash=security.keyed_hash(key, secret),
+        user_id=user.id,
+        team_id=team_id,
+        name=name,
+        prefix=prefix,
+        token_hash=security.keyed_hash(key, secret),
         rate_limit_per_minute=rate_limit,
-    )  # fmt: skip
+    )
     session.add(row)
     session.flush()
     return row, secret
@@ -114,9 +123,11 @@ def open_session(session: Session, key: str, user: User, hours: float) -> tuple[
     secret = security.new_secret()
     teams = memberships(session, user.id)
     row = WebSession(
-        id=security.keyed_hash(key, secret), user_id=user.id, team_id=teams[0][0].id if teams else None,
+        id=security.keyed_hash(key, secret),
+        user_id=user.id,
+        team_id=teams[0][0].id if teams else None,
         expires_at=utcnow() + timedelta(hours=hours),
-    )  # fmt: skip
+    )
     session.add(row)
     session.flush()
     return row, secret
@@ -174,4 +185,3 @@ def quotas(team: Team, settings: Settings) -> Quotas:
 
 def count_jobs(session: Session, team_id: int, status: JobStatus) -> int:
     return session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status == status.value)) or 0
-

@@ -64,7 +64,9 @@ def cancel(session: Session, analysis: Analysis) -> None:
     if transition(session, analysis.id, S.cancelled, only_from=[S.queued.value], stage="cancelled"):
         return
     session.execute(
-        update(Analysis).where(Analysis.id == analysis.id, Analysis.status == S.running.value).values(cancel_requested=True, stage="cancelling")
+        update(Analysis)
+        .where(Analysis.id == analysis.id, Analysis.status == S.running.value)
+        .values(cancel_requested=True, stage="cancelling")
     )
 
 
@@ -126,7 +128,15 @@ def reap_stale_analyses(session: Session, timeout: float, max_attempts: int) -> 
             still_stale = or_(Analysis.heartbeat_at < cutoff, Analysis.heartbeat_at.is_(None))
             if analysis.attempts >= max_attempts:
                 _fail(session, analysis, max_attempts)
-            elif transition(session, analysis.id, S.queued, still_stale, ours(analysis.attempts), only_from=[S.running.value], stage="requeued: worker lost"):
+            elif transition(
+                session,
+                analysis.id,
+                S.queued,
+                still_stale,
+                ours(analysis.attempts),
+                only_from=[S.running.value],
+                stage="requeued: worker lost",
+            ):
                 resend.append(Resend(analysis.id))
     return resend
 

@@ -30,9 +30,7 @@ def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:
     lifecycle.check(ALLOWED, old, new)
 
 
-def transition(
-    session: Session, job_id: int, new: JobStatus, *conditions, only_from: list[str] | None = None, **values
-) -> bool:
+def transition(session: Session, job_id: int, new: JobStatus, *conditions, only_from: list[str] | None = None, **values) -> bool:
     """Move a job to `new` if its current state allows it (and `conditions` hold); True if this call did."""
     return lifecycle.transition(session, Job, job_id, ALLOWED, new, *conditions, only_from=only_from, updated_at=utcnow(), **values)
 
@@ -122,9 +120,7 @@ def request_cancel(session: Session, job: Job) -> str | None:
     """Cancel a queued job at once, or flag a running one for its worker. Returns a task id to revoke."""
     if transition(session, job.id, S.cancelled, only_from=[S.queued.value], stage="cancelled before start"):
         return job.celery_task_id
-    session.execute(
-        update(Job).where(Job.id == job.id, Job.status == S.running.value).values(cancel_requested=True)
-    )
+    session.execute(update(Job).where(Job.id == job.id, Job.status == S.running.value).values(cancel_requested=True))
     return None
 
 
@@ -215,9 +211,7 @@ def reap_stale_jobs(session: Session, timeout: float) -> list[int]:
                 error=f"worker lost {job.attempts} times (attempt cap {job.max_attempts})",
                 stage="failed",
             )
-        elif transition(
-            session, job.id, S.queued, still_stale, only_from=guard, stage=f"requeued: worker {job.worker_host} lost"
-        ):
+        elif transition(session, job.id, S.queued, still_stale, only_from=guard, stage=f"requeued: worker {job.worker_host} lost"):
             requeue.append(job.id)
     return requeue
 

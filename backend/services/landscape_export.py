@@ -51,10 +51,15 @@ def to_vtk(data: dict[str, Any], title: str) -> str:
     dx = float(xs[1] - xs[0]) if len(xs) > 1 else 1.0
     dy = float(ys[1] - ys[0]) if len(ys) > 1 else 1.0
     lines = [
-        "# vtk DataFile Version 3.0", title.replace("\n", " ")[:200], "ASCII", "DATASET STRUCTURED_POINTS",
-        f"DIMENSIONS {len(xs)} {len(ys)} 1", f"ORIGIN {float(xs[0])!r} {float(ys[0])!r} 0", f"SPACING {dx!r} {dy!r} 1",
+        "# vtk DataFile Version 3.0",
+        title.replace("\n", " ")[:200],
+        "ASCII",
+        "DATASET STRUCTURED_POINTS",
+        f"DIMENSIONS {len(xs)} {len(ys)} 1",
+        f"ORIGIN {float(xs[0])!r} {float(ys[0])!r} 0",
+        f"SPACING {dx!r} {dy!r} 1",
         f"POINT_DATA {len(xs) * len(ys)}",
-    ]  # fmt: skip
+    ]
     for name in ("loss", "accuracy"):
         if name in arrays:
             lines += [f"SCALARS {name} double 1", "LOOKUP_TABLE default"]

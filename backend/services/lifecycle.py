@@ -23,7 +23,14 @@ def check(allowed: Allowed, old: JobStatus | str, new: JobStatus | str, what: st
 
 
 def transition(
-    session: Session, model: Any, row_id: int, allowed: Allowed, new: JobStatus, *conditions: Any, only_from: list[str] | None = None, **values: Any
+    session: Session,
+    model: Any,
+    row_id: int,
+    allowed: Allowed,
+    new: JobStatus,
+    *conditions: Any,
+    only_from: list[str] | None = None,
+    **values: Any,
 ) -> bool:
     """Move the row to `new` if its current state allows it (and `conditions` hold); True if this call did."""
     sources = only_from if only_from is not None else [old.value for old, targets in allowed.items() if new in targets]

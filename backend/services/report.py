@@ -44,8 +44,17 @@ def _section(title: str, view: View) -> str:
 
 def render(session: Session, job: Job, plotly_js: str) -> str:
     charts = "\n".join(_section(title, view) for title, view in _views(JobSource(session, job)) if any(not f.empty for f in view.figures))
-    facts = {"status": job.status, "step": job.step, "created": job.created_at, "finished": job.finished_at, "device": job.device,
-             "worker": job.worker_host, "model": job.model_kind, "data": job.data_kind, "tags": ", ".join(job.tags)}  # fmt: skip
+    facts = {
+        "status": job.status,
+        "step": job.step,
+        "created": job.created_at,
+        "finished": job.finished_at,
+        "device": job.device,
+        "worker": job.worker_host,
+        "model": job.model_kind,
+        "data": job.data_kind,
+        "tags": ", ".join(job.tags),
+    }
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v or ''))}</td></tr>" for k, v in facts.items())
     notes = f"<h2>Notes</h2><p>{html.escape(job.notes)}</p>" if job.notes else ""
     return f"""<!doctype html>

@@ -18,10 +18,7 @@ def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, v
     steps = np.asarray(steps, dtype=_STEP_DTYPE)
     values = np.asarray(values, dtype=_VALUE_DTYPE)
     last = session.scalars(
-        select(MetricChunk)
-        .where(MetricChunk.job_id == job_id, MetricChunk.name == name)
-        .order_by(MetricChunk.seq.desc())
-        .limit(1)
+        select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.name == name).order_by(MetricChunk.seq.desc()).limit(1)
     ).first()
     pos = 0
     if last is not None and last.count < CHUNK_POINTS:
@@ -79,9 +76,7 @@ def read_series(
 
 def truncate_series(session: Session, job_id: int, from_step: int) -> None:
     """Drop every point at or after `from_step` (a resumed attempt writes them again)."""
-    for chunk in session.scalars(
-        select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.last_step >= from_step)
-    ).all():
+    for chunk in session.scalars(select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.last_step >= from_step)).all():
         steps = np.frombuffer(chunk.steps, _STEP_DTYPE)
         keep = int(np.searchsorted(steps, from_step))
         if keep == 0:

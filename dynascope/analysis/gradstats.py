@@ -125,9 +125,7 @@ def _linear(m: nn.Linear, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments
             out["bias"] = Moments(m.bias.grad, sq_norms_d, d @ m.bias.grad, sq_d.sum(0), "linear")
         return out
     a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1]) * scale
-    out["weight"] = _chunked_per_example(
-        lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example"
-    )  # fmt: skip
+    out["weight"] = _chunked_per_example(lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example")
     if m.bias is not None:
         out["bias"] = _from_per_example(d3.sum(1), m.bias.grad, "linear", consume=True)
     return out
@@ -151,9 +149,7 @@ def _pad(a: Tensor, padding: tuple[tuple[int, int], ...], out: Tensor) -> Tensor
     return out
 
 
-def _patches(
-    padded: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: Tensor
-) -> Tensor:
+def _patches(padded: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: Tensor) -> Tensor:
     """F.unfold's [B, C·kh·kw, L] of an already padded input, written into `out` from strided views: ATen's
     CPU im2col loops over the examples and measured several times slower on small images."""
     (kh, kw), (dh, dw) = kernel, dilation
@@ -209,15 +205,15 @@ def _norm(m: nn.Module, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
         reduce = tuple(range(2, a.dim()))
     out = {}
     if getattr(m, "weight", None) is not None:
-        out["weight"] = _from_per_example(((d * x_hat).sum(reduce) if reduce else d * x_hat).mul_(scale), m.weight.grad, "norm", consume=True)
+        out["weight"] = _from_per_example(
+            ((d * x_hat).sum(reduce) if reduce else d * x_hat).mul_(scale), m.weight.grad, "norm", consume=True
+        )
     if getattr(m, "bias", None) is not None:
         out["bias"] = _from_per_example(d.sum(reduce).mul_(scale) if reduce else d * scale, m.bias.grad, "norm", consume=True)
     return out
 
 
-def _fallback(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: list[str], grads: dict[str, Tensor]
-) -> dict[str, Moments]:
+def _fallback(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: list[str], grads: dict[str, Tensor]) -> dict[str, Moments]:
     """Per-example gradients by torch.func for the parameters no rule covers (an example's loss alone)."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: t.detach() for n, t in model.named_buffers()}
@@ -290,11 +286,18 @@ class BatchStatistics:
 
     def as_metrics(self, lr: float | None = None) -> dict[str, float]:
         out = {
-            "grad/norm": self.grad_norm, "grad/noise_scale": self.noise_scale, "grad/alpha": self.alpha,
-            "grad/m_coherence": self.m_coherence, "grad/norm_test": self.norm_test, "grad/inner_test": self.inner_test,
-            "grad/ortho_test": self.ortho_test, "grad/mean_gsnr": self.mean_gsnr, "grad/early_stopping": self.early_stopping,
-            "grad/trace_sigma": self.trace_sigma, "grad/grad_sq_unbiased": self.grad_sq_unbiased,
-        }  # fmt: skip
+            "grad/norm": self.grad_norm,
+            "grad/noise_scale": self.noise_scale,
+            "grad/alpha": self.alpha,
+            "grad/m_coherence": self.m_coherence,
+            "grad/norm_test": self.norm_test,
+            "grad/inner_test": self.inner_test,
+            "grad/ortho_test": self.ortho_test,
+            "grad/mean_gsnr": self.mean_gsnr,
+            "grad/early_stopping": self.early_stopping,
+            "grad/trace_sigma": self.trace_sigma,
+            "grad/grad_sq_unbiased": self.grad_sq_unbiased,
+        }
         if lr is not None:
             out["grad/cabs_batch_size"] = lr * self.cabs_trace_over_loss
             out["grad/temperature"] = lr / self.batch_size
@@ -320,9 +323,17 @@ def statistics(loss: float, moments: dict[str, Moments], eps: float = 1e-5, dead
     summed = [*torch._foreach_norm([m.mean for m in parts]), *gsnr_es]
     if dead_fraction:
         summed.append(scaled_var.clamp_min_(0).sign_().sum())
-    host = torch.cat([
-        torch.stack([*(m.sq_norms for m in parts), *(m.dots for m in parts)]).flatten(), torch.stack(summed),
-    ]).cpu().double().numpy()  # fmt: skip
+    host = (
+        torch.cat(
+            [
+                torch.stack([*(m.sq_norms for m in parts), *(m.dots for m in parts)]).flatten(),
+                torch.stack(summed),
+            ]
+        )
+        .cpu()
+        .double()
+        .numpy()
+    )
     per_example, per_layer = host[: 2 * n * b].reshape(2, n, b).sum(1), host[2 * n * b :]
     sq, dots, layer = per_example[0], per_example[1], per_layer[:n]
     p = len(means2)
@@ -412,9 +423,12 @@ def layer_spectra(tape: Tape) -> dict[str, dict[str, float]]:
             values = lowrank_singular_values(d.double(), a.double())
         total = float(values.sum())
         out[f"{name}.weight" if name else "weight"] = {
-            "nuclear": total, "top": float(values[0]), "sigma1_ratio": float(values[0]) / total if total > 0 else math.nan,
-            "frobenius": float(values.pow(2).sum().sqrt()), "rank_bound": int(min(d.shape[0], d.shape[1], a.shape[1])),
-        }  # fmt: skip
+            "nuclear": total,
+            "top": float(values[0]),
+            "sigma1_ratio": float(values[0]) / total if total > 0 else math.nan,
+            "frobenius": float(values.pow(2).sum().sqrt()),
+            "rank_bound": int(min(d.shape[0], d.shape[1], a.shape[1])),
+        }
     return out
 
 
@@ -445,9 +459,12 @@ def sampled_histogram(
     edge = edge or 1.0
     counts = torch.histc(finite, bins=bins, min=-edge, max=edge)
     return {
-        "edges": torch.linspace(-edge, edge, bins + 1).tolist(), "counts": counts.tolist(), "examples": len(x),
-        "elements_per_example": len(picked), "parameters": total,
-    }  # fmt: skip
+        "edges": torch.linspace(-edge, edge, bins + 1).tolist(),
+        "counts": counts.tolist(),
+        "examples": len(x),
+        "elements_per_example": len(picked),
+        "parameters": total,
+    }
 
 
 class StepHistory:

@@ -178,9 +178,7 @@ def hutchinson_trace(
     return TraceEstimate(float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(len(arr))), len(arr), "hutchinson")
 
 
-def hutchpp_trace(
-    matvec: MatVec, n: int, *, hvps: int = 300, seed: int = 0, device: torch.device | str = "cpu"
-) -> TraceEstimate:
+def hutchpp_trace(matvec: MatVec, n: int, *, hvps: int = 300, seed: int = 0, device: torch.device | str = "cpu") -> TraceEstimate:
     """Hutch++ (Meyer et al. 2021): the trace on a sketched top subspace exactly, Hutchinson on the rest.
 
     The standard error is that of the Hutchinson part (the exact part has none).
@@ -312,9 +310,7 @@ def layerwise_top_eigenvalues(
     return out
 
 
-def _broaden(
-    nodes: np.ndarray, weights: np.ndarray, lo: float, hi: float, sigma: float, points: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _broaden(nodes: np.ndarray, weights: np.ndarray, lo: float, hi: float, sigma: float, points: int) -> tuple[np.ndarray, np.ndarray]:
     keep = weights > 0
     theta, w = nodes[keep], weights[keep]
     # The nodes themselves are grid points: a narrow peak (an outlier) is never stepped over.

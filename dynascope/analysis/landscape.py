@@ -281,7 +281,9 @@ class PlaneEvaluator:
             return torch.func.functional_call(layer, values, (layer_input,))
 
         base = output({k: centre[n].to(params[k]) for n, k in own.items()})
-        along = [output({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions]
+        along = [
+            output({k: d[n].to(params[k]) if n in d else torch.zeros_like(params[k]) for n, k in own.items()}) for d in self.directions
+        ]
         parent_path, _, attr = path.rpartition(".")
         parent = self.model.get_submodule(parent_path)
         stand_in = _Precomputed(base, along)

@@ -152,10 +152,17 @@ def detect(model: nn.Module, each: LossFn, x: Tensor, y: Tensor, delta: Tensor, 
             side_b = (robust_z(score_b) >= cfg.z_expand) & (score_a <= 0) & (torch.sign(moves) == np.sign(mean_b))
             found.pairs.append(
                 Pair(
-                    a, b, cos, _intra(unit, clusters[i]), _intra(unit, clusters[j]), mean_a, mean_b,
-                    torch.nonzero(side_a).flatten().tolist(), torch.nonzero(side_b).flatten().tolist(),
+                    a,
+                    b,
+                    cos,
+                    _intra(unit, clusters[i]),
+                    _intra(unit, clusters[j]),
+                    mean_a,
+                    mean_b,
+                    torch.nonzero(side_a).flatten().tolist(),
+                    torch.nonzero(side_b).flatten().tolist(),
                     direction=torch.nn.functional.normalize(means[i], dim=0) - torch.nn.functional.normalize(means[j], dim=0),
-                )  # fmt: skip
+                )
             )
     finally:
         model.train(training)

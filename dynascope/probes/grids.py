@@ -75,9 +75,7 @@ class GridPlan:
         return {"xs": self.xs.tolist(), "ys": None if self.ys is None else self.ys.tolist(), "meta": self.meta}
 
     def direction_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
-        tensors = {
-            f"d{k + 1}/{n}": t.detach().float().cpu().contiguous() for k, d in enumerate(self.directions) for n, t in d.items()
-        }
+        tensors = {f"d{k + 1}/{n}": t.detach().float().cpu().contiguous() for k, d in enumerate(self.directions) for n, t in d.items()}
         return tensors, {k: json.dumps(v) for k, v in self.meta.items()}
 
     @classmethod

@@ -60,10 +60,19 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
     metrics |= {"hessian/threshold": threshold, "hessian/hvps": float(top.hvps)}
     sharpness = None if run.adaptive else float(top.values[0])
     result = HessianResult(
-        eigenvalues=top.values.tolist(), residuals=top.residuals.tolist(), converged=bool(top.converged), hvps_top=top.hvps,
-        threshold=threshold, threshold_rule=rule, examples=len(y), mode=cfg.mode, loss=op.loss, parameters=op.n,
-        n_classes=run.n_classes, hvps=0,
-    )  # fmt: skip
+        eigenvalues=top.values.tolist(),
+        residuals=top.residuals.tolist(),
+        converged=bool(top.converged),
+        hvps_top=top.hvps,
+        threshold=threshold,
+        threshold_rule=rule,
+        examples=len(y),
+        mode=cfg.mode,
+        loss=op.loss,
+        parameters=op.n,
+        n_classes=run.n_classes,
+        hvps=0,
+    )
     precond = run.preconditioner()
     if precond is not None:
         # λmax(P⁻¹H) = λmax(D H D) with D = P^(-1/2): a symmetric operator, so Lanczos applies.
@@ -100,13 +109,21 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
 
 
 def _density(cfg: HessianSettings, op: HessianOperator, top: np.ndarray, progress: Callable[[int, int], None], seed: int) -> Density:
-    density = hs.spectral_density(op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=seed, device=op.device, progress=progress)
+    density = hs.spectral_density(
+        op, op.n, probes=cfg.density_probes, steps=cfg.density_steps, seed=seed, device=op.device, progress=progress
+    )
     edge = hs.bulk_edge(density, op.n)
     return Density(
-        grid=density.grid.tolist(), density=density.density.tolist(), sigma=density.sigma, probes=cfg.density_probes,
-        steps=cfg.density_steps, bulk_edge=edge, outliers=round(hs.count_beyond(density, op.n, edge)),
-        top_k_beyond_edge=int(np.sum(top > edge)), moments={k: list(v) for k, v in density.moments.items()},
-    )  # fmt: skip
+        grid=density.grid.tolist(),
+        density=density.density.tolist(),
+        sigma=density.sigma,
+        probes=cfg.density_probes,
+        steps=cfg.density_steps,
+        bulk_edge=edge,
+        outliers=round(hs.count_beyond(density, op.n, edge)),
+        top_k_beyond_edge=int(np.sum(top > edge)),
+        moments={k: list(v) for k, v in density.moments.items()},
+    )
 
 
 class HessianTracker(Probe):

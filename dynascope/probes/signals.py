@@ -81,7 +81,9 @@ class Signals(Probe):
             trigger = self._trigger(step, mean)
             if trigger:
                 self.last_search, self.sharpness_due = step, False
-                found = sg.detect(self.run.model, self.run.example_loss, self.x, self.y, torch.from_numpy(delta).to(self.x.device), self.settings)
+                found = sg.detect(
+                    self.run.model, self.run.example_loss, self.x, self.y, torch.from_numpy(delta).to(self.x.device), self.settings
+                )
                 self.pending += [_Pending(step, p, self._alignment(p), trigger) for p in found.pairs]
                 output.metrics["signals/outliers"] = float(len(found.outliers))
         self.previous_mean = mean

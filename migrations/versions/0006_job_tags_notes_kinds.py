@@ -38,9 +38,7 @@ def upgrade() -> None:
     jobs = sa.table("jobs", sa.column("id", sa.Integer), sa.column("spec", sa.JSON), sa.column("model_kind"), sa.column("data_kind"))
     for job_id, spec in bind.execute(sa.select(jobs.c.id, jobs.c.spec)).all():
         spec = json.loads(spec) if isinstance(spec, str) else spec
-        bind.execute(
-            jobs.update().where(jobs.c.id == job_id).values(model_kind=spec["model"]["kind"], data_kind=spec["data"]["kind"])
-        )
+        bind.execute(jobs.update().where(jobs.c.id == job_id).values(model_kind=spec["model"]["kind"], data_kind=spec["data"]["kind"]))
 
 
 def downgrade() -> None:

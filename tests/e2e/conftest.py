@@ -8,8 +8,15 @@ from tests.conftest import OUTPUT_DIR, Serve, unavailable
 
 CHROMIUM = os.environ.get("DYNASCOPE_CHROMIUM", "/usr/bin/chromium")
 # As root in a container, without a sandbox, and without the background traffic a closed network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")

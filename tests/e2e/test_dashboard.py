@@ -26,7 +26,9 @@ def test_submit_the_example_from_the_form_and_watch_it_live(page, served: Serve)
     page.wait_for_url("**/#/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
     # Live: while the job runs, the loss curve grows without a reload.
-    page.wait_for_function(f"document.querySelector('#job-status')?.textContent === 'running' && ({TRACE_LEN})('loss-plot', 0) > 0", timeout=60_000)
+    page.wait_for_function(
+        f"document.querySelector('#job-status')?.textContent === 'running' && ({TRACE_LEN})('loss-plot', 0) > 0", timeout=60_000
+    )
     first = page.evaluate(f"({TRACE_LEN})('loss-plot', 0)")
     page.wait_for_function(f"({TRACE_LEN})('loss-plot', 0) > {first}", timeout=30_000)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
@@ -53,7 +55,9 @@ def test_validation_errors_show_next_to_the_field(page, served: Serve):
     assert "greater than 0" in lr.inner_text() and "line 4" in lr.inner_text()
     assert page.query_selector("#spec-errors li[data-field='model.kind']") is not None
     lr.click()  # selects the offending line in the editor
-    selected = page.evaluate("(() => { const e = document.querySelector('#spec-editor'); return e.value.slice(e.selectionStart, e.selectionEnd); })()")
+    selected = page.evaluate(
+        "(() => { const e = document.querySelector('#spec-editor'); return e.value.slice(e.selectionStart, e.selectionEnd); })()"
+    )
     assert "lr: -1" in selected
     page.fill("#spec-editor", text.replace("lr: -1", "lr: 0.5").replace("kind: mlpp", "kind: mlp"))
     page.click("#check-spec")
@@ -81,12 +85,16 @@ def test_job_list_filters_and_searches(page, served: Serve):
     page.goto("/#/jobs")
     page.wait_for_selector("tr.job-row")
     page.fill("#search", "alpha")
-    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-two,alpha-one'")
+    page.wait_for_function(
+        "[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-two,alpha-one'"
+    )
     assert "q=alpha" in page.url, "the search is kept in the URL"
     page.select_option("#status-filter", "cancelled")
     page.wait_for_function("document.querySelectorAll('tr.job-row').length === 0")
     page.fill("#search", "")
-    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(4)')].every(t => t.textContent === 'cancelled') && document.querySelectorAll('tr.job-row').length >= 1")
+    page.wait_for_function(
+        "[...document.querySelectorAll('tr.job-row td:nth-child(4)')].every(t => t.textContent === 'cancelled') && document.querySelectorAll('tr.job-row').length >= 1"
+    )
     page.select_option("#status-filter", "")
     page.wait_for_selector("tr.job-row >> text=beta-one")
     header = page.inner_text("#jobs-table thead")
@@ -107,7 +115,9 @@ def test_job_list_filters_and_searches(page, served: Serve):
     page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'beta-one'")
     assert page.input_value("#tag-filter") == "keeper" and "keeper" in page.inner_text("tr.job-row")
     page.goto("/#/jobs?q=alpha&sort=name")
-    page.wait_for_function("[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-one,alpha-two'")
+    page.wait_for_function(
+        "[...document.querySelectorAll('tr.job-row td:nth-child(3)')].map(t => t.textContent).join() === 'alpha-one,alpha-two'"
+    )
     page.check("#select-all")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#bulk-delete")
@@ -240,7 +250,12 @@ def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
     names = page.evaluate("document.getElementById('compare-plot').data.map(t => t.name)")
     assert names == ["optimizer.lr=0.2", "threshold (optimizer.lr=0.2)", "optimizer.lr=0.5", "threshold (optimizer.lr=0.5)"]
     for k, job in enumerate(sweep["jobs"]):
-        api = {s["name"]: s for s in served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "hessian/sharpness,hessian/threshold"}).json()["series"]}
+        api = {
+            s["name"]: s
+            for s in served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "hessian/sharpness,hessian/threshold"}).json()[
+                "series"
+            ]
+        }
         assert trace(page, "compare-plot", 2 * k)["y"] == api["hessian/sharpness"]["values"]
         assert trace(page, "compare-plot", 2 * k + 1)["y"] == api["hessian/threshold"]["values"]
     assert "series=hessian%2Fsharpness" in page.url and f"sweep={sweep['id']}" in page.url
@@ -275,7 +290,9 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     page.wait_for_function("document.getElementById('landscape-plot')?.dataset.partial === '0'", timeout=30_000)
     [result] = served.client.get(f"/jobs/{job['id']}/results/landscape").json()
     data = result["data"]
-    drawn = page.evaluate("(() => { const t = document.getElementById('landscape-plot').data[0]; return {type: t.type, x: Array.from(t.x), y: Array.from(t.y), z: t.z}; })()")
+    drawn = page.evaluate(
+        "(() => { const t = document.getElementById('landscape-plot').data[0]; return {type: t.type, x: Array.from(t.x), y: Array.from(t.y), z: t.z}; })()"
+    )
     assert drawn["type"] == "contour" and drawn["x"] == data["xs"] and drawn["y"] == data["ys"]
     assert drawn["z"][3][17] == data["loss"][17][3]  # z[row = y][column = x]: the documented indexing, transposed
     assert data["xs"][10] == 0.0 and not data["partial"] and data["examples"] == 1000
@@ -294,27 +311,45 @@ def test_loss_landscape_draws_while_computed_and_exports(page, served: Serve):
     assert len(csv_text.strip().splitlines()) == 1 + 21 * 21
     # a surface around a kept checkpoint, from the job page, joins the picker
     page.click("#analyze-landscape")
-    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('analysis'))", timeout=120_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('analysis'))", timeout=120_000
+    )
     assert "landscape" in page.inner_text("#analyses-table tbody")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape.png"), full_page=True)
     # the training path on its principal plane, drawn over the loss surface of that plane
     page.uncheck("#landscape-3d")
     page.click("#analyze-trajectory")
-    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('trajectory plane'))", timeout=120_000)
-    page.select_option("#landscape-pick", label=page.eval_on_selector_all("#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('trajectory plane'))"))
+    page.wait_for_function(
+        "[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('trajectory plane'))", timeout=120_000
+    )
+    page.select_option(
+        "#landscape-pick",
+        label=page.eval_on_selector_all(
+            "#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('trajectory plane'))"
+        ),
+    )
     page.wait_for_function("document.getElementById('landscape-plot').data.some(t => t.name === 'training path (checkpoints)')")
     [path] = served.client.get(f"/jobs/{job['id']}/results/trajectory_analysis").json()
-    drawn_path = page.evaluate("Array.from(document.getElementById('landscape-plot').data.find(t => t.name === 'training path (checkpoints)').x)")
+    drawn_path = page.evaluate(
+        "Array.from(document.getElementById('landscape-plot').data.find(t => t.name === 'training path (checkpoints)').x)"
+    )
     assert drawn_path == path["data"]["path"]["x"] and path["data"]["path"]["steps"] == [20, 40, 60]
     assert "% of the path's variance" in page.evaluate("document.getElementById('landscape-plot').layout.xaxis.title.text")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "landscape-trajectory.png"), full_page=True)
     # the line from this job's last checkpoint to another run's (another seed)
-    other = served.client.post("/jobs", json={**raw, "name": "e2e-landscape-seed1", "probes": {}, "train": {**raw["train"], "seed": 1}}).json()
+    other = served.client.post(
+        "/jobs", json={**raw, "name": "e2e-landscape-seed1", "probes": {}, "train": {**raw["train"], "seed": 1}}
+    ).json()
     served.job_when(other["id"], lambda j: j["status"] == "succeeded", 120)
     page.fill("#interpolate-job", str(other["id"]))
     page.click("#analyze-interpolation-job")
-    page.wait_for_function("[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('line job'))", timeout=120_000)
-    page.select_option("#landscape-pick", label=page.eval_on_selector_all("#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('line job'))"))
+    page.wait_for_function(
+        "[...document.querySelectorAll('#landscape-pick option')].some(o => o.textContent.includes('line job'))", timeout=120_000
+    )
+    page.select_option(
+        "#landscape-pick",
+        label=page.eval_on_selector_all("#landscape-pick option", "os => os.map(o => o.textContent).find(t => t.includes('line job'))"),
+    )
     page.wait_for_function("document.getElementById('landscape-plot').layout.xaxis.title.text.startsWith('α')")
     [line] = served.client.get(f"/jobs/{job['id']}/results/interpolation_analysis").json()
     assert line["data"]["to"] == {"job": other["id"], "step": 60} and line["data"]["from"]["step"] == 60

@@ -23,8 +23,15 @@ def test_health_and_openapi(client: TestClient):
     assert client.get("/api/v1/health").json()["status"] == "ok"
     schema = client.get("/api/v1/openapi.json").json()
     assert "JobSpec" in schema["components"]["schemas"]
-    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel", "/api/v1/jobs/{job_id}/metrics",
-                 "/api/v1/jobs/{job_id}/results/{kind}", "/api/v1/jobs/{job_id}/artifacts", "/api/v1/jobs/{job_id}/events"):  # fmt: skip
+    for path in (
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/cancel",
+        "/api/v1/jobs/{job_id}/metrics",
+        "/api/v1/jobs/{job_id}/results/{kind}",
+        "/api/v1/jobs/{job_id}/artifacts",
+        "/api/v1/jobs/{job_id}/events",
+    ):
         assert path in schema["paths"]
 
 
@@ -102,9 +109,14 @@ def test_wrong_content_type_is_415(client):
 
 @pytest.mark.parametrize(
     "path",
-    ["/api/v1/jobs/999999", "/api/v1/jobs/999999/metrics", "/api/v1/jobs/999999/results/summary",
-     "/api/v1/jobs/999999/artifacts", "/api/v1/jobs/999999/events"],
-)  # fmt: skip
+    [
+        "/api/v1/jobs/999999",
+        "/api/v1/jobs/999999/metrics",
+        "/api/v1/jobs/999999/results/summary",
+        "/api/v1/jobs/999999/artifacts",
+        "/api/v1/jobs/999999/events",
+    ],
+)
 def test_unknown_job_is_404(client, path):
     assert client.get(path).status_code == 404
     assert client.post("/api/v1/jobs/999999/cancel").status_code == 404
@@ -211,7 +223,10 @@ def test_sweep_expands_into_grouped_jobs(client, embedded_redis):
     assert response.status_code == 201, response.text
     sweep = response.json()
     assert sweep["grid"] == raw["sweep"] and len(sweep["jobs"]) == 6
-    assert [j["sweep_params"] for j in sweep["jobs"]][:2] == [{"optimizer.lr": 0.1, "train.batch_size": 32}, {"optimizer.lr": 0.1, "train.batch_size": 64}]
+    assert [j["sweep_params"] for j in sweep["jobs"]][:2] == [
+        {"optimizer.lr": 0.1, "train.batch_size": 32},
+        {"optimizer.lr": 0.1, "train.batch_size": 64},
+    ]
     assert {j["name"] for j in sweep["jobs"]} >= {"grid[lr=0.4,batch_size=64]"}
     assert queued_messages(embedded_redis) == queued + 6
     listed = client.get("/api/v1/jobs", params={"sweep_id": sweep["id"]}).json()
@@ -233,8 +248,13 @@ def test_bad_sweep_is_422_and_stores_nothing(client, embedded_redis):
 def test_validate_tells_the_parameter_count_before_running(client):
     before = job_count()
     check = client.post("/api/v1/specs/validate", json=spec()).json()
-    assert check == {"name": "test-job", "jobs": 1, "parameters": 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10,
-                     "input_shape": [1, 8, 8], "outputs": 10}  # fmt: skip
+    assert check == {
+        "name": "test-job",
+        "jobs": 1,
+        "parameters": 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10,
+        "input_shape": [1, 8, 8],
+        "outputs": 10,
+    }
     grid = client.post("/api/v1/specs/validate", json={**spec(), "sweep": {"train.seed": [0, 1, 2]}}).json()
     assert grid["jobs"] == 3
     bad = client.post("/api/v1/specs/validate", json={**spec(), "model": {"kind": "cnn"}, "data": {"kind": "iris"}})
@@ -294,7 +314,9 @@ def test_history_filters_sorts_tags_notes_and_bulk_actions(client):
     assert names(model="cnn") == ["bravo"] and names(data="gaussian_mixture") == ["charlie"]
     assert names(sort="name") == ["alpha", "bravo", "charlie"] and names(sort="-name") == ["charlie", "bravo", "alpha"]
     assert names(sort="created") == ["alpha", "bravo", "charlie"]
-    assert names(created_after="2000-01-01T00:00:00Z") == ["charlie", "bravo", "alpha"] and names(created_before="2000-01-01T00:00:00Z") == []
+    assert (
+        names(created_after="2000-01-01T00:00:00Z") == ["charlie", "bravo", "alpha"] and names(created_before="2000-01-01T00:00:00Z") == []
+    )
     assert client.get("/api/v1/jobs", params={"sort": "duration; drop table"}).status_code == 422
     # bulk: cancel three (queued: at once), then delete them; a job still running would be refused
     out = client.post("/api/v1/jobs/bulk", json={"action": "cancel", "ids": [a["id"], b["id"], c["id"], 99999]}).json()
@@ -307,7 +329,9 @@ def test_history_filters_sorts_tags_notes_and_bulk_actions(client):
 
 
 def test_a_sweep_as_a_phase_diagram(client):
-    made = client.post("/api/v1/sweeps", json={**spec(name="grid"), "sweep": {"optimizer.lr": [0.5, 0.1], "train.batch_size": [64, 32]}}).json()
+    made = client.post(
+        "/api/v1/sweeps", json={**spec(name="grid"), "sweep": {"optimizer.lr": [0.5, 0.1], "train.batch_size": [64, 32]}}
+    ).json()
     with session_scope() as session:
         for job in made["jobs"]:
             lr, batch = job["sweep_params"]["optimizer.lr"], job["sweep_params"]["train.batch_size"]
@@ -319,7 +343,9 @@ def test_a_sweep_as_a_phase_diagram(client):
     assert phase["xs"] == [0.1, 0.5] and phase["ys"] == [32, 64]  # sorted, whatever the sweep's order
     assert phase["z"] == [[42.0, 82.0], [74.0, 114.0]]  # the last finite value; z[row = y][column = x]
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "max:val/loss"}).json()["z"][0][0] == 42.0
-    diverged = client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "diverged", "x": "train.batch_size", "y": "optimizer.lr"}).json()
+    diverged = client.get(
+        f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "diverged", "x": "train.batch_size", "y": "optimizer.lr"}
+    ).json()
     assert diverged["xs"] == [32, 64] and diverged["z"] == [[0.0, 0.0], [0.0, 1.0]]
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"x": "optimizer.momentum"}).status_code == 422
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
@@ -332,17 +358,51 @@ def test_job_report_is_one_self_contained_html_file(client):
 
     job = client.post("/api/v1/jobs", json=spec(name="reported <job>")).json()
     surface = LandscapeResult(
-        plane="random", dims=2, resolution=3, span=1.0, xs=[-1.0, 0.0, 1.0], ys=[-1.0, 0.0, 1.0], points_done=8, points_total=9,
-        loss=[[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]], accuracy=None, points_per_s=None, partial=False, examples=100,
-        batch_norm="eval", indexing="loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)", seed=1, normalization="filter",
-    )  # fmt: skip
+        plane="random",
+        dims=2,
+        resolution=3,
+        span=1.0,
+        xs=[-1.0, 0.0, 1.0],
+        ys=[-1.0, 0.0, 1.0],
+        points_done=8,
+        points_total=9,
+        loss=[[3.0, 2.0, 3.0], [2.0, None, 2.0], [3.0, 2.0, 3.0]],
+        accuracy=None,
+        points_per_s=None,
+        partial=False,
+        examples=100,
+        batch_norm="eval",
+        indexing="loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)",
+        seed=1,
+        normalization="filter",
+    )
     histogram = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 5], "examples": 8, "elements_per_example": 100, "parameters": 1000}
     layer = {"nuclear": 2.0, "top": 0.8, "sigma1_ratio": 0.4, "frobenius": 1.0, "rank_bound": 4}
-    details = GradStatsDetails(rules={"1.weight": "linear"}, batch_size=8, dead_fraction=0.0, histogram=histogram, spectra={"1.weight": layer})
-    group = lambda core, loss: {"core": core, "expanded": core, "mean_delta": 0.1, "intra_cos": 0.9, "loss": loss, "loss_expanded": loss,  # noqa: E731
-                                "examples": [[0.5, 1.5]] * len(core), "classes": [len(core), 0]}  # fmt: skip
-    pair = SignalsPair(pair=0, cos=-0.95, antiphase=-0.99, window=1, hessian_alignment=None, trigger=["sharpness"], probe_examples=9,
-                       steps=[1, 2, 3], A=group([1, 2], [0.5, 0.4, 0.5]), B=group([7], [0.3, 0.4, 0.3]))  # fmt: skip
+    details = GradStatsDetails(
+        rules={"1.weight": "linear"}, batch_size=8, dead_fraction=0.0, histogram=histogram, spectra={"1.weight": layer}
+    )
+    group = lambda core, loss: {
+        "core": core,
+        "expanded": core,
+        "mean_delta": 0.1,
+        "intra_cos": 0.9,
+        "loss": loss,
+        "loss_expanded": loss,  # noqa: E731
+        "examples": [[0.5, 1.5]] * len(core),
+        "classes": [len(core), 0],
+    }
+    pair = SignalsPair(
+        pair=0,
+        cos=-0.95,
+        antiphase=-0.99,
+        window=1,
+        hessian_alignment=None,
+        trigger=["sharpness"],
+        probe_examples=9,
+        steps=[1, 2, 3],
+        A=group([1, 2], [0.5, 0.4, 0.5]),
+        B=group([7], [0.3, 0.4, 0.3]),
+    )
     with session_scope() as session:
         append_points(session, job["id"], "train/loss", np.arange(5), np.array([2.0, 1.5, np.inf, 1.0, 0.8]))
         append_points(session, job["id"], "grad/noise_scale", np.arange(5), np.array([5.0, 4.0, 3.0, 2.0, 1.0]))
@@ -356,13 +416,18 @@ def test_job_report_is_one_self_contained_html_file(client):
     assert views == ["training", "gradstats", "signals", "landscape"]
     drawn = [client.get(f"/api/v1/jobs/{job['id']}/figures/{name}").json() for name in views]
     charts = [f for v in drawn for f in v["figures"] if not f["table"] and any(t.get("x") or t.get("y") or t.get("z") for t in f["data"])]
-    assert body.count('class="plotly-graph-div"') == len(charts) == 7  # loss, noise, histogram, spectra, the pair's losses and classes, landscape
+    assert (
+        body.count('class="plotly-graph-div"') == len(charts) == 7
+    )  # loss, noise, histogram, spectra, the pair's losses and classes, landscape
     assert "<caption>Group A: 2 of its examples</caption>" in body  # table rows are examples as tables
     as_plotly_writes = lambda text: json.dumps(text)[1:-1].replace("/", "\\u002f")  # noqa: E731
     for figure in charts:
         assert f'id="{figure["id"]}"' in body and as_plotly_writes(figure["layout"]["title"]["text"]) in body
     heading = drawn[2]["notes"]["pair-0-heading"]
-    assert heading == "Pair 1, found at step 2 (search on the sharpness reaching 2/lr): cos(ḡ_A, ḡ_B) = -0.95, anti-phase -0.99" and heading in body
+    assert (
+        heading == "Pair 1, found at step 2 (search on the sharpness reaching 2/lr): cos(ḡ_A, ḡ_B) = -0.95, anti-phase -0.99"
+        and heading in body
+    )
     assert as_plotly_writes("sample: 8 examples × 100 of 1,000 coordinates") in body
     from backend.api.reports import _plotly_js
 
@@ -385,19 +450,42 @@ def test_every_grid_result_exports_in_every_format(client):
     job = client.post("/api/v1/jobs", json=spec(name="exported")).json()
     common = {"points_per_s": None, "partial": False, "examples": 10, "batch_norm": "eval", "indexing": "loss[i][j]", "accuracy": None}
     surface = lambda plane, loss, **more: LandscapeResult(  # noqa: E731
-        plane=plane, dims=2, resolution=2, span=1.0, xs=[-1.0, 1.0], ys=[-1.0, 1.0], loss=loss, points_done=4, points_total=4, **common, **more
+        plane=plane,
+        dims=2,
+        resolution=2,
+        span=1.0,
+        xs=[-1.0, 1.0],
+        ys=[-1.0, 1.0],
+        loss=loss,
+        points_done=4,
+        points_total=4,
+        **common,
+        **more,
     )
     documents = {
         "landscape": surface("random", [[1.0, 2.0], [3.0, 4.0]], seed=3),
         "landscape_analysis": surface("hessian", [[5.0, 6.0], [7.0, None]], eigenvalues=[2.0, 1.0], analysis_id=1),
         "trajectory_analysis": surface(
-            "pca", [[0.5, 0.25], [0.125, 1.0]], explained_variance_ratio=[0.9, 0.1], path=PathOnPlane(steps=[0, 5], x=[1.0, 0.0], y=[0.5, 0.0])
+            "pca",
+            [[0.5, 0.25], [0.125, 1.0]],
+            explained_variance_ratio=[0.9, 0.1],
+            path=PathOnPlane(steps=[0, 5], x=[1.0, 0.0], y=[0.5, 0.0]),
         ),
         "interpolation_analysis": LandscapeResult(
-            plane="interpolation", dims=1, resolution=3, span=None, xs=[0.0, 0.5, 1.0], ys=None, loss=[2.0, 3.0, 1.0], points_done=3,
-            points_total=3, **common, from_=Endpoint(job=job["id"], step=0), to=Endpoint(job=job["id"], step=5),
+            plane="interpolation",
+            dims=1,
+            resolution=3,
+            span=None,
+            xs=[0.0, 0.5, 1.0],
+            ys=None,
+            loss=[2.0, 3.0, 1.0],
+            points_done=3,
+            points_total=3,
+            **common,
+            from_=Endpoint(job=job["id"], step=0),
+            to=Endpoint(job=job["id"], step=5),
         ),
-    }  # fmt: skip
+    }
     assert set(documents) == set(GRID_RESULTS)
     with session_scope() as session:
         rows = {kind: Result(job_id=job["id"], kind=kind, step=5, data=document.recorded()) for kind, document in documents.items()}
@@ -425,13 +513,17 @@ def test_unfinished_analyses_are_sent_again_after_an_embedded_restart(client):
 
     job = client.post("/api/v1/jobs", json=spec(name="restarted")).json()
     with session_scope() as session:
-        rows = [Analysis(job_id=job["id"], kind="hessian", step=1, params={}, status=s) for s in ("queued", "running", "running", "succeeded")]
+        rows = [
+            Analysis(job_id=job["id"], kind="hessian", step=1, params={}, status=s) for s in ("queued", "running", "running", "succeeded")
+        ]
         session.add_all(rows)
         session.flush()
         split = rows[2]
         session.add(Result(job_id=job["id"], kind="grid_plan", step=1, data={"analysis_id": split.id, "chunks": 3}))
         session.add(Result(job_id=job["id"], kind="grid_chunk", step=1, data={"analysis_id": split.id, "index": 1, "values": []}))
-        session.add(Result(job_id=job["id"], kind="grid_claim", step=1, data={"analysis_id": split.id, "index": 0, "beat": "2000-01-01T00:00:00"}))
+        session.add(
+            Result(job_id=job["id"], kind="grid_claim", step=1, data={"analysis_id": split.id, "index": 0, "beat": "2000-01-01T00:00:00"})
+        )
         ids = [a.id for a in rows]
     with session_scope() as session:
         again = analyses.recover_after_restart(session)

@@ -19,10 +19,43 @@ from tests.conftest import spec
 
 # Where the dialects part: letters, digits and spaces beyond ASCII, controls, line ends, astral characters.
 TRICKY = [
-    "é", "ý", "Ж", "中", "ß", "İ", "\u212a", "٣", "５", "𝟘", "😀", "𝔸",
-    " ", "\u00a0", "\u1680", "\u2003", "\u200b", "\u2028", "\u3000", "\ufeff", "\x1c", "\x85",
-    "\x00", "\x7f", "\t", "\n", "\r", ",", "_", "-", ".", ":", "/", "@", "$", "^",
-]  # fmt: skip
+    "é",
+    "ý",
+    "Ж",
+    "中",
+    "ß",
+    "İ",
+    "\u212a",
+    "٣",
+    "５",
+    "𝟘",
+    "😀",
+    "𝔸",
+    " ",
+    "\u00a0",
+    "\u1680",
+    "\u2003",
+    "\u200b",
+    "\u2028",
+    "\u3000",
+    "\ufeff",
+    "\x1c",
+    "\x85",
+    "\x00",
+    "\x7f",
+    "\t",
+    "\n",
+    "\r",
+    ",",
+    "_",
+    "-",
+    ".",
+    ":",
+    "/",
+    "@",
+    "$",
+    "^",
+]
 # A string each pattern holds (the test fails for a new pattern until it has one).
 HOLDS = {
     r"^[0-9a-f]{32}$": "0123456789abcdef0123456789abcdef",
@@ -112,11 +145,38 @@ def _rejected(response, field: str) -> bool:
     return response.status_code == 422 and any(field in map(str, e["loc"]) for e in response.json()["detail"])
 
 
-NAMES = ["Équipe", "研究室", "Lab ٣", "jý", "lab 2", " lab", "lab ", "la\u2003b", "\u3000lab", "a\x85b", "a\nb", "x" * 100, "x" * 101,
-         "😀" * 100, "😀" * 101]  # fmt: skip
+NAMES = [
+    "Équipe",
+    "研究室",
+    "Lab ٣",
+    "jý",
+    "lab 2",
+    " lab",
+    "lab ",
+    "la\u2003b",
+    "\u3000lab",
+    "a\x85b",
+    "a\nb",
+    "x" * 100,
+    "x" * 101,
+    "😀" * 100,
+    "😀" * 101,
+]
 TAGS = ["baseline", "lr:0.1", "é", "中文", "٣٣", "a b", "a,b", "a\u00a0b", "a\u2028b", "_", "😀" * 64, "😀" * 65]
-TIMES = ["2026-12-03", "2026-12-03T10:00:00Z", "2026-12-03t10:00:00.1234567z", "2026-12-03T10:00:00+05:30", "2016-12-31T23:59:60Z",
-         "2026-12-03T10:00:00", "2026-12-03 10:00:00Z", "1700000000", "2026-13-03", "2026-02-30", "2026-12-03T10:60:00Z", "yesterday"]  # fmt: skip
+TIMES = [
+    "2026-12-03",
+    "2026-12-03T10:00:00Z",
+    "2026-12-03t10:00:00.1234567z",
+    "2026-12-03T10:00:00+05:30",
+    "2016-12-31T23:59:60Z",
+    "2026-12-03T10:00:00",
+    "2026-12-03 10:00:00Z",
+    "1700000000",
+    "2026-13-03",
+    "2026-02-30",
+    "2026-12-03T10:60:00Z",
+    "yesterday",
+]
 
 
 def test_names_tags_and_times_are_judged_alike_by_the_server_and_the_schema(client: TestClient, openapi):

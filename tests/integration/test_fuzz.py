@@ -69,7 +69,13 @@ def test_the_api_keeps_its_schema_and_never_answers_5xx(client):
             except Exception as exc:  # every operation is tried; the failures are listed together
                 failures.append(f"{label} ({mode.value}): {exc}")  # schemathesis' text ends with the curl to reproduce
     OUTPUT_DIR.mkdir(exist_ok=True)
-    report = {"seed": SEED, "operations": len(requests), "requests": sum(requests.values()), "failures": len(failures), "per_operation": requests}
+    report = {
+        "seed": SEED,
+        "operations": len(requests),
+        "requests": sum(requests.values()),
+        "failures": len(failures),
+        "per_operation": requests,
+    }
     (OUTPUT_DIR / "fuzz.json").write_text(json.dumps(report, indent=1))
     assert len(requests) >= 40
     assert failures == [], f"{header()}\n\n" + "\n\n".join(failures)

@@ -82,8 +82,12 @@ def teams(client: TestClient) -> dict[str, Any]:
     sweep = bob.post(f"{API}/sweeps", json={**spec(name="bob-sweep"), "sweep": {"optimizer.lr": [0.1, 0.2]}}).json()
     buffer = io.BytesIO()
     np.savez(buffer, X=np.zeros((20, 3), np.float32), y=np.arange(20) % 2)
-    dataset = bob.post(f"{API}/datasets", params={"name": "bob-data", "format": "npz"}, content=buffer.getvalue(),
-                       headers={"content-type": "application/octet-stream"}).json()  # fmt: skip
+    dataset = bob.post(
+        f"{API}/datasets",
+        params={"name": "bob-data", "format": "npz"},
+        content=buffer.getvalue(),
+        headers={"content-type": "application/octet-stream"},
+    ).json()
     stored = LocalArtifactStore(get_settings().artifact_dir).put(b"checkpoint bytes of team b")
     with session_scope() as session:
         append_points(session, job["id"], "train/loss", np.array([0, 1]), np.array([1.0, 0.5]))
@@ -92,8 +96,16 @@ def teams(client: TestClient) -> dict[str, Any]:
         session.add_all([result, analysis])
         session.add(Artifact(id=stored.id, job_id=job["id"], kind="checkpoint", step=1, size=stored.size, sha256=stored.sha256))
         session.flush()
-        ids = {"job_id": job["id"], "sweep_id": sweep["id"], "dataset_id": dataset["id"], "artifact_id": stored.id,
-               "result_id": result.id, "analysis_id": analysis.id, "kind": "summary", "token_id": 0}  # fmt: skip
+        ids = {
+            "job_id": job["id"],
+            "sweep_id": sweep["id"],
+            "dataset_id": dataset["id"],
+            "artifact_id": stored.id,
+            "result_id": result.id,
+            "analysis_id": analysis.id,
+            "kind": "summary",
+            "token_id": 0,
+        }
     bob_token = bob.get(f"{API}/tokens").json()[0]
     ids["token_id"] = bob_token["id"]
     return {"bob": bob, "ids": ids}
@@ -134,8 +146,17 @@ def test_a_member_of_another_team_gets_404_for_every_read_and_write_on_its_rows(
         assert "event: hello" in next(stream.iter_text())
 
 
-TRAVERSALS = ["../../../../etc/passwd", "..%2f..%2fetc%2fpasswd", "..%252f..%252fetc%252fpasswd", "%2e%2e%2f%2e%2e%2fsecret_key",
-              "/etc/passwd", "%2Fetc%2Fpasswd", "..\\..\\secret_key", "..%5c..%5csecret_key", "....//....//etc/passwd"]  # fmt: skip
+TRAVERSALS = [
+    "../../../../etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "..%252f..%252fetc%252fpasswd",
+    "%2e%2e%2f%2e%2e%2fsecret_key",
+    "/etc/passwd",
+    "%2Fetc%2Fpasswd",
+    "..\\..\\secret_key",
+    "..%5c..%5csecret_key",
+    "....//....//etc/passwd",
+]
 
 
 def test_no_client_path_reaches_the_filesystem(client, teams, tmp_path: Path):
@@ -148,8 +169,12 @@ def test_no_client_path_reaches_the_filesystem(client, teams, tmp_path: Path):
     # an upload's name is a label: the file goes under a server-made id
     buffer = io.BytesIO()
     np.savez(buffer, X=np.zeros((10, 2), np.float32), y=np.arange(10) % 2)
-    made = bob.post(f"{API}/datasets", params={"name": "../../../evil.npz", "format": "npz"}, content=buffer.getvalue(),
-                    headers={"content-type": "application/octet-stream"})  # fmt: skip
+    made = bob.post(
+        f"{API}/datasets",
+        params={"name": "../../../evil.npz", "format": "npz"},
+        content=buffer.getvalue(),
+        headers={"content-type": "application/octet-stream"},
+    )
     assert made.status_code == 201 and made.json()["name"] == "../../../evil.npz"
     files = [p.name for p in get_settings().artifact_dir.rglob("*") if p.is_file()]
     assert files and all(re.fullmatch(r"[0-9a-f]{32}", name) for name in files)
@@ -162,7 +187,9 @@ def test_uploads_stop_reading_at_the_team_limit(client):
     assert client.patch(f"{API}/teams/{team_id}/quotas", json={"max_upload_bytes": 1000}).status_code == 200
 
     body = (b"x" * 500 for _ in range(100))  # streamed, without a Content-Length
-    response = client.post(f"{API}/datasets", params={"name": "big", "format": "npz"}, content=body, headers={"content-type": "application/octet-stream"})
+    response = client.post(
+        f"{API}/datasets", params={"name": "big", "format": "npz"}, content=body, headers={"content-type": "application/octet-stream"}
+    )
     assert response.status_code == 413 and "team's limit of 1000 bytes" in response.json()["detail"]
 
 
@@ -172,8 +199,13 @@ def test_roles_viewers_read_members_write_owners_manage(client):
     viewer = TestClient(client.app, base_url="http://127.0.0.1", headers=bearer(provision(url, key, "vera", "a", "viewer")))
     member = TestClient(client.app, base_url="http://127.0.0.1", headers=bearer(provision(url, key, "mo", "a", "member")))
     assert viewer.get(f"{API}/jobs/{job['id']}").status_code == 200
-    for method, path, body in (("POST", "/jobs", spec()), ("POST", f"/jobs/{job['id']}/cancel", None), ("PATCH", f"/jobs/{job['id']}", {"tags": ["x"]}),
-                               ("POST", "/jobs/bulk", {"action": "cancel", "ids": [job["id"]]}), ("POST", "/datasets?name=x&format=npz", None)):  # fmt: skip
+    for method, path, body in (
+        ("POST", "/jobs", spec()),
+        ("POST", f"/jobs/{job['id']}/cancel", None),
+        ("PATCH", f"/jobs/{job['id']}", {"tags": ["x"]}),
+        ("POST", "/jobs/bulk", {"action": "cancel", "ids": [job["id"]]}),
+        ("POST", "/datasets?name=x&format=npz", None),
+    ):
         response = viewer.request(method, API + path, json=body)
         assert response.status_code == 403 and "viewer" in response.json()["detail"], (method, path)
     assert viewer.get(f"{API}/jobs/{job['id']}").json()["status"] == "queued"
@@ -300,8 +332,12 @@ def test_server_side_cli_makes_accounts_teams_tokens_and_sign_in_codes(tmp_path:
     from backend.main import create_app
     from tests.conftest import reset_caches
 
-    env = {"DYNASCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "DYNASCOPE_BROKER_URL": embedded_redis,
-           "DYNASCOPE_ADMIN_USERNAME": "root", "DYNASCOPE_ADMIN_PASSWORD": "first admin password"}  # fmt: skip
+    env = {
+        "DYNASCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "DYNASCOPE_BROKER_URL": embedded_redis,
+        "DYNASCOPE_ADMIN_USERNAME": "root",
+        "DYNASCOPE_ADMIN_PASSWORD": "first admin password",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DYNASCOPE_SECRET_KEY", raising=False)
@@ -309,8 +345,9 @@ def test_server_side_cli_makes_accounts_teams_tokens_and_sign_in_codes(tmp_path:
     def cli(*args: str, stdin: str | None = None) -> str:
         import os
 
-        done = subprocess.run([sys.executable, "-m", "dynascope.cli", *args], env=os.environ.copy(), cwd=tmp_path, input=stdin,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "dynascope.cli", *args], env=os.environ.copy(), cwd=tmp_path, input=stdin, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 

@@ -22,8 +22,12 @@ def npz(**arrays) -> bytes:
 
 
 def upload(client, body: bytes, fmt: str = "npz", **params):
-    return client.post("/api/v1/datasets", params={"name": "mine", "format": fmt, **params}, content=body,
-                       headers={"content-type": "application/octet-stream"})  # fmt: skip
+    return client.post(
+        "/api/v1/datasets",
+        params={"name": "mine", "format": fmt, **params},
+        content=body,
+        headers={"content-type": "application/octet-stream"},
+    )
 
 
 def blobs():

@@ -167,7 +167,9 @@ def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
     cli = [sys.executable, "-m", "dynascope.cli"]
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec(steps=200, name="from-cli")))
-    anonymous = subprocess.run([*cli, "submit", str(spec_file)], env={**stack.env, "DYNASCOPE_URL": stack.url}, capture_output=True, text=True, timeout=60)
+    anonymous = subprocess.run(
+        [*cli, "submit", str(spec_file)], env={**stack.env, "DYNASCOPE_URL": stack.url}, capture_output=True, text=True, timeout=60
+    )
     assert anonymous.returncode == 1 and "401" in anonymous.stdout and "API token" in anonymous.stdout
     env = {**stack.env, "DYNASCOPE_URL": stack.url, "DYNASCOPE_TOKEN": stack.client.headers["authorization"].removeprefix("Bearer ")}
     stack.start_worker()
@@ -298,7 +300,9 @@ def test_a_team_over_its_running_quota_waits_while_another_team_runs(make_stack,
     for name in ("w1", "w2", "w3"):
         stack.start_worker(name)
     first, second = (stack.submit(spec(steps=6000, name=f"a-{i}")) for i in range(2))
-    other = stack.client.post("/jobs", json=spec(steps=300, name="b-0"), headers={"authorization": f"Bearer {stack.provision('bob', 'b')}"}).json()
+    other = stack.client.post(
+        "/jobs", json=spec(steps=300, name="b-0"), headers={"authorization": f"Bearer {stack.provision('bob', 'b')}"}
+    ).json()
     seen_waiting, both_ran = False, False
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -48,15 +48,26 @@ def cases():
     y = torch.tensor(d.target[:48])
     mlp = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
     cnn = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
-        nn.Conv2d(4, 4, (2, 3), padding="same", dilation=(1, 2)), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 3 * 3, 10),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, (2, 3), padding="same", dilation=(1, 2)),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 10),
+    ).double()
     conv1d = nn.Sequential(
-        nn.Unflatten(1, (1, 64)), nn.Conv1d(1, 3, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv1d(3, 4, 4, padding="same"), nn.Tanh(), nn.Conv1d(4, 2, 4, bias=False),
-        nn.Flatten(), nn.Linear(2 * 29, 10),
-    ).double()  # fmt: skip
+        nn.Unflatten(1, (1, 64)),
+        nn.Conv1d(1, 3, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv1d(3, 4, 4, padding="same"),
+        nn.Tanh(),
+        nn.Conv1d(4, 2, 4, bias=False),
+        nn.Flatten(),
+        nn.Linear(2 * 29, 10),
+    ).double()
     tokens = torch.randint(0, 11, (32, 7))
     block = TinyTransformerBlock().double()
     return {
@@ -109,7 +120,9 @@ def test_every_statistic_matches_materialized_per_example_gradients(name):
     assert s.layer_grad_norm == pytest.approx({n: float(m.mean.norm()) for n, m in moments.items()})
     assert s.dead_fraction == pytest.approx(float((var_b <= 1e-28).double().mean()), abs=0.5 / len(mean))
     if name in ("cnn", "conv1d"):
-        assert {s.rules[n] for n in s.rules if n.endswith("weight") and "Conv" in type(model[int(n.split(".")[0])]).__name__} == {"per-example"}
+        assert {s.rules[n] for n in s.rules if n.endswith("weight") and "Conv" in type(model[int(n.split(".")[0])]).__name__} == {
+            "per-example"
+        }
     if name == "sequence":
         assert s.rules["embed.weight"] == "torch.func" and s.rules["norm.weight"] == "norm"
         assert s.rules["mix.weight"] == "per-example"
@@ -213,16 +226,28 @@ def test_cockpit_values_on_the_fixed_benchmark_batch(name):
     else:
         x = x.view(-1, 1, 8, 8)
         model = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
     loss, moments = gs.batch_moments(model, CE, x, y)
     s = gs.statistics(loss, moments)
     assert s.loss == pytest.approx(ref["Loss"], rel=1e-6)
     assert list(s.layer_grad_norm.values()) == pytest.approx(ref["GradNorm"], rel=1e-5)
-    for ours, theirs in [(s.norm_test, "NormTest"), (s.inner_test, "InnerTest"), (s.ortho_test, "OrthoTest"),
-                         (s.mean_gsnr, "MeanGSNR"), (s.early_stopping, "EarlyStopping"),
-                         (0.05 * s.cabs_trace_over_loss, "CABS")]:  # fmt: skip
+    for ours, theirs in [
+        (s.norm_test, "NormTest"),
+        (s.inner_test, "InnerTest"),
+        (s.ortho_test, "OrthoTest"),
+        (s.mean_gsnr, "MeanGSNR"),
+        (s.early_stopping, "EarlyStopping"),
+        (0.05 * s.cabs_trace_over_loss, "CABS"),
+    ]:
         assert ours == pytest.approx(ref[theirs], rel=1e-5), theirs
 
 
@@ -242,7 +267,9 @@ def test_step_history_against_direct_computation():
         found |= history.after_step()
         updates.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()]))
         for n, p in model.named_parameters():
-            assert found[f"grad/update_ratio/{n}"] == pytest.approx(float((p - before[n]).norm() / before[n].norm().clamp_min(1e-12)), rel=1e-9)
+            assert found[f"grad/update_ratio/{n}"] == pytest.approx(
+                float((p - before[n]).norm() / before[n].norm().clamp_min(1e-12)), rel=1e-9
+            )
             assert found[f"grad/distance/{n}"] == pytest.approx(float((p - initial[n]).norm()), rel=1e-9)
         whole = torch.cat([b.flatten() for b in before.values()])
         assert found["grad/update_ratio"] == pytest.approx(float(updates[-1].norm() / whole.norm()), rel=1e-9)

@@ -123,7 +123,11 @@ def test_linear_regression_surface_is_the_closed_form_quadratic():
 def test_a_wide_linear_input_layer_is_precomputed_whatever_the_timing_says(digits, digits_mlp, monkeypatch):
     x, y = digits
     slow = {True: 1.0, False: 0.5}  # a noisy timing that says combining is twice as slow
-    monkeypatch.setattr(ls.PlaneEvaluator, "_seconds_per_point", lambda self, precomputed=None, repeats=3: slow[bool(self.precomputed if precomputed is None else precomputed)])
+    monkeypatch.setattr(
+        ls.PlaneEvaluator,
+        "_seconds_per_point",
+        lambda self, precomputed=None, repeats=3: slow[bool(self.precomputed if precomputed is None else precomputed)],
+    )
     centre = ls.weights_of(digits_mlp)
     directions = ls.random_directions(centre, 2, 0)
     wide = ls.PlaneEvaluator(digits_mlp, CE, x, y, centre, directions, batch_size=600)

@@ -9,11 +9,13 @@ import numpy as np
 from backend.services import landscape_export
 
 SURFACE = {
-    "xs": [-1.0, 0.0, 1.0], "ys": [-0.5, 0.0, 0.5],
+    "xs": [-1.0, 0.0, 1.0],
+    "ys": [-0.5, 0.0, 0.5],
     "loss": [[1.0, 2.0, 3.0], [4.0, None, 6.0], [7.0, 8.0, 9.0]],
     "accuracy": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]],
-    "seed": 7, "indexing": "loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)",
-}  # fmt: skip
+    "seed": 7,
+    "indexing": "loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)",
+}
 
 
 def test_csv_has_one_row_per_point_with_gaps_empty():

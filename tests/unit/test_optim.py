@@ -18,11 +18,14 @@ from worker.training.optim import adam_preconditioner, lr_factor, make_loss, sta
 
 @pytest.mark.parametrize(
     "optimizer",
-    [{"kind": "adam", "lr": 0.003}, {"kind": "adamw", "lr": 0.003, "weight_decay": 0.01},
-     {"kind": "sam", "rho": 0.05, "base": {"kind": "sgd", "lr": 0.3, "momentum": 0.9}},
-     {"kind": "sam", "rho": 0.05, "base": {"kind": "adam", "lr": 0.003}},
-     {"kind": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True}],
-)  # fmt: skip
+    [
+        {"kind": "adam", "lr": 0.003},
+        {"kind": "adamw", "lr": 0.003, "weight_decay": 0.01},
+        {"kind": "sam", "rho": 0.05, "base": {"kind": "sgd", "lr": 0.3, "momentum": 0.9}},
+        {"kind": "sam", "rho": 0.05, "base": {"kind": "adam", "lr": 0.003}},
+        {"kind": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+    ],
+)
 def test_every_optimizer_learns(optimizer):
     outcome, rec = run({**spec(steps=200), "optimizer": optimizer})
     assert outcome is Outcome.finished
@@ -40,12 +43,16 @@ def test_sam_is_not_its_base_optimizer():
 
 @pytest.mark.parametrize(
     ("schedule", "expected"),
-    [({"kind": "constant"}, lambda s: 1.0),
-     ({"kind": "step", "step_size": 30, "gamma": 0.5}, lambda s: 0.5 ** (s // 30)),
-     ({"kind": "cosine", "warmup_steps": 10, "min_fraction": 0.1},
-      lambda s: (s + 1) / 10 if s < 10 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 10) / 90))),
-     ({"kind": "linear", "warmup_steps": 0, "min_fraction": 0.0}, lambda s: 1 - s / 100)],
-)  # fmt: skip
+    [
+        ({"kind": "constant"}, lambda s: 1.0),
+        ({"kind": "step", "step_size": 30, "gamma": 0.5}, lambda s: 0.5 ** (s // 30)),
+        (
+            {"kind": "cosine", "warmup_steps": 10, "min_fraction": 0.1},
+            lambda s: (s + 1) / 10 if s < 10 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 10) / 90)),
+        ),
+        ({"kind": "linear", "warmup_steps": 0, "min_fraction": 0.0}, lambda s: 1 - s / 100),
+    ],
+)
 def test_schedules_drive_the_logged_lr(schedule, expected):
     _, rec = run({**spec(steps=100, lr=0.2, schedule=schedule)})
     logged = [(step, v) for step, name, v in rec.points if name == "lr"]

@@ -41,9 +41,18 @@ def exact_spectrum(weights: dict[str, torch.Tensor]) -> np.ndarray:
 
 def test_hessian_probe_runs_on_schedule_and_matches_the_dense_hessian():
     rec = run_with_hessian(
-        120, every=50, at=["end"], top_k=3, tol=1e-5, examples=100_000, negative=1, trace=True, density=True,
-        gauss_newton=True, layerwise=True,
-    )  # fmt: skip
+        120,
+        every=50,
+        at=["end"],
+        top_k=3,
+        tol=1e-5,
+        examples=100_000,
+        negative=1,
+        trace=True,
+        density=True,
+        gauss_newton=True,
+        layerwise=True,
+    )
     results = [(step, payload) for kind, step, payload in rec.results if kind == "hessian"]
     assert [step for step, _ in results] == [0, 50, 100, 120]
     final = results[-1][1]

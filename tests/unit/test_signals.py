@@ -80,9 +80,13 @@ def test_projections_are_per_example_gradient_dot_products():
 
 @pytest.mark.parametrize(
     ("kind", "classes", "z", "out_shape", "target_shape"),
-    [("cross_entropy", 5, 0.0, (8, 5), (8,)), ("cross_entropy", 5, 0.1, (8, 6, 5), (8, 6)),
-     ("mse", 5, 0.0, (8, 5), (8,)), ("mse", None, 0.0, (8, 3), (8, 3))],
-)  # fmt: skip
+    [
+        ("cross_entropy", 5, 0.0, (8, 5), (8,)),
+        ("cross_entropy", 5, 0.1, (8, 6, 5), (8, 6)),
+        ("mse", 5, 0.0, (8, 5), (8,)),
+        ("mse", None, 0.0, (8, 3), (8, 3)),
+    ],
+)
 def test_each_example_loss_is_the_batch_loss_per_example(kind, classes, z, out_shape, target_shape):
     gen = torch.Generator().manual_seed(0)
     out = torch.randn(out_shape, generator=gen, dtype=torch.float64)

@@ -36,10 +36,13 @@ def test_the_planted_pair_is_reported_with_groups_curves_and_features():
 
 def test_minibatches_use_a_separate_probe_forward():
     raw = {
-        "name": "signals-sgd", "model": {"kind": "mlp", "widths": [16]}, "data": {"kind": "digits"},
-        "optimizer": {"kind": "sgd", "lr": 0.1}, "train": {"steps": 30, "batch_size": 32, "checkpoint_every": None},
+        "name": "signals-sgd",
+        "model": {"kind": "mlp", "widths": [16]},
+        "data": {"kind": "digits"},
+        "optimizer": {"kind": "sgd", "lr": 0.1},
+        "train": {"steps": 30, "batch_size": 32, "checkpoint_every": None},
         "probes": {"signals": {"probe_examples": 200, "detect_every": 10}},
-    }  # fmt: skip
+    }
     rec = ListRecorder()
     assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
     assert len(rec.series("signals/probe_loss")) == 30
@@ -50,11 +53,13 @@ def test_minibatches_use_a_separate_probe_forward():
 def test_text_groups_come_as_text():
     """On next-character prediction the groups' examples are shown as the text they are."""
     raw = {
-        "name": "signals-text", "model": {"kind": "transformer", "layers": 1, "heads": 2, "width": 32, "context": 16},
-        "data": {"kind": "text", "max_chars": 4000}, "optimizer": {"kind": "sgd", "lr": 0.5},
+        "name": "signals-text",
+        "model": {"kind": "transformer", "layers": 1, "heads": 2, "width": 32, "context": 16},
+        "data": {"kind": "text", "max_chars": 4000},
+        "optimizer": {"kind": "sgd", "lr": 0.5},
         "train": {"steps": 60, "batch_size": 100_000, "eval_every": 60, "checkpoint_every": None},
         "probes": {"signals": {"detect_every": 20, "window": 5, "antiphase_max": 0.0, "z_min": 1.0, "tau": 0.0}},
-    }  # fmt: skip
+    }
     rec = ListRecorder()
     assert train(JobSpec.model_validate(raw), rec, torch.device("cpu")) is Outcome.finished
     reports = [r for k, s, r in rec.results if k == "signals"]

@@ -76,7 +76,6 @@ def test_parse_error_reports_line():
         parse_spec_text("name: ok\nmodel: [kind: mlp}\n")
 
 
-
 def test_probe_schedules():
     probe = JobSpec.model_validate({**spec(steps=100), "probes": {"hessian": {"every": 30, "at": [5, "end"]}}})
     hessian = probe.probes.hessian
@@ -87,10 +86,14 @@ def test_probe_schedules():
 
 @pytest.mark.parametrize(
     ("probe", "loc"),
-    [({}, ("probes", "hessian")), ({"every": 0}, ("probes", "hessian", "every")),
-     ({"every": 5, "top_k": 0}, ("probes", "hessian", "top_k")), ({"at": ["start"]}, ("probes", "hessian", "at", 0, "literal['end']")),
-     ({"every": 5, "tol": 2}, ("probes", "hessian", "tol"))],
-)  # fmt: skip
+    [
+        ({}, ("probes", "hessian")),
+        ({"every": 0}, ("probes", "hessian", "every")),
+        ({"every": 5, "top_k": 0}, ("probes", "hessian", "top_k")),
+        ({"at": ["start"]}, ("probes", "hessian", "at", 0, "literal['end']")),
+        ({"every": 5, "tol": 2}, ("probes", "hessian", "tol")),
+    ],
+)
 def test_bad_probe_settings_name_their_field(probe, loc):
     assert loc in error_locs({**spec(), "probes": {"hessian": probe}})
 

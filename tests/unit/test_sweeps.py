@@ -22,13 +22,15 @@ def test_nested_paths_and_new_sections():
 
 @pytest.mark.parametrize(
     ("sweep", "loc", "says"),
-    [({"optimizer.lr": [0.1, -1.0]}, ["sweep", "optimizer.lr"], "greater than 0 (value -1.0)"),
-     ({"optimizer.lrr": [0.1]}, ["sweep", "optimizer.lrr"], "Extra inputs are not permitted (value 0.1)"),
-     ({"optimizer.lr": []}, ["sweep", "optimizer.lr"], "non-empty list"),
-     ({"optimizer.lr": 0.1}, ["sweep", "optimizer.lr"], "non-empty list"),
-     ({}, ["sweep"], "mapping"),
-     ({"optimizer.lr": list(range(1, 40)), "train.seed": list(range(30))}, ["sweep"], "1170 jobs, over the limit of 1000")],
-)  # fmt: skip
+    [
+        ({"optimizer.lr": [0.1, -1.0]}, ["sweep", "optimizer.lr"], "greater than 0 (value -1.0)"),
+        ({"optimizer.lrr": [0.1]}, ["sweep", "optimizer.lrr"], "Extra inputs are not permitted (value 0.1)"),
+        ({"optimizer.lr": []}, ["sweep", "optimizer.lr"], "non-empty list"),
+        ({"optimizer.lr": 0.1}, ["sweep", "optimizer.lr"], "non-empty list"),
+        ({}, ["sweep"], "mapping"),
+        ({"optimizer.lr": list(range(1, 40)), "train.seed": list(range(30))}, ["sweep"], "1170 jobs, over the limit of 1000"),
+    ],
+)
 def test_bad_sweeps_name_the_problem(sweep, loc, says):
     with pytest.raises(SweepError) as info:
         expand({**spec(), "sweep": sweep}, 1000)

@@ -73,9 +73,12 @@ def test_runs_on_cuda():
 
 @pytest.mark.parametrize(
     "optimizer",
-    [{"kind": "sgd", "lr": 0.2, "momentum": 0.9}, {"kind": "adamw", "lr": 0.003, "weight_decay": 0.01},
-     {"kind": "sam", "rho": 0.05, "base": {"kind": "adam", "lr": 0.003}}],
-)  # fmt: skip
+    [
+        {"kind": "sgd", "lr": 0.2, "momentum": 0.9},
+        {"kind": "adamw", "lr": 0.003, "weight_decay": 0.01},
+        {"kind": "sam", "rho": 0.05, "base": {"kind": "adam", "lr": 0.003}},
+    ],
+)
 def test_resume_from_a_checkpoint_is_bit_identical(optimizer):
     from worker.training.checkpoint import unpack
 

@@ -9,9 +9,16 @@ S = JobStatus
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(S.queued, S.running), (S.queued, S.cancelled), (S.running, S.succeeded), (S.running, S.diverged),
-     (S.running, S.cancelled), (S.running, S.failed), (S.running, S.queued)],
-)  # fmt: skip
+    [
+        (S.queued, S.running),
+        (S.queued, S.cancelled),
+        (S.running, S.succeeded),
+        (S.running, S.diverged),
+        (S.running, S.cancelled),
+        (S.running, S.failed),
+        (S.running, S.queued),
+    ],
+)
 def test_allowed(old, new):
     check_transition(old, new)
 

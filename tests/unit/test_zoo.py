@@ -25,7 +25,7 @@ CASES = [
     ({"kind": "cnn", "channels": [8], "batch_norm": True}, {"kind": "opposing_features", "examples": 400}, "cross_entropy"),
     ({"kind": "resnet", "depth": 8, "width": 4}, {"kind": "digits"}, "cross_entropy"),
     (TRANSFORMER, {"kind": "text", "max_chars": 20_000}, "cross_entropy"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("model", "dataset", "loss"), CASES, ids=lambda v: v.get("kind") if isinstance(v, dict) else v)
@@ -46,14 +46,16 @@ def test_every_model_trains_on_a_fitting_dataset(model, dataset, loss):
 
 @pytest.mark.parametrize(
     ("model", "dataset", "loss", "says"),
-    [({"kind": "cnn"}, {"kind": "iris"}, "cross_entropy", "cnn needs images"),
-     ({"kind": "resnet"}, {"kind": "gaussian_mixture"}, "cross_entropy", "resnet needs images"),
-     (TRANSFORMER, {"kind": "digits"}, "cross_entropy", "transformer goes with text"),
-     ({"kind": "mlp"}, {"kind": "text"}, "cross_entropy", "transformer goes with text"),
-     ({"kind": "mlp"}, {"kind": "teacher_student"}, "cross_entropy", "set train.loss to mse"),
-     ({"kind": "resnet", "depth": 10}, {"kind": "digits"}, "cross_entropy", "6n+2"),
-     ({**TRANSFORMER, "width": 30, "heads": 4}, {"kind": "text"}, "cross_entropy", "not a multiple of heads")],
-)  # fmt: skip
+    [
+        ({"kind": "cnn"}, {"kind": "iris"}, "cross_entropy", "cnn needs images"),
+        ({"kind": "resnet"}, {"kind": "gaussian_mixture"}, "cross_entropy", "resnet needs images"),
+        (TRANSFORMER, {"kind": "digits"}, "cross_entropy", "transformer goes with text"),
+        ({"kind": "mlp"}, {"kind": "text"}, "cross_entropy", "transformer goes with text"),
+        ({"kind": "mlp"}, {"kind": "teacher_student"}, "cross_entropy", "set train.loss to mse"),
+        ({"kind": "resnet", "depth": 10}, {"kind": "digits"}, "cross_entropy", "6n+2"),
+        ({**TRANSFORMER, "width": 30, "heads": 4}, {"kind": "text"}, "cross_entropy", "not a multiple of heads"),
+    ],
+)
 def test_misfits_are_refused_with_the_reason(model, dataset, loss, says):
     with pytest.raises(ValidationError, match=re.escape(says)):
         JobSpec.model_validate({**spec(loss=loss), "model": model, "data": dataset})
@@ -82,12 +84,14 @@ def test_text_windows_predict_the_next_character():
 @pytest.mark.parametrize(
     ("model", "dataset"),
     [(m, d) for m, d, _ in CASES]
-    + [({"kind": "resnet", "depth": 20, "width": 16}, {"kind": "digits"}),
-       ({"kind": "cnn", "channels": [4, 8, 16, 32], "batch_norm": True}, {"kind": "opposing_features", "classes": 7}),
-       ({**TRANSFORMER, "qk_layernorm": False, "layers": 3}, {"kind": "text", "max_chars": 50_000}),
-       ({"kind": "mlp", "widths": [5, 7, 9]}, {"kind": "teacher_student", "dim": 11})],
+    + [
+        ({"kind": "resnet", "depth": 20, "width": 16}, {"kind": "digits"}),
+        ({"kind": "cnn", "channels": [4, 8, 16, 32], "batch_norm": True}, {"kind": "opposing_features", "classes": 7}),
+        ({**TRANSFORMER, "qk_layernorm": False, "layers": 3}, {"kind": "text", "max_chars": 50_000}),
+        ({"kind": "mlp", "widths": [5, 7, 9]}, {"kind": "teacher_student", "dim": 11}),
+    ],
     ids=lambda v: v.get("kind"),
-)  # fmt: skip
+)
 def test_parameter_count_known_before_running_matches_the_built_model(model, dataset):
     from backend.shapes import data_shape, parameter_count
     from worker.training import models

@@ -93,7 +93,12 @@ ANALYSES: dict[str, Kind] = {
 
 
 def run_at(
-    spec: JobSpec, step: int, tensors: dict[str, Tensor], metadata: dict[str, str], device: torch.device, uploads: Callable[[str], Path] | None = None
+    spec: JobSpec,
+    step: int,
+    tensors: dict[str, Tensor],
+    metadata: dict[str, str],
+    device: torch.device,
+    uploads: Callable[[str], Path] | None = None,
 ) -> Run:
     """The probes' view of the run at a checkpoint: its weights, and the lr (and Adam state) it had then."""
     prepared = prepare(spec, device, uploads)

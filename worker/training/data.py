@@ -100,13 +100,16 @@ def opposing_features(cfg: OpposingFeaturesData, seed: int) -> Split:
     ids = np.arange(cfg.examples)
     tr, va = train_test_split(ids, test_size=cfg.val_fraction, random_state=seed, stratify=y)
     position = {int(i): k for k, i in enumerate(tr)}
-    planted = {
-        f"class{c}_with_patch": sorted(position[int(i)] for i in tr if carries[i] and y[i] == c) for c in (0, 1)
-    }
+    planted = {f"class{c}_with_patch": sorted(position[int(i)] for i in tr if carries[i] and y[i] == c) for c in (0, 1)}
     return Split(
-        torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[va]), torch.from_numpy(y[va]),
-        n_classes=cfg.classes, modality="image", planted=planted,
-    )  # fmt: skip
+        torch.from_numpy(x[tr]),
+        torch.from_numpy(y[tr]),
+        torch.from_numpy(x[va]),
+        torch.from_numpy(y[va]),
+        n_classes=cfg.classes,
+        modality="image",
+        planted=planted,
+    )
 
 
 def _corpus(name: str) -> str:
@@ -142,8 +145,9 @@ def uploaded(cfg: UploadedData, seed: int, path: Path) -> Split:
     x_tr, x_va, y_tr, y_va = _split(x, y, cfg.val_fraction, seed, stratify=classification)
     return Split(
         *map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)),
-        n_classes=int(y.max()) + 1 if classification else None, modality="image" if x.ndim == 4 else "tabular",
-    )  # fmt: skip
+        n_classes=int(y.max()) + 1 if classification else None,
+        modality="image" if x.ndim == 4 else "tabular",
+    )
 
 
 def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[str], Path] | None = None) -> Split:

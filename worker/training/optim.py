@@ -63,9 +63,7 @@ def base_config(cfg: Optimizer) -> SGDOptimizer | AdamOptimizer:
 def make_optimizer(cfg: Optimizer, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
     base = base_config(cfg)
     if isinstance(base, SGDOptimizer):
-        return torch.optim.SGD(
-            params, lr=base.lr, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay
-        )
+        return torch.optim.SGD(params, lr=base.lr, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay)
     cls = torch.optim.AdamW if base.kind == "adamw" else torch.optim.Adam
     return cls(params, lr=base.lr, betas=base.betas, eps=base.eps, weight_decay=base.weight_decay)
 
