@@ -313,6 +313,12 @@ class JobSpec(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _collapse_needs_classes(self) -> "JobSpec":
+        if self.probes.collapse is not None and self.data.kind in REGRESSION_DATA:
+            raise ValueError(f"probes.collapse needs class labels: data.kind {self.data.kind} is a regression")
+        return self
+
 
 EXAMPLE_SPEC_YAML = """\
 name: digits-mlp-lr0.5

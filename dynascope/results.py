@@ -164,6 +164,27 @@ class SignalsPair(Document):
     B: SignalsGroup
 
 
+# --- neural collapse ---
+
+
+class CollapseResult(Timed):
+    """The collapse probe at one step: where the features were read, on what, and the class means' geometry
+    (their norms, and their cosines when there are at most MAX_COSINE_CLASSES classes). `skipped` says why
+    nothing was measured (a regression target, found only once the data is loaded)."""
+
+    layer: str | None
+    features: int | None = None
+    classes: int | None = None
+    examples: int | None = None
+    val_examples: int | None = None
+    norms: list[float] | None = None
+    cosines: list[list[float]] | None = None
+    skipped: str | None = None
+
+
+MAX_COSINE_CLASSES = 50
+
+
 # --- loss landscapes (probe and checkpoint analyses) ---
 
 
@@ -224,4 +245,5 @@ RESULTS: dict[str, type[Document]] = {
     "gradstats": GradStatsDetails,
     "signals": SignalsPair,
     "landscape": LandscapeResult,
+    "collapse": CollapseResult,
 }

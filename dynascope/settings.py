@@ -189,6 +189,20 @@ class SignalsProbe(StrictModel):
     max_pairs: int = Field(8, ge=1, le=64, description="reported pairs whose losses are tracked to the end")
 
 
+class CollapseProbe(Schedule):
+    """Neural collapse of a classifier's last-layer features (NC1–NC4) on fixed stratified samples of the training
+    and validation sets."""
+
+    examples: int = Field(1000, ge=2, le=100_000, description="size of each fixed stratified sample (train and validation)")
+    layer: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.]+$",
+        description="the classifier: a linear layer by module name, whose input is the feature (null: the last linear layer)",
+    )
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
@@ -196,3 +210,4 @@ class Probes(StrictModel):
     landscape: LandscapeProbe | None = None
     gradstats: GradStatsProbe | None = None
     signals: SignalsProbe | None = None
+    collapse: CollapseProbe | None = None

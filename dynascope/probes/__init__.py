@@ -5,12 +5,13 @@ order in which the hooks of one step run (the Hessian probe publishes its sharpn
 reads it)."""
 
 from dynascope.probes.base import Batch, Blackboard, Calls, Output, Probe, ProbeStopped, Recorder, Run
+from dynascope.probes.collapse import Collapse
 from dynascope.probes.gradstats import GradStats
 from dynascope.probes.hessian import HessianTracker
 from dynascope.probes.landscape import Landscape
 from dynascope.probes.runner import ProbeSet
 from dynascope.probes.signals import Signals
 
-PROBES: dict[str, type[Probe]] = {probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals)}
+PROBES: dict[str, type[Probe]] = {probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse)}
 
 __all__ = ["PROBES", "Batch", "Blackboard", "Calls", "Output", "Probe", "ProbeSet", "ProbeStopped", "Recorder", "Run"]

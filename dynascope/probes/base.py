@@ -68,6 +68,8 @@ class Run:
     adaptive: bool = False  # Adam: the threshold applies to λmax(P⁻¹H), not λmax(H)
     full_batch: bool = False  # every batch is the whole training set (in some order)
     vocab: str | None = None  # text data: token id → character
+    x_val: Tensor | None = None  # the validation set, for probes that read it
+    y_val: Tensor | None = None
     board: Blackboard = field(default_factory=Blackboard)
 
 

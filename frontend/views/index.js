@@ -1,6 +1,7 @@
 // The views of a job, one module each, by the names of backend/figures (FIGURES): the server says which views
 // a job shows (GET /jobs/<id>/figures), the job page mounts these. Each is view(container, ctx) → { refresh,
 // onEvent(type, data), stop } with ctx = { jobId, kinds (the result kinds it draws), params, setState, live, options, onOptions }.
+import { collapseView } from "./collapse.js";
 import { gradstatsView } from "./gradstats.js";
 import { hessianView } from "./hessian.js";
 import { landscapeView } from "./landscape.js";
@@ -13,4 +14,5 @@ export const VIEWS = {
   gradstats: gradstatsView,
   signals: signalsView,
   landscape: landscapeView,
+  collapse: collapseView,
 };

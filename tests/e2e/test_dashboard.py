@@ -389,6 +389,28 @@ def test_gradient_statistics_view(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "gradstats.png"), full_page=True)
 
 
+def test_neural_collapse_view(page, served: Serve):
+    raw = spec(steps=300, name="e2e-collapse", lr=0.3)
+    raw["probes"] = {"collapse": {"every": 50, "examples": 500}}
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.getElementById('collapse-cosines')?.dataset.step === '300'", timeout=30_000)
+    for element, index, name in (
+        ("collapse-nc1", 0, "collapse/nc1"),
+        ("collapse-nc1", 1, "collapse/nc1_val"),
+        ("collapse-nc4", 0, "collapse/nc4"),
+    ):
+        api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": name}).json()["series"][0]
+        assert trace(page, element, index)["y"] == api["values"] and api["steps"] == [0, 50, 100, 150, 200, 250, 300]
+    nc1 = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "collapse/nc1"}).json()["series"][0]["values"]
+    assert nc1[-1] < nc1[0]  # the features collapse as the MLP fits the digits
+    [latest] = served.client.get(f"/jobs/{job['id']}/results/collapse", params={"last": 1}).json()
+    assert page.evaluate("document.getElementById('collapse-cosines').data[0].z") == latest["data"]["cosines"]
+    assert "the input of layer 5 (64 features per prediction)" in page.inner_text("#collapse-info")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "collapse.png"), full_page=True)
+
+
 def test_opposing_signals_view(page, served: Serve):
     raw = planted_pair_job(6.0)
     job = served.client.post("/jobs", json=raw).json()
