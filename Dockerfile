@@ -12,7 +12,7 @@ COPY frontend frontend
 COPY migrations migrations
 
 FROM base AS api
-RUN pip install .
+RUN pip install ".[server]"
 EXPOSE 8000
 
 FROM base AS worker

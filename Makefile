@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[worker,dev]"
+	$(BIN)/pip install -q -e ".[server,worker,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,5 +1,6 @@
 """The `dynascope` command. Talks to the API over REST; starts the server and workers as processes."""
 
+import importlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,38 @@ TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
 UrlOption = Annotated[str, typer.Option(envvar="DYNASCOPE_URL", help="the API's base URL")]
 TokenOption = Annotated[str, typer.Option(envvar="DYNASCOPE_TOKEN", help="an API token (dashboard: Account → Tokens)", show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The commands that run the server's parts, the extra each needs, and modules that extra brings.
+SERVER_COMMANDS = {"serve": "server", "worker": "worker", "migrate": "server", "user": "server", "team": "server", "token": "server"}
+EXTRA_MODULES = {
+    "server": ("fastapi", "sqlalchemy", "alembic", "celery"),
+    "worker": ("fastapi", "sqlalchemy", "celery", "torch", "sklearn"),
+}
+
+
+@app.callback()
+def _needs_extras(ctx: typer.Context) -> None:
+    """The library alone (`pip install .`) has the client commands; the server's need its extras."""
+    if (extra := SERVER_COMMANDS.get(ctx.invoked_subcommand or "")) is not None:
+        _require(extra, f"dynascope {ctx.invoked_subcommand}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _require(extra: str, what: str) -> None:
+    missing = [m for m in EXTRA_MODULES[extra] if not _importable(m)]
+    if missing:
+        console.print(
+            f"`{what}` needs the {extra}'s parts: pip install 'dynascope[{extra}]' (missing: {', '.join(missing)})",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(2)
 
 
 def _worker_argv(concurrency: int, name: str) -> list[str]:
@@ -65,6 +98,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="worker processes to start (0: none)")] = 1,
 ) -> None:
     """The API and dashboard with one worker. Without DYNASCOPE_BROKER_URL, an embedded Redis is started."""
+    if workers:
+        _require("worker", "dynascope serve --workers N (N > 0: training here)")
     import uvicorn
 
     from backend.config import get_settings
