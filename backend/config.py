@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Seconds: the worker beats every heartbeat_interval; a running job silent for heartbeat_timeout is reaped.
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 60.0
+    # A tracked run (trained in the user's own loop) silent this long is `lost`; its tracker beats every few seconds
+    # from a thread of its own, so a long probe in the loop does not count as silence.
+    tracked_timeout: float = Field(90.0, gt=0)
     # Celery: soft/hard time limits of one job, and the Redis visibility timeout (must exceed the longest job).
     job_soft_time_limit: int = 24 * 3600
     job_hard_time_limit: int = 24 * 3600 + 300

@@ -35,6 +35,7 @@ from backend.api import (
     metrics,
     reports,
     results,
+    runs,
     specs,
     sweeps,
     teams,
@@ -142,7 +143,7 @@ def _reap_once(timeout: float) -> None:
     # Sent before the commit: if the broker is down, the rollback leaves the job stale and the next pass
     # retries; a message that beats the commit still finds a claimable (stale) job.
     with session_scope() as session:
-        for job_id in reap_stale_jobs(session, timeout):
+        for job_id in reap_stale_jobs(session, timeout, get_settings().tracked_timeout):
             log.warning("job %s lost its worker; requeued", job_id)
             queue.enqueue_job(job_id)
     with session_scope() as session:
@@ -160,7 +161,7 @@ async def _reaper_loop(timeout: float) -> None:
             await run_in_threadpool(_reap_once, timeout)
         except Exception:
             log.exception("reaper pass failed")
-        await asyncio.sleep(max(1.0, timeout / 4))
+        await asyncio.sleep(max(1.0, min(timeout, get_settings().tracked_timeout) / 4))
 
 
 @asynccontextmanager
@@ -214,6 +215,7 @@ def create_app() -> FastAPI:
         specs,
         datasets,
         jobs,
+        runs,
         sweeps,
         metrics,
         results,

@@ -37,6 +37,7 @@ class JobStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     diverged = "diverged"
+    lost = "lost"  # a tracked run whose tracker stopped sending (it may come back)
 
     @property
     def terminal(self) -> bool:
@@ -163,6 +164,9 @@ class Job(Base):
     # The values this job takes in its sweep ({"optimizer.lr": 0.1, ...}); null outside a sweep.
     sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     name: Mapped[str] = mapped_column(String(200), index=True)
+    # "server": trained by a worker from `spec` (a JobSpec); "tracked": trained elsewhere, reported by a tracker
+    # (`spec` holds its config, probes and facts).
+    source: Mapped[str] = mapped_column(String(16), default="server", server_default="server")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

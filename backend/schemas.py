@@ -16,6 +16,7 @@ class JobOut(BaseModel):
 
     id: int
     name: str
+    source: str = Field("server", description="server: trained by a worker from its spec; tracked: trained in the user's own loop")
     status: str
     progress: float
     stage: str

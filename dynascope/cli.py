@@ -7,21 +7,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dynascope.client import DEFAULT_URL, ApiError, Client
+
 app = typer.Typer(help="Dynascope: see how a neural network trains.", no_args_is_help=True)
 console = Console()
-TERMINAL = {"succeeded", "failed", "cancelled", "diverged"}
+TERMINAL = {"succeeded", "failed", "cancelled", "diverged", "lost"}
 UrlOption = Annotated[str, typer.Option(envvar="DYNASCOPE_URL", help="the API's base URL")]
 TokenOption = Annotated[str, typer.Option(envvar="DYNASCOPE_TOKEN", help="an API token (dashboard: Account → Tokens)", show_default=False)]
-DEFAULT_URL = "http://127.0.0.1:8000"
 # The commands that run the server's parts, the extra each needs, and modules that extra brings.
 SERVER_COMMANDS = {"serve": "server", "worker": "worker", "migrate": "server", "user": "server", "team": "server", "token": "server"}
 EXTRA_MODULES = {
@@ -328,23 +328,12 @@ def login_code(username: str) -> None:
     print(code)
 
 
-def _client(url: str, token: str) -> httpx.Client:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=f"{url.rstrip('/')}/api/v1", timeout=30, headers=headers)
-
-
-def _fail(response: httpx.Response) -> None:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text
-    if isinstance(detail, list):
-        detail = "\n".join(f"  {'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in detail)
-    console.print(f"[red]error {response.status_code}[/]\n{detail}")
+def _fail(error: ApiError) -> NoReturn:
+    console.print(f"[red]{escape(str(error))}[/]")
     raise typer.Exit(1)
 
 
-def _watch(client: httpx.Client, job_id: int) -> dict:
+def _watch(client: Client, job_id: int) -> dict:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -355,7 +344,7 @@ def _watch(client: httpx.Client, job_id: int) -> dict:
     ) as bar:
         task = bar.add_task(f"job {job_id}", total=1.0, stage="")
         while True:
-            job = client.get(f"/jobs/{job_id}").raise_for_status().json()
+            job = client.job(job_id)
             bar.update(task, completed=job["progress"], stage=f"{job['status']}: {job['stage']}")
             if job["status"] in TERMINAL:
                 return job
@@ -378,11 +367,11 @@ def submit(
         is_sweep = "sweep" in (yaml.safe_load(text) or {})
     except (yaml.YAMLError, TypeError):
         is_sweep = False  # the server says what is wrong with it
-    with _client(url, token) as client:
-        response = client.post("/sweeps" if is_sweep else "/jobs", content=text, headers={"content-type": ctype})
-        if response.status_code != 201:
-            _fail(response)
-        body = response.json()
+    with Client(url, token) as client:
+        try:
+            body = client.submit(text, ctype, sweep=is_sweep)
+        except ApiError as error:
+            _fail(error)
         jobs = body["jobs"] if is_sweep else [body]
         if is_sweep:
             console.print(f"sweep [bold]{body['id']}[/] ({escape(body['name'])}): {len(jobs)} jobs queued")
@@ -411,27 +400,69 @@ def jobs(
     params: dict = {"limit": limit, "status": status or []}
     if search:
         params["q"] = search
-    with _client(url, token) as client:
-        response = client.get("/jobs", params=params)
-        if response.status_code != 200:
-            _fail(response)
-        page = response.json()
-    table = Table("id", "name", "status", "progress", "duration", "created", title=f"{page['total']} jobs")
+    with Client(url, token) as client:
+        try:
+            page = client.jobs(**params)
+        except ApiError as error:
+            _fail(error)
+    table = Table("id", "name", "source", "status", "progress", "duration", "created", title=f"{page['total']} jobs")
     for job in page["items"]:
         duration = f"{job['duration_s']:.1f}s" if job["duration_s"] is not None else ""
-        table.add_row(str(job["id"]), escape(job["name"]), job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19])
+        cells = (job["source"], job["status"], f"{job['progress']:.0%}", duration, job["created_at"][:19])
+        table.add_row(str(job["id"]), escape(job["name"]), *cells)
     console.print(table)
 
 
 @app.command()
 def cancel(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
-    """Cancel a job (a running one stops at its next step)."""
-    with _client(url, token) as client:
-        response = client.post(f"/jobs/{job_id}/cancel")
-        if response.status_code != 200:
-            _fail(response)
-        job = response.json()
+    """Cancel a job (a running one stops at its next step; a tracked run when its tracker next beats)."""
+    with Client(url, token) as client:
+        try:
+            job = client.cancel(job_id)
+        except ApiError as error:
+            _fail(error)
     console.print(f"job {job_id}: {job['status']}" + (" (stopping)" if job["cancel_requested"] else ""))
+
+
+@app.command()
+def sync(
+    dirs: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="run directories (each holds a run.json)")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+) -> None:
+    """Send tracked runs kept on disk (offline, or while the server was away); a repeated sync sends nothing twice."""
+    import httpx
+
+    from dynascope.spill import Spill
+    from dynascope.tracker import drain
+    from dynascope.tracking import RunCreate
+
+    with Client(url, token) as client:
+        for root in dirs:
+            spill = Spill(root)
+            meta = spill.run()
+            try:
+                run_id = meta["server_id"] if meta["server_id"] is not None and meta["url"] == client.url else None
+                if run_id is None:
+                    run_id = client.create_run(RunCreate.model_validate(meta["create"]))["id"]
+                    spill.set_server_id(run_id, client.url)
+                records = sum(len(spill.records(s)) for s in spill.segments())
+                with Progress(
+                    TextColumn(f"run {run_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} records"), console=console
+                ) as bar:
+                    task = bar.add_task("", total=records)
+                    if not drain(client, run_id, spill, lambda n: bar.advance(task, n)):
+                        console.print(f"[red]{escape(client.url)} stopped answering: run again to send the rest")
+                        raise typer.Exit(1)
+                if (end := spill.end()) is not None:
+                    client.finish(run_id, end)
+                    spill.mark_finished()
+            except ApiError as error:
+                _fail(error)
+            except httpx.TransportError as exc:
+                console.print(f"[red]{escape(client.url)} is not reachable ({escape(str(exc))}): run again later")
+                raise typer.Exit(1) from None
+            console.print(f"{escape(str(root))} → job [bold]{run_id}[/] ({escape(meta['create']['name'])})")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,15 @@ class Schedule(StrictModel):
     A probe at step s sees the weights before update s (step 0: at initialization).
     """
 
+    # The rule _needs_a_time checks, as the published schema says it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["every"], "properties": {"every": {"type": "integer"}}},
+                {"required": ["at"], "properties": {"at": {"minItems": 1}}},
+            ]
+        }
+    )
     every: int | None = Field(None, gt=0)
     at: list[Annotated[int, Field(ge=0)] | Literal["end"] | Literal["last"]] = []
 

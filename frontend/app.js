@@ -5,7 +5,7 @@ import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout } from "./
 import { VIEWS } from "./views/index.js";
 import { phaseView } from "./views/phase.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged", "lost"];
 const view = document.getElementById("view");
 let cleanup = () => {};
 

@@ -1,6 +1,6 @@
 // Helpers shared by the dashboard's pages and views.
 export const API = "/api/v1";
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "diverged"]);
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "diverged", "lost"]);
 
 export const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 

@@ -13,6 +13,8 @@ THRESHOLD_COLOR = "#cf222e"
 
 
 def _adaptive(spec: dict[str, Any]) -> bool:
+    if "tracked" in spec:  # a run trained elsewhere: its tracker saw the optimizer
+        return spec["tracked"]["adaptive"]
     optimizer = spec["optimizer"]
     return (optimizer["base"] if optimizer["kind"] == "sam" else optimizer)["kind"] in ("adam", "adamw")
 

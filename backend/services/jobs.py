@@ -18,7 +18,9 @@ S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.queued: frozenset({S.running, S.cancelled, S.failed}),
     # running → queued is the reaper handing a lost worker's job to another worker.
-    S.running: frozenset({S.queued, S.succeeded, S.failed, S.cancelled, S.diverged}),
+    # running → lost: a tracked run's tracker went silent; lost → ...: it came back, or sent its end late.
+    S.running: frozenset({S.queued, S.succeeded, S.failed, S.cancelled, S.diverged, S.lost}),
+    S.lost: frozenset({S.running, S.succeeded, S.failed, S.cancelled, S.diverged}),
     S.succeeded: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),
@@ -187,14 +189,16 @@ def rewind_outputs(session: Session, job_id: int, store: ArtifactStore, to_step:
         session.delete(artifact)
 
 
-def reap_stale_jobs(session: Session, timeout: float) -> list[int]:
-    """Requeue running jobs whose worker stopped beating; fail those past their attempt cap.
+def reap_stale_jobs(session: Session, timeout: float, tracked_timeout: float) -> list[int]:
+    """Requeue running jobs whose worker stopped beating; fail those past their attempt cap. A tracked run whose
+    tracker stopped beating for `tracked_timeout` is `lost`, everything it sent kept.
 
     Returns the ids to send to the queue again (after the caller commits).
     """
+    _lose_silent_runs(session, tracked_timeout)
     cutoff = utcnow() - timedelta(seconds=timeout)
     stale = session.scalars(
-        select(Job).where(Job.status == S.running.value, or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
+        select(Job).where(Job.status == S.running.value, Job.source == "server", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
     ).all()
     requeue: list[int] = []
     for job in stale:
@@ -216,11 +220,20 @@ def reap_stale_jobs(session: Session, timeout: float) -> list[int]:
     return requeue
 
 
+def _lose_silent_runs(session: Session, timeout: float) -> None:
+    cutoff = utcnow() - timedelta(seconds=timeout)
+    silent = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
+    for job in session.scalars(select(Job).where(Job.status == S.running.value, Job.source == "tracked", silent)).all():
+        since = job.heartbeat_at.isoformat(timespec="seconds") + "Z" if job.heartbeat_at else "its start"
+        why = f"the tracker on {job.worker_host} stopped sending: no heartbeat since {since} (timeout {timeout:g} s)"
+        transition(session, job.id, S.lost, silent, only_from=[S.running.value], stage="lost", error=why)
+
+
 def recover_after_restart(session: Session) -> list[int]:
     """Embedded mode only (its one worker is gone): running jobs go back to the queue.
 
     Returns every queued job's id, to be sent again; a second delivery of a job is harmless (claim_job).
     """
-    for job_id in session.scalars(select(Job.id).where(Job.status == S.running.value)).all():
+    for job_id in session.scalars(select(Job.id).where(Job.status == S.running.value, Job.source == "server")).all():
         transition(session, job_id, S.queued, only_from=[S.running.value], stage="requeued after restart")
     return list(session.scalars(select(Job.id).where(Job.status == S.queued.value).order_by(Job.id)))

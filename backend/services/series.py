@@ -74,9 +74,12 @@ def read_series(
     return out
 
 
-def truncate_series(session: Session, job_id: int, from_step: int) -> None:
-    """Drop every point at or after `from_step` (a resumed attempt writes them again)."""
-    for chunk in session.scalars(select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.last_step >= from_step)).all():
+def truncate_series(session: Session, job_id: int, from_step: int, name: str | None = None) -> None:
+    """Drop every point at or after `from_step`, of every series or of one (a resumed attempt writes them again)."""
+    query = select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.last_step >= from_step)
+    if name is not None:
+        query = query.where(MetricChunk.name == name)
+    for chunk in session.scalars(query).all():
         steps = np.frombuffer(chunk.steps, _STEP_DTYPE)
         keep = int(np.searchsorted(steps, from_step))
         if keep == 0:

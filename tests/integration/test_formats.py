@@ -65,6 +65,9 @@ HOLDS = {
     r"^(json|csv|npz|vtk)$": "vtk",
     r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$": "ada.lovelace@lab",
     r"^[^\x00-\x1f]+$": "digits-mlp lr=0.5",
+    r"^[^\x00-\x1f]*$": "cuda:0",
+    r"^[A-Za-z0-9_.]+$": "layers.3",
+    r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$": "grad/noise_scale",
 }
 
 

@@ -22,9 +22,17 @@ EXAMPLES = {GenerationMode.POSITIVE: POSITIVE, GenerationMode.NEGATIVE: NEGATIVE
 # A queued job's event stream stays open until the job ends; revoking its own token would sign the fuzzer out.
 SKIPPED = {("GET", "/api/v1/jobs/{job_id}/events"), ("DELETE", "/api/v1/tokens/{token_id}")}
 # Rules JSON Schema cannot state: across a job spec's fields (a CNN needs image data, a sweep's paths must exist,
-# a checkpoint must have been kept) and inside an uploaded file. A schema-valid request may rightly get a 422
+# a checkpoint must have been kept; a tracked run's probes have the same rules) and inside an uploaded file. A schema-valid request may rightly get a 422
 # naming the field there, so only "valid data is accepted" is not checked on these.
-RULES_BEYOND_SCHEMA = {"/api/v1/jobs", "/api/v1/sweeps", "/api/v1/specs/validate", "/api/v1/jobs/{job_id}/analyses", "/api/v1/datasets"}
+RULES_BEYOND_SCHEMA = {
+    "/api/v1/jobs",
+    "/api/v1/sweeps",
+    "/api/v1/specs/validate",
+    "/api/v1/jobs/{job_id}/analyses",
+    "/api/v1/datasets",
+    "/api/v1/runs",
+    "/api/v1/runs/{job_id}/results",  # a document must fit its kind's schema
+}
 
 # An invalid request may also be refused for its size (413: the test client's body limit is 20 kB).
 REFUSALS = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]

@@ -13,7 +13,8 @@ from tests.helpers import ListRecorder, run
 from dynascope.analysis.hessian import eigenpairs
 from dynascope.analysis.hvp import HessianOperator
 from worker.training.loop import Outcome
-from worker.training.optim import adam_preconditioner, lr_factor, make_loss, stability_threshold
+from dynascope.probes.optimizers import adam_preconditioner, stability_threshold
+from worker.training.optim import lr_factor, make_loss, make_optimizer
 
 
 @pytest.mark.parametrize(
@@ -84,27 +85,26 @@ def test_grad_clip_logs_the_norm_before_clipping():
 
 
 def test_thresholds():
-    sgd = JobSpec.model_validate(spec(lr=0.5)).optimizer
-    assert stability_threshold(sgd, 0.5) == (4.0, "2/lr")
-    momentum = JobSpec.model_validate({**spec(), "optimizer": {"kind": "sgd", "lr": 0.1, "momentum": 0.9}}).optimizer
-    assert stability_threshold(momentum, 0.1)[0] == pytest.approx(38.0)
-    adam = JobSpec.model_validate({**spec(), "optimizer": {"kind": "adam", "lr": 0.01}}).optimizer
-    assert stability_threshold(adam, 0.01)[0] == pytest.approx(3800.0)
+    params = [nn.Parameter(torch.zeros(2))]
+    built = lambda optimizer: make_optimizer(JobSpec.model_validate({**spec(), "optimizer": optimizer}).optimizer, params)  # noqa: E731
+    assert stability_threshold(built({"kind": "sgd", "lr": 0.5})) == (4.0, "2/lr")
+    assert stability_threshold(built({"kind": "sgd", "lr": 0.1, "momentum": 0.9}))[0] == pytest.approx(38.0)
+    assert stability_threshold(built({"kind": "adam", "lr": 0.01}))[0] == pytest.approx(3800.0)
+    assert stability_threshold(built({"kind": "sam", "rho": 0.05, "base": {"kind": "sgd", "lr": 0.2}}))[0] == pytest.approx(10.0)
 
 
 def test_adam_preconditioned_sharpness_matches_the_dense_computation():
     torch.manual_seed(0)
     x, y = torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 3, (64,))
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    cfg = JobSpec.model_validate({**spec(), "optimizer": {"kind": "adam", "lr": 0.01}}).optimizer
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=0.01)
-    assert adam_preconditioner(opt, params, cfg) is None, "no state before the first step"
+    assert adam_preconditioner(opt, params) is None, "no state before the first step"
     for _ in range(7):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    p = adam_preconditioner(opt, params, cfg)
+    p = adam_preconditioner(opt, params)
     t, b1, b2 = 7, 0.9, 0.999
     v = torch.cat([opt.state[q]["exp_avg_sq"].reshape(-1) for q in params])
     assert torch.allclose(p, (1 - b1**t) * ((v / (1 - b2**t)).sqrt() + 1e-8))

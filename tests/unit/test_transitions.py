@@ -17,6 +17,9 @@ S = JobStatus
         (S.running, S.cancelled),
         (S.running, S.failed),
         (S.running, S.queued),
+        (S.running, S.lost),
+        (S.lost, S.running),
+        (S.lost, S.succeeded),
     ],
 )
 def test_allowed(old, new):
@@ -30,7 +33,9 @@ def test_terminal_states_are_final(terminal, new):
         check_transition(terminal, new)
 
 
-@pytest.mark.parametrize(("old", "new"), [(S.queued, S.succeeded), (S.queued, S.diverged), (S.running, S.running)])
+@pytest.mark.parametrize(
+    ("old", "new"), [(S.queued, S.succeeded), (S.queued, S.diverged), (S.running, S.running), (S.queued, S.lost), (S.lost, S.queued)]
+)
 def test_refused(old, new):
     with pytest.raises(TransitionError):
         check_transition(old, new)
@@ -38,4 +43,5 @@ def test_refused(old, new):
 
 def test_every_state_is_covered():
     assert set(ALLOWED) == set(S)
-    assert {s for s in S if s.terminal} == {S.succeeded, S.failed, S.cancelled, S.diverged}
+    # `lost` ends a tracked run (it has a finish time, its stream closes) but its tracker may come back.
+    assert {s for s in S if s.terminal} == {S.succeeded, S.failed, S.cancelled, S.diverged, S.lost}

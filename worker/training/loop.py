@@ -15,18 +15,17 @@ from torch import nn
 
 from backend.spec import AdamOptimizer, JobSpec, SAMOptimizer, TransformerModel
 from dynascope.probes import Batch, ProbeSet, ProbeStopped, Recorder, Run
+from dynascope.probes.optimizers import adam_preconditioner, stability_threshold
 from dynascope.results import RunEnd, RunFacts
 from worker.training import data, models
 from worker.training.checkpoint import TrainState, pack
 from worker.training.optim import (
     SAM,
-    adam_preconditioner,
     base_config,
     lr_factor,
     make_example_loss,
     make_loss,
     make_optimizer,
-    stability_threshold,
 )
 
 
@@ -82,8 +81,8 @@ def probe_run(spec: JobSpec, prepared: Prepared) -> Run:
         split.n_classes,
         spec.train.seed,
         spec.train.steps,
-        threshold=lambda: stability_threshold(spec.optimizer, optimizer.param_groups[0]["lr"]),
-        preconditioner=lambda: adam_preconditioner(optimizer, prepared.params, spec.optimizer),
+        threshold=lambda: stability_threshold(optimizer),
+        preconditioner=lambda: adam_preconditioner(optimizer, prepared.params),
         adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
         full_batch=spec.train.batch_size >= len(split.y_train),
         vocab=split.vocab,

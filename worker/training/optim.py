@@ -99,32 +99,3 @@ class SAM:
     def descend(self, params: list[Tensor], shifts: list[Tensor]) -> None:
         for p, e in zip(params, shifts, strict=True):
             p.sub_(e)
-
-
-def stability_threshold(cfg: Optimizer, lr: float) -> tuple[float, str]:
-    """The sharpness at which the update stops being stable (edge of stability), and the rule used.
-
-    SGD with heavy-ball momentum β: 2(1+β)/lr. Adam: (2+2β1)/((1−β1)·lr) for the preconditioned sharpness
-    λmax(P⁻¹H) (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
-    """
-    base = base_config(cfg)
-    if isinstance(base, SGDOptimizer):
-        return 2 * (1 + base.momentum) / lr, "2(1+momentum)/lr" if base.momentum else "2/lr"
-    b1 = base.betas[0]
-    return (2 + 2 * b1) / ((1 - b1) * lr), "(2+2β1)/((1−β1)·lr) on λmax(P⁻¹H)"
-
-
-def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[Tensor], cfg: Optimizer) -> Tensor | None:
-    """Adam's diagonal P = (1−β1^t)·(√v̂_t + ε) as one flat vector, or None before the first step / for SGD."""
-    base = base_config(cfg)
-    if not isinstance(base, AdamOptimizer):
-        return None
-    pieces = []
-    for p in params:
-        state = optimizer.state.get(p, {})
-        if "exp_avg_sq" not in state:
-            return None
-        t = float(state["step"])
-        v_hat = state["exp_avg_sq"] / (1 - base.betas[1] ** t)
-        pieces.append(((1 - base.betas[0] ** t) * (v_hat.sqrt() + base.eps)).reshape(-1))
-    return torch.cat(pieces).double()

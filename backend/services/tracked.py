@@ -1,0 +1,152 @@
+"""Tracked runs: jobs trained in a user's own loop and reported by its tracker (dynascope.tracker) through the
+ingest API. Every write is idempotent: a series takes only steps after its last one, a result document only if
+the same one is not there yet (a partial one is replaced, as a worker's are), so retried and repeated batches
+change nothing."""
+
+from collections import defaultdict
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend.models import Job, JobStatus, MetricChunk, Result, utcnow
+from backend.services import jobs
+from backend.services.downsample import json_safe
+from backend.services.series import append_points, read_series, truncate_series
+from dynascope.results import RESULTS
+from dynascope.tracking import Ack, Finish, Point, RunCreate
+
+S = JobStatus
+
+
+class RefusedWrite(ValueError):
+    """A write that names a run it cannot go to (not a tracked run), or a document of an unknown shape."""
+
+
+def create_run(session: Session, request: RunCreate, owner: tuple[int, int]) -> Job:
+    """A running job (it is already training) with the tracker's config, probes and facts as its spec."""
+    facts = request.facts
+    job = Job(
+        team_id=owner[0],
+        creator_id=owner[1],
+        name=request.name,
+        source="tracked",
+        spec={
+            "name": request.name,
+            "config": request.config,
+            "probes": request.probes.model_dump(mode="json"),
+            "tracked": facts.model_dump(),
+        },
+        status=S.running.value,
+        stage="running (tracked)",
+        started_at=utcnow(),
+        heartbeat_at=utcnow(),
+        worker_host=facts.host,
+        device=facts.device,
+        model_kind=facts.model[:50] or None,
+        data_kind=None,
+        attempts=1,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def writable(session: Session, job: Job) -> Job:
+    """The run's row, locked until the write commits (writes to one run are serialized on PostgreSQL)."""
+    if job.source != "tracked":
+        raise RefusedWrite(f"job {job.id} is trained by a worker, not a tracked run: it takes no writes from a tracker")
+    locked = session.get(Job, job.id, with_for_update=True, populate_existing=True)
+    assert locked is not None
+    return locked
+
+
+def _last_steps(session: Session, job_id: int, names: list[str]) -> dict[str, int]:
+    query = select(MetricChunk.name, MetricChunk.last_step).where(MetricChunk.job_id == job_id, MetricChunk.name.in_(names))
+    last: dict[str, int] = {}
+    for name, step in session.execute(query):
+        last[name] = max(step, last.get(name, -1))
+    return last
+
+
+def _merge(session: Session, job_id: int, name: str, values: dict[int, float]) -> int:
+    """Points that arrive before the series' last step (a batch kept on disk, sent after newer ones): the steps it
+    lacks go in their place, the tail of the series rewritten once. The number added."""
+    first = min(values)
+    steps, kept = read_series(session, job_id, [name], after_step=first - 1)[name]
+    merged = dict(zip(steps.tolist(), kept.tolist(), strict=True))
+    new = {s: v for s, v in values.items() if s not in merged}
+    if new:
+        merged |= new
+        order = sorted(merged)
+        truncate_series(session, job_id, first, name)
+        session.flush()
+        append_points(session, job_id, name, np.asarray(order), np.asarray([merged[s] for s in order], dtype=float))
+    return len(new)
+
+
+def record_points(session: Session, job: Job, points: list[Point]) -> Ack:
+    """Each series takes the steps it does not have yet; a step it has is a repeat (the first value stays)."""
+    by_name: dict[str, dict[int, float]] = defaultdict(dict)
+    for p in points:
+        by_name[p.name][p.step] = np.nan if p.value is None else p.value
+    last = _last_steps(session, job.id, list(by_name))
+    accepted = 0
+    for name, values in by_name.items():
+        if min(values) > last.get(name, -1):
+            steps = sorted(values)
+            append_points(session, job.id, name, np.asarray(steps), np.asarray([values[s] for s in steps], dtype=float))
+            accepted += len(steps)
+        else:
+            accepted += _merge(session, job.id, name, values)
+    newest = max((p.step for p in points), default=None)
+    if newest is not None and newest > job.step:
+        job.step = newest
+        total = job.spec["tracked"].get("total_steps")
+        job.progress = min(1.0, newest / total) if total else job.progress
+    return Ack(accepted=accepted, skipped=len(points) - accepted)
+
+
+def record_result(session: Session, job: Job, kind: str, step: int, data: dict) -> Ack:
+    """A probe's document (validated by its model); it replaces a partial one at the same step."""
+    document = RESULTS.get(kind)
+    if document is None:
+        raise RefusedWrite(f"kind: {kind!r} is not a kind of result a tracker sends (one of {sorted(RESULTS)})")
+    recorded = json_safe(document.model_validate(data).recorded())
+    rows = session.scalars(select(Result).where(Result.job_id == job.id, Result.kind == kind, Result.step == step)).all()
+    if any(row.data == recorded for row in rows):
+        return Ack(accepted=0, skipped=1)
+    for row in rows:
+        if row.data.get("partial"):
+            session.delete(row)
+    session.add(Result(job_id=job.id, kind=kind, step=step, data=recorded))
+    return Ack(accepted=1, skipped=0)
+
+
+def beat(session: Session, job: Job, step: int | None, stage: str | None) -> None:
+    """The tracker is alive: a lost run whose tracker comes back is running again."""
+    if job.status == S.lost.value:
+        jobs.transition(
+            session,
+            job.id,
+            S.running,
+            only_from=[S.lost.value],
+            stage="running (tracked; back after a silence)",
+            error=None,
+            finished_at=None,
+        )
+    values: dict = {"heartbeat_at": utcnow()}
+    if stage:
+        values["stage"] = stage
+    if step is not None and step > job.step:
+        values["step"] = step
+    session.execute(update(Job).where(Job.id == job.id, Job.status == S.running.value).values(**values))
+
+
+def finish(session: Session, job: Job, request: Finish) -> bool:
+    """The run's end as the tracker saw it; False if it had ended already (a repeat changes nothing)."""
+    stage = {"succeeded": "done", "failed": "failed", "cancelled": "cancelled", "diverged": "diverged"}[request.status]
+    values = {"stage": stage, "error": request.error, "heartbeat_at": utcnow()}
+    if request.status == "succeeded":
+        values["progress"] = 1.0
+    return jobs.transition(session, job.id, S(request.status), only_from=[S.running.value, S.lost.value], **values)

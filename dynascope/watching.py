@@ -1,0 +1,174 @@
+"""The probes on a loop the tracker does not own, through hooks: the model's forward, the loss module's forward,
+and the optimizer's step (see dynascope.tracker for the order). One `Watched` per run."""
+
+import logging
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynascope.probes import Batch, ProbeSet, ProbeStopped, Run
+from dynascope.probes.optimizers import adam_preconditioner, stability_threshold
+from dynascope.settings import Probes
+
+log = logging.getLogger("dynascope")
+UNKNOWN_TOTAL = 2**62  # a run that did not say how many steps it plans: `end` probes run at finish()
+
+
+def per_example(loss_fn: nn.Module) -> Any:
+    """The loss module's per-example form: the same loss with reduction "none", averaged over all but the first axis."""
+    if not isinstance(loss_fn, nn.modules.loss._Loss) or getattr(loss_fn, "reduction", None) != "mean":
+        raise ValueError(
+            "run.watch: give example_loss=(outputs, targets) -> per-example losses for a loss other than a torch loss with mean reduction"
+        )
+    each = type(loss_fn)(**{**_init_args(loss_fn), "reduction": "none"})
+
+    def example_loss(out: Tensor, target: Tensor) -> Tensor:
+        values = each(out.reshape(-1, out.shape[-1]), target.reshape(-1)) if isinstance(loss_fn, nn.CrossEntropyLoss) else each(out, target)
+        return values.reshape(len(target), -1).mean(1)
+
+    return example_loss
+
+
+def _init_args(loss_fn: nn.Module) -> dict[str, Any]:
+    keep = ("weight", "ignore_index", "label_smoothing", "pos_weight", "beta", "delta")
+    return {k: getattr(loss_fn, k) for k in keep if hasattr(loss_fn, k) and not k.startswith("_")}
+
+
+class Watched:
+    def __init__(
+        self,
+        tracker: Any,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        probe_batch: tuple[Tensor, Tensor] | None,
+        settings: Probes,
+        *,
+        example_loss: Any = None,
+        classes: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        chosen = [name for name in Probes.model_fields if getattr(settings, name) is not None]
+        if chosen and probe_batch is None:
+            raise ValueError(f"run.watch: the probes {chosen} need probe_batch=(x, y): the fixed examples they compute on")
+        if not isinstance(loss_fn, nn.Module):
+            raise ValueError("run.watch: loss_fn must be an nn.Module (e.g. nn.CrossEntropyLoss()): its forward is where the batch is read")
+        x, y = probe_batch if probe_batch is not None else (torch.empty(0), torch.empty(0))
+        if classes is None and not y.is_floating_point() and len(y):
+            classes = int(y.max()) + 1
+        self.tracker, self.model, self.loss_fn, self.optimizer = tracker, model, loss_fn, optimizer
+        self.example_loss = example_loss or per_example(loss_fn)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        run = Run(
+            model,
+            lambda out, target: loss_fn(out, target),
+            self.example_loss,
+            x,
+            y,
+            classes,
+            seed,
+            tracker.request.facts.total_steps or UNKNOWN_TOTAL,
+            threshold=lambda: stability_threshold(optimizer),
+            preconditioner=lambda: adam_preconditioner(optimizer, params),
+            adaptive="betas" in optimizer.param_groups[0],
+        )
+        self.probes = ProbeSet.build(settings, run, Recording(tracker))
+        self.batch_x: Tensor | None = None
+        self.batch: Batch | None = None
+        self.capture: ExitStack | None = None
+        self.stopped = False
+        self.inside = False  # in a probe's hook: its own forward passes are not the loop's
+        self.handles = [
+            model.register_forward_pre_hook(self._forward),
+            loss_fn.register_forward_hook(self._loss),
+            optimizer.register_step_pre_hook(self._before_update),
+            optimizer.register_step_post_hook(self._after_update),
+        ]
+
+    def _safely(self, hook: Any) -> None:
+        """A probe stopped by a cancel stops the probes, not the user's loop (which reads run.should_stop())."""
+        if self.stopped:
+            return
+        self.inside = True
+        try:
+            hook()
+        except ProbeStopped:
+            self.stopped = True
+            log.warning("dynascope: the run was cancelled; its probes stop (the loop can check run.should_stop())")
+        finally:
+            self.inside = False
+
+    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.inside or self.capture is not None or not torch.is_grad_enabled() or not module.training:
+            return  # an evaluation pass, or a forward of the same step (the first one is the step's)
+        step = self.tracker.step
+        self._safely(lambda: self.probes.before_step(step))  # the weights before update s (and after the loop's own evaluation)
+        self.batch_x = args[0] if args else None
+        self.tracker._logged_step = step
+        self.capture = self.probes.capture(self.tracker.step) if not self.stopped else ExitStack()
+        self.capture.__enter__()
+
+    def _loss(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        if self.inside or self.capture is None or self.batch is not None or len(args) < 2:
+            return
+        out, target = args[0], args[1]
+        with torch.no_grad():
+            losses = self.example_loss(out.detach(), target)
+        lr = self.optimizer.param_groups[0]["lr"]
+        x = self.batch_x if isinstance(self.batch_x, Tensor) else out
+        self.batch = Batch(self.tracker.step, x, target, torch.arange(len(target)), losses, float(output.detach()), lr)
+        batch = self.batch
+        self._safely(lambda: self.probes.after_forward(batch))
+
+    def _before_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.batch is not None:
+            batch = self.batch
+            self._safely(lambda: self.probes.after_backward(batch))
+        self._close_capture()
+
+    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.batch is not None:
+            batch = self.batch
+            self._safely(lambda: self.probes.after_step(batch))
+        self.batch, self.batch_x = None, None
+        self.tracker.step += 1
+
+    def _close_capture(self) -> None:
+        if self.capture is not None:
+            self.capture.__exit__(None, None, None)
+            self.capture = None
+
+    def close(self) -> None:
+        """The probes due at the end (after the last update), then the hooks come off."""
+        self._close_capture()
+        self.probes.total = self.tracker.step
+        self._safely(self.probes.finish)
+        for handle in self.handles:
+            handle.remove()
+
+
+class Recording:
+    """The probe runner's recorder for a tracked run: everything goes to the tracker's queue."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.skipped_tensors = False
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log(metrics, step=step)
+
+    def progress(self, step: int, total: int, stage: str) -> None:
+        self.tracker._stage = stage
+
+    def should_stop(self) -> bool:
+        return self.tracker.should_stop()
+
+    def save_tensors(self, kind: str, step: int, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+        if not self.skipped_tensors:
+            log.info("dynascope: a tracked run keeps no tensors yet (%s at step %s not sent)", kind, step)
+            self.skipped_tensors = True
+
+    def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
+        self.tracker.result(kind, step, payload)

@@ -1,0 +1,217 @@
+"""The tracker in a plain PyTorch loop against a running server (`dynascope serve`: its API, reaper and worker):
+the run is a job with the numbers the probe runner computes, exactly; numbers within a stated tolerance of a
+server job of the same spec; offline runs and runs whose server was away are sent by `dynascope sync`, twice
+without duplicates; a tracker killed with -9 leaves a `lost` run with everything it had sent."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dynascope
+from backend.spec import JobSpec
+from dynascope.probes import Batch, ProbeSet, Run
+from dynascope.probes.optimizers import stability_threshold
+from dynascope.watching import UNKNOWN_TOTAL, per_example
+from tests.conftest import Serve, free_port, spec
+from tests.helpers import ListRecorder
+from worker.training.loop import Batches, prepare
+
+PROBES = {"gradstats": {"every": 3, "details_every": 30}, "hessian": {"every": 10, "top_k": 2, "examples": 100_000}}
+STEPS = 40
+TRACKED_TIMEOUT = 4
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    serve = Serve(tmp_path_factory.mktemp("tracker"), {"DYNASCOPE_TRACKED_TIMEOUT": str(TRACKED_TIMEOUT)})
+    yield serve
+    serve.ctrl_c()
+
+
+def _token(served: Serve) -> str:
+    return served.client.headers["authorization"].removeprefix("Bearer ")
+
+
+def _series(served: Serve, job_id: int, prefix: str = "") -> dict[str, tuple[list[int], list]]:
+    names = [
+        s["name"] for s in served.client.get(f"/jobs/{job_id}/metrics", params={"prefix": prefix, "max_points": 100_000}).json()["series"]
+    ]
+    got = served.client.get(f"/jobs/{job_id}/metrics", params={"names": ",".join(names), "max_points": 100_000}).json()["series"]
+    return {s["name"]: (s["steps"], s["values"]) for s in got}
+
+
+def _loop(job: JobSpec, step_hook) -> None:
+    """A plain loop over the job's data and batch order (model, data and seed from the spec)."""
+    p = prepare(job, torch.device("cpu"))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(p.model.parameters(), lr=job.optimizer.lr)
+    batches = Batches(len(p.split.y_train), job.train.batch_size, job.train.seed)
+    step_hook("start", p, loss_fn, optimizer)
+    for _ in range(job.train.steps):
+        idx = batches.next()
+        loss = loss_fn(p.model(p.split.x_train[idx]), p.split.y_train[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        step_hook("step", loss.item(), None, None)
+
+
+def _tracked(served: Serve, job: JobSpec, **init) -> dynascope.Run:
+    run = dynascope.init(job.name, {"lr": job.optimizer.lr}, url=f"http://127.0.0.1:{served.port}", token=_token(served), **init)
+
+    def hook(what, a, b, c):
+        if what == "start":
+            run.watch(a.model, b, c, probe_batch=(a.split.x_train, a.split.y_train), probes=PROBES)
+        else:
+            run.log({"train/loss": a})
+
+    _loop(job, hook)
+    run.finish()
+    return run
+
+
+def _reference(job: JobSpec) -> ListRecorder:
+    """The same loop with the probe runner's hooks called by hand, into a list."""
+    recorder, p = ListRecorder(), prepare(job, torch.device("cpu"))
+    loss_fn = nn.CrossEntropyLoss()
+    each = per_example(loss_fn)
+    optimizer = torch.optim.SGD(p.model.parameters(), lr=job.optimizer.lr)
+    x_all, y_all = p.split.x_train, p.split.y_train
+    run = Run(p.model, loss_fn, each, x_all, y_all, 10, 0, UNKNOWN_TOTAL, threshold=lambda: stability_threshold(optimizer))
+    probes = ProbeSet.build(job.probes, run, recorder)
+    batches = Batches(len(y_all), job.train.batch_size, job.train.seed)
+    for step in range(job.train.steps):
+        probes.before_step(step)
+        idx = batches.next()
+        x, y = x_all[idx], y_all[idx]
+        with probes.capture(step):
+            out = p.model(x)
+            loss = loss_fn(out, y)
+        batch = Batch(step, x, y, torch.arange(len(y)), each(out.detach(), y), float(loss.detach()), job.optimizer.lr)
+        probes.after_forward(batch)
+        loss.backward()
+        probes.after_backward(batch)
+        optimizer.step()
+        probes.after_step(batch)
+        optimizer.zero_grad()
+        recorder.log(step, {"train/loss": loss.item()})
+    probes.total = job.train.steps
+    probes.finish()
+    return recorder
+
+
+def test_a_tracked_loop_is_a_job_with_the_runners_numbers_and_close_to_a_server_jobs(served: Serve, tmp_path: Path):
+    job = JobSpec.model_validate(spec(steps=STEPS, name="tracked-digits", checkpoint_every=None) | {"probes": PROBES})
+    run = _tracked(served, job, dir=tmp_path / "run")
+    tracked = served.client.get(f"/jobs/{run.id}").json()
+    assert (tracked["source"], tracked["status"], tracked["step"]) == ("tracked", "succeeded", STEPS)
+    assert not list((tmp_path / "run" / "pending").glob("*"))  # everything went out
+    got = _series(served, run.id)
+    assert len(got["train/loss"][0]) == STEPS and got["hessian/lambda_1"][0] == [0, 10, 20, 30, 40]
+    assert got["grad/noise_scale"][0] == list(range(0, STEPS, 3))
+    # every number the runner computes on this loop, exactly, through the hooks, the queue and the server
+    reference = _reference(job)
+    expected: dict[str, tuple[list[int], list]] = {}
+    for step, name, value in reference.points:
+        if not name.startswith("time/"):
+            expected.setdefault(name, ([], []))[0].append(step)
+            expected[name][1].append(value if np.isfinite(value) else None)
+    assert {k: v for k, v in got.items() if not k.startswith("time/")} == expected
+    served_docs = served.client.get(f"/jobs/{run.id}/results/hessian").json()
+    timing = ("seconds",)
+    assert [{k: v for k, v in r["data"].items() if k not in timing} for r in served_docs] == [
+        {k: v for k, v in d.items() if k not in timing} for kind, _, d in reference.results if kind == "hessian"
+    ]
+    # against the server job of the same spec: the step's loss is nn.CrossEntropyLoss's fused mean here and the
+    # mean of per-example losses there, which differ in the last bits; over 40 steps that stays below 1e-4
+    server_job = served.client.post("/jobs", json=job.model_dump(mode="json")).json()
+    served.job_when(server_job["id"], lambda j: j["status"] == "succeeded", 120)
+    theirs = _series(served, server_job["id"])
+    for name in ("train/loss", "grad/noise_scale", "grad/norm", "hessian/lambda_1", "hessian/threshold"):
+        assert got[name][0] == theirs[name][0], name
+        np.testing.assert_allclose(np.array(got[name][1], float), np.array(theirs[name][1], float), rtol=1e-4, err_msg=name)
+    views = [v["name"] for v in served.client.get(f"/jobs/{run.id}/figures").json()]
+    assert views == ["training", "hessian", "gradstats"]
+
+
+def test_offline_runs_and_runs_without_a_server_are_sent_by_sync_once(served: Serve, tmp_path: Path):
+    job = JobSpec.model_validate(spec(steps=15, name="offline-digits", checkpoint_every=None) | {"probes": PROBES})
+    offline = _tracked(served, job, dir=tmp_path / "offline", mode="offline")
+    nowhere = dynascope.init("no-server", url=f"http://127.0.0.1:{free_port()}", token="x", dir=tmp_path / "nowhere")
+    for step in range(30):
+        nowhere.log({"train/loss": 1.0 / (step + 1)})
+    nowhere.finish()
+    assert offline.id is None and nowhere.id is None
+    env = {**os.environ, "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}", "DYNASCOPE_TOKEN": _token(served)}
+    sync = [sys.executable, "-m", "dynascope.cli", "sync", str(tmp_path / "offline"), str(tmp_path / "nowhere")]
+    first = subprocess.run(sync, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    ids = [int(line.split("job ")[1].split()[0]) for line in first.stdout.splitlines() if "→ job" in line]
+    assert len(ids) == 2
+    before = [_series(served, i) for i in ids]
+    again = subprocess.run(sync, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and [int(line.split("job ")[1].split()[0]) for line in again.stdout.splitlines() if "→ job" in line] == ids
+    assert [_series(served, i) for i in ids] == before  # nothing twice
+    sent = before[1]["train/loss"]
+    assert sent == (list(range(30)), [1.0 / (s + 1) for s in range(30)])
+    assert len(before[0]["train/loss"][0]) == 15 and before[0]["hessian/lambda_1"][0] == [0, 10]
+    assert [served.client.get(f"/jobs/{i}").json()["status"] for i in ids] == ["succeeded", "succeeded"]
+
+
+KILLED = textwrap.dedent("""
+    import sys, time
+    import dynascope
+    run = dynascope.init("killed", url=sys.argv[1], token=sys.argv[2])
+    for step in range(20):
+        run.log({"train/loss": float(step)})
+    run._put(("flush", done := __import__("threading").Event()))
+    done.wait(30)
+    print(run.id, flush=True)
+    while True:
+        time.sleep(1)
+""")
+
+
+def test_a_tracker_killed_with_sigkill_leaves_a_lost_run_with_what_it_sent(served: Serve):
+    env = {**os.environ, "DYNASCOPE_TRACKER_HEARTBEAT": "0.5"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, f"http://127.0.0.1:{served.port}", _token(served)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    run_id = int(proc.stdout.readline())
+    time.sleep(2 * TRACKED_TIMEOUT)  # beating: still running
+    assert served.client.get(f"/jobs/{run_id}").json()["status"] == "running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    lost = served.job_when(run_id, lambda j: j["status"] == "lost", 4 * TRACKED_TIMEOUT)
+    assert "stopped sending" in lost["error"]
+    assert _series(served, run_id)["train/loss"] == (list(range(20)), [float(s) for s in range(20)])
+
+
+def test_the_readmes_plain_loop_example_runs(served: Serve, tmp_path: Path):
+    env = {
+        **os.environ,
+        "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}",
+        "DYNASCOPE_TOKEN": _token(served),
+        "DYNASCOPE_DIR": str(tmp_path),
+    }
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "track_plain_loop.py")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = int(done.stdout.split("run ")[1].split(":")[0])
+    job = served.client.get(f"/jobs/{run_id}").json()
+    assert (job["status"], job["progress"], job["spec"]["config"]["lr"]) == ("succeeded", 1.0, 0.2)
+    views = [v["name"] for v in served.client.get(f"/jobs/{run_id}/figures").json()]
+    assert views == ["training", "hessian", "gradstats", "collapse"]
+    got = _series(served, run_id)
+    assert got["collapse/nc1"][0] == [0, 100, 200, 300] and len(got["train/loss"][0]) == 300
