@@ -13,10 +13,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test fuzz bench format browser clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[server,worker,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[server,worker,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -36,12 +36,16 @@ def _init_args(loss_fn: nn.Module) -> dict[str, Any]:
     return {k: getattr(loss_fn, k) for k in keep if hasattr(loss_fn, k) and not k.startswith("_")}
 
 
-class Watched:
+class Stepper:
+    """The probe runner driven one step at a time by a loop the tracker does not own: `start` (the weights before
+    update s; the probes due at s run, then their capture begins), `forward_done`, `before_update` (the
+    gradient is in `.grad`), `after_update`, and `close` at the end."""
+
     def __init__(
         self,
         tracker: Any,
         model: nn.Module,
-        loss_fn: nn.Module,
+        loss_fn: Any,
         optimizer: torch.optim.Optimizer,
         probe_batch: tuple[Tensor, Tensor] | None,
         settings: Probes,
@@ -52,13 +56,11 @@ class Watched:
     ) -> None:
         chosen = [name for name in Probes.model_fields if getattr(settings, name) is not None]
         if chosen and probe_batch is None:
-            raise ValueError(f"run.watch: the probes {chosen} need probe_batch=(x, y): the fixed examples they compute on")
-        if not isinstance(loss_fn, nn.Module):
-            raise ValueError("run.watch: loss_fn must be an nn.Module (e.g. nn.CrossEntropyLoss()): its forward is where the batch is read")
+            raise ValueError(f"watch: the probes {chosen} need probe_batch=(x, y): the fixed examples they compute on")
         x, y = probe_batch if probe_batch is not None else (torch.empty(0), torch.empty(0))
         if classes is None and not y.is_floating_point() and len(y):
             classes = int(y.max()) + 1
-        self.tracker, self.model, self.loss_fn, self.optimizer = tracker, model, loss_fn, optimizer
+        self.tracker, self.optimizer = tracker, optimizer
         self.example_loss = example_loss or per_example(loss_fn)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         run = Run(
@@ -80,12 +82,6 @@ class Watched:
         self.capture: ExitStack | None = None
         self.stopped = False
         self.inside = False  # in a probe's hook: its own forward passes are not the loop's
-        self.handles = [
-            model.register_forward_pre_hook(self._forward),
-            loss_fn.register_forward_hook(self._loss),
-            optimizer.register_step_pre_hook(self._before_update),
-            optimizer.register_step_post_hook(self._after_update),
-        ]
 
     def _safely(self, hook: Any) -> None:
         """A probe stopped by a cancel stops the probes, not the user's loop (which reads run.should_stop())."""
@@ -100,37 +96,35 @@ class Watched:
         finally:
             self.inside = False
 
-    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self.inside or self.capture is not None or not torch.is_grad_enabled() or not module.training:
-            return  # an evaluation pass, or a forward of the same step (the first one is the step's)
+    @property
+    def started(self) -> bool:
+        return self.capture is not None
+
+    def start(self, x: Any) -> None:
         step = self.tracker.step
-        self._safely(lambda: self.probes.before_step(step))  # the weights before update s (and after the loop's own evaluation)
-        self.batch_x = args[0] if args else None
+        self._safely(lambda: self.probes.before_step(step))
+        self.batch_x = x
         self.tracker._logged_step = step
-        self.capture = self.probes.capture(self.tracker.step) if not self.stopped else ExitStack()
+        self.capture = self.probes.capture(step) if not self.stopped else ExitStack()
         self.capture.__enter__()
 
-    def _loss(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-        if self.inside or self.capture is None or self.batch is not None or len(args) < 2:
-            return
-        out, target = args[0], args[1]
-        with torch.no_grad():
-            losses = self.example_loss(out.detach(), target)
+    def forward_done(self, out: Tensor, target: Tensor, loss: float, losses: Tensor | None = None) -> None:
+        """The step's outputs, targets and mean loss (and each example's loss, if the loop has them already)."""
+        if losses is None:
+            with torch.no_grad():
+                losses = self.example_loss(out.detach(), target)
         lr = self.optimizer.param_groups[0]["lr"]
         x = self.batch_x if isinstance(self.batch_x, Tensor) else out
-        self.batch = Batch(self.tracker.step, x, target, torch.arange(len(target)), losses, float(output.detach()), lr)
-        batch = self.batch
+        batch = self.batch = Batch(self.tracker.step, x, target, torch.arange(len(target)), losses, loss, lr)
         self._safely(lambda: self.probes.after_forward(batch))
 
-    def _before_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.batch is not None:
-            batch = self.batch
+    def before_update(self) -> None:
+        if (batch := self.batch) is not None:
             self._safely(lambda: self.probes.after_backward(batch))
         self._close_capture()
 
-    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.batch is not None:
-            batch = self.batch
+    def after_update(self) -> None:
+        if (batch := self.batch) is not None:
             self._safely(lambda: self.probes.after_step(batch))
         self.batch, self.batch_x = None, None
         self.tracker.step += 1
@@ -141,10 +135,38 @@ class Watched:
             self.capture = None
 
     def close(self) -> None:
-        """The probes due at the end (after the last update), then the hooks come off."""
+        """The probes due at the end (after the last update)."""
         self._close_capture()
         self.probes.total = self.tracker.step
         self._safely(self.probes.finish)
+
+
+class Watched(Stepper):
+    """A plain loop, read through hooks on its model, loss module and optimizer (see dynascope.tracker)."""
+
+    def __init__(self, tracker: Any, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *args: Any, **kw: Any) -> None:
+        if not isinstance(loss_fn, nn.Module):
+            raise ValueError("run.watch: loss_fn must be an nn.Module (e.g. nn.CrossEntropyLoss()): its forward is where the batch is read")
+        super().__init__(tracker, model, loss_fn, optimizer, *args, **kw)
+        self.handles = [
+            model.register_forward_pre_hook(self._forward),
+            loss_fn.register_forward_hook(self._loss),
+            optimizer.register_step_pre_hook(lambda *_: self.before_update()),
+            optimizer.register_step_post_hook(lambda *_: self.after_update()),
+        ]
+
+    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.inside or self.started or not torch.is_grad_enabled() or not module.training:
+            return  # an evaluation pass, or a forward of the same step (the first one is the step's)
+        self.start(args[0] if args else None)
+
+    def _loss(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        if self.inside or not self.started or self.batch is not None or len(args) < 2:
+            return
+        self.forward_done(args[0], args[1], float(output.detach()))
+
+    def close(self) -> None:
+        super().close()
         for handle in self.handles:
             handle.remove()
 

@@ -244,9 +244,9 @@ def spec(steps: int = 300, lr: float = 0.5, name: str = "test-job", **train: Any
 
 
 class Serve:
-    def __init__(self, workdir: Path, settings: dict[str, str] | None = None) -> None:
-        """`dynascope serve` in `workdir`; `settings`: DYNASCOPE_* variables of its own."""
-        self.workdir, self.port = workdir, free_port()
+    def __init__(self, workdir: Path, settings: dict[str, str] | None = None, port: int | None = None) -> None:
+        """`dynascope serve` in `workdir` (on `port`: a restart); `settings`: DYNASCOPE_* variables of its own."""
+        self.workdir, self.port = workdir, port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")}
         env |= {"DYNASCOPE_HEARTBEAT_INTERVAL": "0.5", "DYNASCOPE_TORCH_THREADS": "1", **(settings or {})}
         self.log = open(workdir / "serve.log", "ab")  # noqa: SIM115

@@ -196,22 +196,62 @@ def test_a_tracker_killed_with_sigkill_leaves_a_lost_run_with_what_it_sent(serve
     assert _series(served, run_id)["train/loss"] == (list(range(20)), [float(s) for s in range(20)])
 
 
-def test_the_readmes_plain_loop_example_runs(served: Serve, tmp_path: Path):
-    env = {
-        **os.environ,
-        "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}",
-        "DYNASCOPE_TOKEN": _token(served),
-        "DYNASCOPE_DIR": str(tmp_path),
-    }
-    root = Path(__file__).parents[2]
+def _example(served: Serve, tmp_path: Path, name: str) -> int:
+    """Run examples/<name> against the server; the id of the run it made."""
+    env = {**os.environ, "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}", "DYNASCOPE_TOKEN": _token(served)}
+    script = Path(__file__).parents[2] / "examples" / name
     done = subprocess.run(
-        [sys.executable, str(root / "examples" / "track_plain_loop.py")], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(script)], env=env | {"DYNASCOPE_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    run_id = int(done.stdout.split("run ")[1].split(":")[0])
+    return int(done.stdout.strip().splitlines()[-1].split("run ")[1].split(":")[0])
+
+
+def test_the_readmes_plain_loop_example_runs(served: Serve, tmp_path: Path):
+    run_id = _example(served, tmp_path, "track_plain_loop.py")
     job = served.client.get(f"/jobs/{run_id}").json()
     assert (job["status"], job["progress"], job["spec"]["config"]["lr"]) == ("succeeded", 1.0, 0.2)
     views = [v["name"] for v in served.client.get(f"/jobs/{run_id}/figures").json()]
     assert views == ["training", "hessian", "gradstats", "collapse"]
     got = _series(served, run_id)
     assert got["collapse/nc1"][0] == [0, 100, 200, 300] and len(got["train/loss"][0]) == 300
+
+
+def test_the_readmes_lightning_example_runs(served: Serve, tmp_path: Path):
+    run_id = _example(served, tmp_path, "track_lightning.py")
+    job = served.client.get(f"/jobs/{run_id}").json()
+    assert (job["status"], job["spec"]["tracked"]["framework"], job["spec"]["config"]) == (
+        "succeeded",
+        "lightning",
+        {"lr": 0.1, "width": 64},
+    )
+    got = _series(served, run_id)
+    assert got["hessian/lambda_1"][0] == [0, 50, 100, 150] and got["grad/noise_scale"][0] == list(range(0, 150, 5))
+    assert len(got["train/loss"][0]) == 150
+
+
+def test_a_server_away_mid_run_loses_nothing(tmp_path: Path):
+    """The server stops with a run going; the loop goes on (its points kept on disk); the server comes back on the
+    same address and the tracker sends them by itself, once."""
+    (tmp_path / "server").mkdir()
+    first = Serve(tmp_path / "server", {"DYNASCOPE_TRACKED_TIMEOUT": "120"})
+    port, token = first.port, _token(first)
+    run = dynascope.init("through-an-outage", url=f"http://127.0.0.1:{port}", token=token, dir=tmp_path / "run")
+    for step in range(100):
+        run.log({"train/loss": float(step)}, step=step)
+    run._put(("flush", done := __import__("threading").Event()))
+    assert done.wait(30)
+    first.ctrl_c()
+    for step in range(100, 250):
+        run.log({"train/loss": float(step)}, step=step)
+    run._put(("flush", done := __import__("threading").Event()))
+    assert done.wait(30) and run.spill.pending()  # kept while the server is away
+    again = Serve(tmp_path / "server", {"DYNASCOPE_TRACKED_TIMEOUT": "120"}, port=port)
+    try:
+        again.wait(lambda: not run.spill.pending(), 30, "the kept points sent")
+        run.finish()
+        job = again.client.get(f"/jobs/{run.id}").json()
+        assert job["status"] == "succeeded"
+        assert _series(again, run.id)["train/loss"] == (list(range(250)), [float(s) for s in range(250)])
+    finally:
+        again.ctrl_c()

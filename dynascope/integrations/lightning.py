@@ -1,0 +1,92 @@
+"""Track a Lightning `Trainer`: `Trainer(callbacks=[DynascopeCallback(probes=..., probe_batch=..., loss_fn=...)])`.
+
+The run is made on global rank 0 at `fit` (its config: the module's hyperparameters unless given). The probes
+follow Lightning's own hooks: a batch's start is step s (the weights before update s; the probes due at s run,
+then the capture of the gradient statistics begins, so they come from the step's own backward), the backward
+ends it (`on_after_backward`, before clipping and the optimizer's step), the batch's end is after the update.
+The Hessian, landscape, collapse and signals probes compute on `probe_batch` with `loss_fn(module(x), y)`: the
+module's forward must give the outputs `loss_fn` reads. Every metric the module logs on the step goes to the
+run as a series.
+"""
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+import dynascope
+from dynascope.settings import Probes
+from dynascope.watching import Stepper
+
+
+class DynascopeCallback(pl.Callback):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        probes: dict | None = None,
+        probe_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss_fn: Any = None,
+        example_loss: Any = None,
+        config: dict | None = None,
+        **init: Any,
+    ) -> None:
+        self.name, self.config, self.init = name, config, init
+        self.settings = Probes.model_validate(probes or {})
+        self.probe_batch, self.loss_fn, self.example_loss = probe_batch, loss_fn, example_loss
+        self.run: dynascope.Run | None = None
+        self.stepper: Stepper | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        config = self.config if self.config is not None else {k: v for k, v in dict(module.hparams).items() if _plain(v)}
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.run = dynascope.init(self.name or type(module).__name__, config, framework="lightning", total_steps=total, **self.init)
+        batch = tuple(t.to(module.device) for t in self.probe_batch) if self.probe_batch is not None else None
+        loss_fn = self.loss_fn if self.loss_fn is not None else torch.nn.functional.cross_entropy
+        example_loss = self.example_loss or (lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none"))
+        self.stepper = Stepper(self.run, module, loss_fn, trainer.optimizers[0], batch, self.settings, example_loss=example_loss)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.stepper is not None:
+            self.batch = batch
+            self.stepper.start(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self.stepper is not None and isinstance(self.batch, (tuple, list)) and len(self.batch) > 1:
+            target = self.batch[1]
+            value = float(loss.detach())
+            # (Lightning does not hand the outputs to a callback: each example's loss reads as the batch's mean.)
+            self.stepper.forward_done(torch.full((len(target), 1), value), target, value, losses=torch.full((len(target),), value))
+
+    def on_after_backward(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.stepper is not None:
+            self.stepper.before_update()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.stepper is None or self.run is None:
+            return
+        self.stepper.after_update()
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        if isinstance(outputs, dict) and isinstance(outputs.get("loss"), torch.Tensor):
+            logged.setdefault("train/loss", float(outputs["loss"].detach()))
+        self.run.log(logged, step=self.run.step - 1)
+        if self.run.should_stop():
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._end("succeeded")
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        self._end("cancelled" if isinstance(exception, KeyboardInterrupt) else "failed", f"{type(exception).__name__}: {exception}")
+
+    def _end(self, status: str, error: str | None = None) -> None:
+        if self.stepper is not None and self.run is not None:
+            self.stepper.close()
+            self.run.finish(status, error)  # type: ignore[arg-type]
+            self.stepper = None
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
