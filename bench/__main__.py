@@ -22,11 +22,13 @@ from bench import (
     hessian_tracking,
     landscape_surface,
     signals_overhead,
+    tracked_loop,
     train_loop,
 )
 
 BENCHMARKS = {
     "train_loop": train_loop.run,
+    "tracked_loop": tracked_loop.run,
     "hessian_topk": hessian_topk.run,
     "hessian_tracking": hessian_tracking.run,
     "hessian_trace_density": hessian_trace_density.run,

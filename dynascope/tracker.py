@@ -75,9 +75,11 @@ class Run:
         self.cancelled = threading.Event()
         self.step = 0  # the optimizer steps seen (a watched run), or the log calls (one that is not)
         self._logged_step: int | None = None
+        self._names: set[str] = set()
         self._stage = "running"
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_ITEMS)
         self._closing = threading.Event()
+        self._wake = threading.Event()  # a flush or the end: the sender goes at once instead of at its next round
         self._watched: Any = None  # the probes and hooks, once watch() is called
         self._finished = False
         self._create()
@@ -117,7 +119,10 @@ class Run:
             if self._watched is None:
                 self.step += 1
         for name, value in metrics.items():
-            self._put(("point", Point(name=name, step=step, value=_finite(value))))
+            if name not in self._names:  # each name checked once; the points themselves are built unchecked (the loop's time)
+                Point(name=name, step=step, value=None)
+                self._names.add(name)
+            self._put(("point", Point.model_construct(name=name, step=int(step), value=_finite(value))))
 
     def result(self, kind: str, step: int, data: dict[str, Any]) -> None:
         self._put(("result", ResultIn(kind=kind, step=step, data=data)))
@@ -141,6 +146,7 @@ class Run:
         self._put(("flush", done))
         done.wait(FINISH_SECONDS)
         self._closing.set()
+        self._wake.set()
         self._sender.join(FINISH_SECONDS)
         if self.online and not self.spill.pending():
             try:
@@ -170,6 +176,8 @@ class Run:
         except queue.Full:  # the sender fell far behind: to disk at once, never block the loop
             if item[0] != "flush":
                 self.spill.append(_record(item))
+        if item[0] == "flush":
+            self._wake.set()
 
     def _send_loop(self) -> None:
         next_retry = 0.0
@@ -192,12 +200,16 @@ class Run:
                 done.set()
 
     def _take(self) -> tuple[list[tuple[str, Any]], list[threading.Event]]:
+        """What the queue holds (up to a batch), taken once a round: the sender never wakes per point, which would
+        take the interpreter from the loop at every log."""
+        if self._queue.qsize() < BATCH_POINTS:
+            self._wake.wait(SEND_SECONDS)
+        self._wake.clear()
         items: list[tuple[str, Any]] = []
         flushes: list[threading.Event] = []
-        deadline = time.monotonic() + SEND_SECONDS
         while len(items) < BATCH_POINTS:
             try:
-                kind, value = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                kind, value = self._queue.get_nowait()
             except queue.Empty:
                 break
             if kind == "flush":

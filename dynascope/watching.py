@@ -108,11 +108,10 @@ class Stepper:
         self.capture = self.probes.capture(step) if not self.stopped else ExitStack()
         self.capture.__enter__()
 
-    def forward_done(self, out: Tensor, target: Tensor, loss: float, losses: Tensor | None = None) -> None:
-        """The step's outputs, targets and mean loss (and each example's loss, if the loop has them already)."""
-        if losses is None:
-            with torch.no_grad():
-                losses = self.example_loss(out.detach(), target)
+    def forward_done(self, out: Tensor, target: Tensor, loss: float) -> None:
+        """The step's outputs, targets and mean loss. (Each example's loss is read only when the batch is the whole
+        training set, which a tracked run's probes never assume: none is computed.)"""
+        losses = out.new_empty(0)
         lr = self.optimizer.param_groups[0]["lr"]
         x = self.batch_x if isinstance(self.batch_x, Tensor) else out
         batch = self.batch = Batch(self.tracker.step, x, target, torch.arange(len(target)), losses, loss, lr)
@@ -148,12 +147,22 @@ class Watched(Stepper):
         if not isinstance(loss_fn, nn.Module):
             raise ValueError("run.watch: loss_fn must be an nn.Module (e.g. nn.CrossEntropyLoss()): its forward is where the batch is read")
         super().__init__(tracker, model, loss_fn, optimizer, *args, **kw)
+        if not self.probes.probes:  # nothing to run: only the steps are counted (the loop's time stays its own)
+            self.handles = [model.register_forward_pre_hook(self._count), optimizer.register_step_post_hook(self._counted)]
+            return
         self.handles = [
             model.register_forward_pre_hook(self._forward),
             loss_fn.register_forward_hook(self._loss),
             optimizer.register_step_pre_hook(lambda *_: self.before_update()),
             optimizer.register_step_post_hook(lambda *_: self.after_update()),
         ]
+
+    def _count(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.tracker._logged_step = self.tracker.step
+
+    def _counted(self, *_: Any) -> None:
+        self.tracker.step += 1
 
     def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.inside or self.started or not torch.is_grad_enabled() or not module.training:

@@ -56,9 +56,7 @@ class DynascopeCallback(pl.Callback):
     def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self.stepper is not None and isinstance(self.batch, (tuple, list)) and len(self.batch) > 1:
             target = self.batch[1]
-            value = float(loss.detach())
-            # (Lightning does not hand the outputs to a callback: each example's loss reads as the batch's mean.)
-            self.stepper.forward_done(torch.full((len(target), 1), value), target, value, losses=torch.full((len(target),), value))
+            self.stepper.forward_done(torch.empty(0), target, float(loss.detach()))  # (Lightning hands no outputs to a callback)
 
     def on_after_backward(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.stepper is not None:
