@@ -184,4 +184,6 @@ def quotas(team: Team, settings: Settings) -> Quotas:
 
 
 def count_jobs(session: Session, team_id: int, status: JobStatus) -> int:
-    return session.scalar(select(func.count()).where(Job.team_id == team_id, Job.status == status.value)) or 0
+    """The team's jobs on the workers in that state (the quotas' count: a tracked run uses no worker)."""
+    query = select(func.count()).where(Job.team_id == team_id, Job.status == status.value, Job.source == "server")
+    return session.scalar(query) or 0

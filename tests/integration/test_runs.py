@@ -79,6 +79,13 @@ def test_bad_input_names_the_field(client: TestClient):
         Points.model_validate({"points": [{"name": "a", "step": s, "value": 0.0} for s in range(10_001)]})
 
 
+def test_tracked_runs_take_no_place_in_the_running_jobs_quota(client: TestClient):
+    for _ in range(3):
+        client.post(f"{API}/runs", json=RUN)
+    assert client.get(f"{API}/team/quotas").json()["running"] == 0
+    assert client.get(f"{API}/jobs", params={"status": "running"}).json()["total"] == 3
+
+
 def test_only_a_tracked_run_takes_a_trackers_writes(client: TestClient):
     job = client.post(f"{API}/jobs", json=spec(name="server-job")).json()
     refused = client.post(f"{API}/runs/{job['id']}/points", json={"points": []})
