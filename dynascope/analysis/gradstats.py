@@ -7,10 +7,16 @@ the algebra allows:
 
 - Linear on one vector per example: g_i = δ_i a_iᵀ, so ‖g_i‖² = ‖δ_i‖²‖a_i‖², Σ_i g_i² = (δ∘δ)ᵀ(a∘a) and
   g_i·ḡ = δ_iᵀ Ḡ a_i (δ: the output gradient of ℓ_i, a: the layer's input);
-- Linear on sequences and convolutions (unfolded): per-example gradients of that layer only, in chunks;
+- Linear on sequences and convolutions (unfolded): per-example gradients of that layer only, in chunks; a layer
+  that is a Linear with its weight stored transposed (Hugging Face's GPT-2 `Conv1D`) is one once registered
+  (`register_transposed_linear`);
 - LayerNorm, GroupNorm and BatchNorm affine parameters: g_i = Σ δ_i∘x̂_i (x̂ the normalized input) and Σ δ_i;
-- anything else (embeddings, custom parameters): per-example gradients by torch.func, for those parameters
-  only — counted exactly, never dropped.
+- anything else (embeddings, custom parameters, and a parameter two modules share, such as tied input and output
+  embeddings, whose per-example gradient no one layer holds): per-example gradients by torch.func, for those
+  parameters only — counted exactly, never dropped.
+
+Under torch.distributed (DDP) each rank holds its examples' part and `.grad` already holds the global mean:
+`across_ranks` joins the parts, so the statistics are those of the global batch.
 
 With BatchNorm in train mode an example's "gradient" is its share of the batch gradient (examples interact
 through the batch statistics); the statistics then describe those shares.
@@ -19,6 +25,7 @@ through the batch statistics); the statistics then describe those shares.
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +35,14 @@ from torch.nn import functional as F
 LossFn = Callable[[Tensor, Tensor], Tensor]
 CHUNK_ELEMENTS = 2**24  # per-example gradients of one layer are formed this many elements at a time
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+_TRANSPOSED_LINEAR: list[type[nn.Module]] = []  # y = x W + b with W [in, out] (see register_transposed_linear)
+
+
+def register_transposed_linear(kind: type[nn.Module]) -> None:
+    """Give the linear rule to a layer class computing `x @ weight + bias` with `weight` of shape [in, out] (Hugging
+    Face's `Conv1D` in GPT-2): without it such a layer's per-example gradients come from torch.func."""
+    if kind not in _TRANSPOSED_LINEAR:
+        _TRANSPOSED_LINEAR.append(kind)
 
 
 @dataclass
@@ -50,6 +65,7 @@ class Tape:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.saved: dict[nn.Module, list[Tensor]] = {}
+        self.output_grad: Tensor | None = None  # the gradient at the model's output (model_output of it)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._scratch: dict[str, Tensor] = {}
 
@@ -69,10 +85,21 @@ class Tape:
         self.saved[module] = [args[0].detach()]
         output.register_hook(lambda g, m=module: self.saved[m].append(g.detach()))
 
+    def _output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        out = model_output(output)
+        if out is not None and out.requires_grad:
+            out.register_hook(self._keep_output_grad)
+
+    def _keep_output_grad(self, grad: Tensor) -> None:
+        self.output_grad = grad.detach()
+
     def __enter__(self) -> "Tape":
         self.saved.clear()
+        self.output_grad = None
         self.names = {m: n for n, m in self.model.named_modules()}
-        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.model.modules() if isinstance(m, self.FAST)]
+        fast = (*self.FAST, *_TRANSPOSED_LINEAR)
+        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.model.modules() if isinstance(m, fast)]
+        self._handles.append(self.model.register_forward_hook(self._output_hook))
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -113,21 +140,31 @@ def _chunk_size(batch: int, per_example: int) -> int:
     return min(batch, max(1, CHUNK_ELEMENTS // max(per_example, 1)))
 
 
-def _linear(m: nn.Linear, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
-    b, w = a.shape[0], m.weight.grad
+def _linear(w: Tensor, bias: Tensor | None, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
+    """A Linear layer's weight gradient `w` [out, in] and bias gradient."""
+    b = a.shape[0]
     out: dict[str, Moments] = {}
     if a.dim() == 2:  # one vector per example
         d = d * scale
         sq_a, sq_d = a * a, d * d
         sq_norms_d = sq_d.sum(1)
         out["weight"] = Moments(w, sq_norms_d * sq_a.sum(1), torch.linalg.vecdot(d @ w, a), sq_d.T @ sq_a, "linear")
-        if m.bias is not None:
-            out["bias"] = Moments(m.bias.grad, sq_norms_d, d @ m.bias.grad, sq_d.sum(0), "linear")
+        if bias is not None:
+            out["bias"] = Moments(bias, sq_norms_d, d @ bias, sq_d.sum(0), "linear")
         return out
     a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1]) * scale
     out["weight"] = _chunked_per_example(lambda s: torch.einsum("bto,bti->boi", d3[s], a3[s]), b, w.numel(), w, "per-example")
-    if m.bias is not None:
-        out["bias"] = _from_per_example(d3.sum(1), m.bias.grad, "linear", consume=True)
+    if bias is not None:
+        out["bias"] = _from_per_example(d3.sum(1), bias, "linear", consume=True)
+    return out
+
+
+def _transposed_linear(m: nn.Module, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
+    """The linear rule on Wᵀ, its results read back in W's layout."""
+    bias = m.bias.grad if getattr(m, "bias", None) is not None else None
+    out = _linear(m.weight.grad.T, bias, a, d, scale)
+    w = out["weight"]
+    out["weight"] = Moments(m.weight.grad, w.sq_norms, w.dots, w.coord_sq.view(w.mean.shape).T, w.rule)
     return out
 
 
@@ -213,16 +250,48 @@ def _norm(m: nn.Module, a: Tensor, d: Tensor, scale: int) -> dict[str, Moments]:
     return out
 
 
-def _fallback(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: list[str], grads: dict[str, Tensor]) -> dict[str, Moments]:
-    """Per-example gradients by torch.func for the parameters no rule covers (an example's loss alone)."""
+def model_output(output: Any) -> Tensor | None:
+    """The tensor of a model's output that its loss reads: the output itself, its `logits` (Hugging Face), or its
+    first tensor with a batch axis."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return next((v for v in values if isinstance(v, Tensor) and v.dim() > 0), None)
+
+
+def _fallback(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: list[str], grads: dict[str, Tensor], output_grad: Tensor | None
+) -> dict[str, Moments]:
+    """Per-example gradients by torch.func for the parameters no rule covers. With the step's gradient at the
+    model's output, example i's is B·J_iᵀ∂L/∂out_i: a share of the loss the loop really differentiated, however it
+    was scaled (a Hugging Face model divides by the tokens it counts), as the layer rules' are; without it, the
+    gradient of loss_fn on the example alone. A model with dropout draws fresh masks here, from a forked random
+    state: the training's own stream is untouched."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: t.detach() for n, t in model.named_buffers()}
 
-    def loss_one(wanted: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        out = functional_call(model, ({**params, **wanted}, buffers), (xi.unsqueeze(0),))
-        return loss_fn(out, yi.unsqueeze(0))
+    def output_one(wanted: dict[str, Tensor], xi: Tensor) -> Any:
+        return functional_call(model, ({**params, **wanted}, buffers), (xi.unsqueeze(0),))
 
-    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))({n: params[n] for n in names}, x, y)
+    if output_grad is not None and len(output_grad) == len(x):
+
+        def share(wanted: dict[str, Tensor], xi: Tensor, gi: Tensor) -> Tensor:
+            out = model_output(output_one(wanted, xi))
+            assert out is not None
+            return (out * gi.unsqueeze(0)).sum() * len(x)
+
+        part, targets = share, output_grad
+    else:
+
+        def loss_one(wanted: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+            return loss_fn(output_one(wanted, xi), yi.unsqueeze(0))
+
+        part, targets = loss_one, y
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        per_example = vmap(grad(part), in_dims=(None, 0, 0), randomness="different")({n: params[n] for n in names}, x, targets)
     return {n: _from_per_example(per_example[n], grads[n], "torch.func", consume=True) for n in names}
 
 
@@ -237,7 +306,9 @@ def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Mome
         d = rest[0]  # the output gradient of the mean loss: ℓ_i's, times 1/B (each rule scales where it is cheapest)
         prefix = tape.names[module]
         if isinstance(module, nn.Linear):
-            parts = _linear(module, a, d, batch)
+            parts = _linear(module.weight.grad, module.bias.grad if module.bias is not None else None, a, d, batch)
+        elif isinstance(module, tuple(_TRANSPOSED_LINEAR)):
+            parts = _transposed_linear(module, a, d, batch)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros":
             parts = _conv(module, a, d, batch, tape)
         elif isinstance(module, NORMS):
@@ -246,11 +317,48 @@ def moments(tape: Tape, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, Mome
             parts = {}
         for k, v in parts.items():
             found[f"{prefix}.{k}" if prefix else k] = v
+    for name in _shared(model):
+        found.pop(name, None)
     rest_names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and n not in found]
     if rest_names:
         grads = {n: p.grad for n, p in model.named_parameters()}
-        found.update(_fallback(model, loss_fn, x, y, rest_names, grads))
+        found.update(_fallback(model, loss_fn, x, y, rest_names, grads, tape.output_grad))
     return {n: found[n] for n, _ in model.named_parameters() if n in found}
+
+
+def _shared(model: nn.Module) -> set[str]:
+    """Names (as named_parameters gives them) of parameters that more than one module holds."""
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
+    return {name for names in holders.values() if len(names) > 1 for name in names}
+
+
+def across_ranks(moments: dict[str, Moments], loss: float) -> tuple[dict[str, Moments], float]:
+    """The Moments and mean loss of the global batch under torch.distributed, from each rank's: the per-example
+    numbers gathered in rank order, Σ_i g_i² summed. (`.grad`, each Moments' mean, is already the global mean:
+    DDP averaged it in the backward, which assumes equal batches on the ranks.) Every rank must call it."""
+    import torch.distributed as dist
+
+    parts = list(moments.values())
+    local = torch.stack([*(m.sq_norms for m in parts), *(m.dots for m in parts)])  # [2n, B_rank]
+    counts = [local.new_zeros(1) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, local.new_tensor([local.shape[1]]))
+    sizes = [int(c) for c in counts]
+    padded = local.new_zeros(local.shape[0], max(sizes))
+    padded[:, : local.shape[1]] = local
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    joined = torch.cat([g[:, :size] for g, size in zip(gathered, sizes, strict=True)], 1)
+    coord_sq = torch.cat([m.coord_sq.flatten() for m in parts])
+    total_loss = local.new_tensor([loss * local.shape[1]], dtype=torch.float64)
+    dist.all_reduce(coord_sq)
+    dist.all_reduce(total_loss)
+    n, out, offset = len(parts), {}, 0
+    for i, (name, m) in enumerate(moments.items()):
+        out[name] = Moments(m.mean, joined[i], joined[n + i], coord_sq[offset : offset + m.mean.numel()].view_as(m.mean), m.rule)
+        offset += m.mean.numel()
+    return out, float(total_loss) / sum(sizes)
 
 
 def batch_moments(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> tuple[float, dict[str, Moments]]:

@@ -70,6 +70,7 @@ class Run:
     vocab: str | None = None  # text data: token id → character
     x_val: Tensor | None = None  # the validation set, for probes that read it
     y_val: Tensor | None = None
+    distributed: bool = False  # torch.distributed: each rank sees its share of the batch (gradient statistics join them)
     board: Blackboard = field(default_factory=Blackboard)
 
 

@@ -41,11 +41,14 @@ class GradStats(Probe):
         cfg, run = self.cfg, self.run
         every = cfg.details_every
         detailed = self.last_details is None or every is None or batch.step - self.last_details >= every
-        stats = gs.statistics(batch.loss, gs.moments(self.tape, run.loss_fn, batch.x, batch.y), dead_fraction=detailed)
+        moments, loss = gs.moments(self.tape, run.loss_fn, batch.x, batch.y), batch.loss
+        if run.distributed:
+            moments, loss = gs.across_ranks(moments, loss)
+        stats = gs.statistics(loss, moments, dead_fraction=detailed)
         metrics = stats.as_metrics(batch.lr)
         metrics["grad/noise_scale_ema"] = self.noise.update(stats.grad_sq_unbiased, stats.trace_sigma)
         if cfg.two_batch is not None and cfg.two_batch < len(batch.x):
-            metrics |= self._two_batch(batch, stats.grad_norm**2)
+            metrics |= self._two_batch(batch, stats.grad_norm**2, stats.batch_size)
         metrics.update(self.history.before_step())
         output = Output(metrics)
         if detailed:
@@ -54,13 +57,13 @@ class GradStats(Probe):
         self.tape.saved.clear()
         return output
 
-    def _two_batch(self, batch: Batch, big: float) -> dict[str, float]:
+    def _two_batch(self, batch: Batch, big: float, big_size: int) -> dict[str, float]:
         """B_simple from b of the batch's examples against the whole batch (the batch comes shuffled: its first
-        examples are a random subset)."""
+        examples are a random subset; under torch.distributed, b of this rank's against the global batch)."""
         small = self.cfg.two_batch
         assert small is not None
         small_sq = gs.batch_grad_sq(self.run.model, self.run.loss_fn, batch.x[:small], batch.y[:small])
-        grad_sq, trace = gs.two_batch_noise(small_sq, big, small, len(batch.x))
+        grad_sq, trace = gs.two_batch_noise(small_sq, big, small, big_size)
         return {
             "grad/noise_scale_two_batch": trace / grad_sq if grad_sq > 0 else math.inf,
             "grad/noise_scale_two_batch_ema": self.two_batch.update(grad_sq, trace),
