@@ -72,11 +72,11 @@ FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 class BodyLimitMiddleware:
     """413 for bodies over the limit, counted while streaming (a lying Content-Length does not help)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: re.Pattern[str] | None = None) -> None:
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:  # (routes with their own, larger limit)
+        if scope["type"] != "http" or (self.exempt and self.exempt.fullmatch(scope["path"])):  # (their own, larger limit)
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -200,7 +200,8 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=(f"{API_PREFIX}/datasets",))
+    uploads = re.compile(rf"{API_PREFIX}/(datasets|runs/\d+/artifacts)")  # files, under the team's upload limit
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt=uploads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"]

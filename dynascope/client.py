@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from dynascope.tracking import Ack, Beat, BeatAck, Finish, Points, ResultIn, RunCreate
+from dynascope.tracking import Ack, Beat, BeatAck, Finish, Points, ResultIn, Resumed, RunCreate
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -79,6 +79,15 @@ class Client:
 
     def add_result(self, run_id: int, result: ResultIn) -> Ack:
         return Ack.model_validate(self.call("POST", f"/runs/{run_id}/results", result))
+
+    def add_artifact(self, run_id: int, kind: str, step: int, data: bytes) -> Ack:
+        """A probe's tensors, as safetensors bytes."""
+        params = {"kind": kind, "step": step}
+        headers = {"content-type": "application/octet-stream"}
+        return Ack.model_validate(self.call("POST", f"/runs/{run_id}/artifacts", params=params, content=data, headers=headers))
+
+    def resume_run(self, run_id: int) -> Resumed:
+        return Resumed.model_validate(self.call("POST", f"/runs/{run_id}/resume"))
 
     def heartbeat(self, run_id: int, beat: Beat) -> BeatAck:
         return BeatAck.model_validate(self.call("POST", f"/runs/{run_id}/heartbeat", beat))

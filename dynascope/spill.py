@@ -1,12 +1,15 @@
 """A tracked run's directory on disk: what it is (`run.json`: the request that creates it on the server, and the
-server's id once it has one), what was not sent yet (`pending/*.jsonl`, in order), and its end (`end.json`).
+server's id once it has one), what was not sent yet (`pending/*.jsonl`, in order; a probe's tensors wait in
+`artifacts/<sha256>.safetensors`, named by a pending record), and its end (`end.json`).
 
 The tracker writes here whatever the server did not take (it was down or slow), and everything in offline
 mode; `dynascope sync DIR` sends it later. Every record is idempotent on the server, so a record sent twice
 (a sync interrupted after sending but before deleting its segment) changes nothing."""
 
+import hashlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,32 @@ class Spill:
         tmp = self.root / f".{name}.tmp"
         tmp.write_text(json.dumps(value))
         os.replace(tmp, self.root / name)  # a crash leaves the old file or the new one, never half of one
+
+    # a probe's tensors, until the server has them
+
+    def keep_artifact(self, kind: str, step: int, data: bytes) -> dict[str, Any]:
+        """The bytes on disk under their hash; the record that sends them."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / "artifacts" / f"{digest}.safetensors"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return {"artifact": {"kind": kind, "step": step, "sha256": digest}}
+
+    def artifact(self, digest: str) -> bytes | None:
+        """The kept bytes (None: already sent and forgotten)."""
+        path = self._artifact_path(digest)
+        return path.read_bytes() if path.exists() else None
+
+    def forget_artifact(self, digest: str) -> None:
+        self._artifact_path(digest).unlink(missing_ok=True)
+
+    def _artifact_path(self, digest: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"not a sha256: {digest!r}")
+        return self.root / "artifacts" / f"{digest}.safetensors"
 
     # what was not sent
 

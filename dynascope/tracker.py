@@ -10,15 +10,21 @@ whether someone cancelled it (`run.cancelled`).
 
 How a watched loop's step is read, with hooks (nothing to call but your own code): the model's forward (with
 autograd on, in training mode) starts step s: the probes due at s run first, then their capture begins; the loss module's forward gives
-the batch's targets and per-example losses; the optimizer's step is the update, and the probes run just before
-it (the gradient is in `.grad`) and just after it. Step s's probes see the weights before update s, as in a
+the batch's targets and per-example losses; the end of the backward through that loss is where the gradient is
+read (whole, before any clipping: autograd says when it ends); the optimizer's step is the update, and the probes
+run just after it. Step s's probes see the weights before update s, as in a
 server job; `run.log` puts points at the step of the latest training forward.
+
+Under torch.distributed (DDP) one run is one job: rank 0 makes it and sends; the other ranks' `init` gives a
+`Follower` that sends nothing and whose probes take part only in what needs every rank (the gradient statistics
+of the global batch).
 """
 
 import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -31,7 +37,7 @@ import httpx
 from dynascope.client import ApiError, Client
 from dynascope.settings import Probes
 from dynascope.spill import Spill
-from dynascope.tracking import Beat, Finish, Point, Points, ResultIn, RunCreate, TrackedFacts
+from dynascope.tracking import Beat, Finish, Point, Points, ResultIn, Resumed, RunCreate, TrackedFacts
 
 log = logging.getLogger("dynascope")
 QUEUE_ITEMS = 200_000  # past this the loop writes straight to disk (the sender fell behind)
@@ -56,20 +62,35 @@ def init(
     dir: str | Path | None = None,  # noqa: A002 (the name users know from other trackers)
     total_steps: int | None = None,
     framework: Literal["pytorch", "lightning", "transformers"] = "pytorch",
+    resume: int | None = None,
 ) -> "Run":
     """A new run. Online, it is created on the server at once (DYNASCOPE_URL, DYNASCOPE_TOKEN); if the server
-    cannot be reached, or offline, it lives in `dir` (default ./.dynascope/runs/<id>) until `dynascope sync`."""
+    cannot be reached, or offline, it lives in `dir` (default ./.dynascope/runs/<id>) until `dynascope sync`.
+
+    `resume=ID` goes on with the server's run ID instead (online only: the server says where it stopped): its
+    steps continue after the last one it recorded, so nothing is recorded twice. Under torch.distributed, ranks
+    other than 0 get a `Follower` (one run per job, not one per rank)."""
     request = RunCreate(
         name=name,
         config=config or {},
         facts=TrackedFacts(host=socket.gethostname(), framework=framework, total_steps=total_steps),
     )
+    if _rank() > 0:
+        return Follower(request)
+    if resume is not None and mode != "online":
+        raise ValueError("init(resume=...) goes on with a run on the server: it needs mode='online'")
     root = Path(dir) if dir is not None else _default_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    return Run(request, Spill(root), Client(url, token) if mode == "online" else None)
+    return Run(request, Spill(root), Client(url, token) if mode == "online" else None, resume)
+
+
+def _rank() -> int:
+    """This process's rank in torch.distributed's default group (0 without one). torch is not imported for it."""
+    dist = sys.modules.get("torch.distributed")
+    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
 
 
 class Run:
-    def __init__(self, request: RunCreate, spill: Spill, client: Client | None) -> None:
+    def __init__(self, request: RunCreate, spill: Spill, client: Client | None, resume: int | None = None) -> None:
         self.request, self.spill, self.client = request, spill, client
         self.id: int | None = None
         self.cancelled = threading.Event()
@@ -82,11 +103,26 @@ class Run:
         self._wake = threading.Event()  # a flush or the end: the sender goes at once instead of at its next round
         self._watched: Any = None  # the probes and hooks, once watch() is called
         self._finished = False
-        self._create()
+        self._open(resume)
         self._sender = threading.Thread(target=self._send_loop, name="dynascope-sender", daemon=True)
         self._beater = threading.Thread(target=self._beat_loop, name="dynascope-heartbeat", daemon=True)
         self._sender.start()
         self._beater.start()
+
+    def _open(self, resume: int | None) -> None:
+        if resume is not None:
+            self._resume(resume)
+        else:
+            self._create()
+
+    def _resume(self, run_id: int) -> None:
+        assert self.client is not None
+        try:
+            resumed: Resumed = self.client.resume_run(run_id)
+        except httpx.TransportError as exc:
+            raise ConnectionError(f"init(resume={run_id}): {self.client.url} is not reachable ({exc})") from exc
+        self.id, self.step = resumed.id, resumed.next_step
+        self.spill.save_run(self.request, self.id, self.client.url)
 
     def _create(self) -> None:
         url = self.client.url if self.client else ""
@@ -127,9 +163,14 @@ class Run:
     def result(self, kind: str, step: int, data: dict[str, Any]) -> None:
         self._put(("result", ResultIn(kind=kind, step=step, data=data)))
 
+    def artifact(self, kind: str, step: int, data: bytes) -> None:
+        """A probe's tensors as safetensors bytes (kept on disk until the server has them)."""
+        self._put(("artifact", (kind, step, data)))
+
     def should_stop(self) -> bool:
-        """Someone cancelled the run in the dashboard or with `dynascope cancel`."""
-        return self.cancelled.is_set()
+        """Someone cancelled the run in the dashboard or with `dynascope cancel`. Under torch.distributed every rank
+        calls it at the same point of its loop: the ranks agree (one all-reduce), so they all stop together."""
+        return _agree(self.cancelled.is_set())
 
     def finish(self, status: Literal["succeeded", "failed", "cancelled", "diverged"] = "succeeded", error: str | None = None) -> None:
         """Run the probes due at the end, send what is left (or leave it on disk), and end the run."""
@@ -175,7 +216,7 @@ class Run:
             self._queue.put_nowait(item)
         except queue.Full:  # the sender fell far behind: to disk at once, never block the loop
             if item[0] != "flush":
-                self.spill.append(_record(item))
+                self.spill.append(_record(item, self.spill))
         if item[0] == "flush":
             self._wake.set()
 
@@ -183,7 +224,7 @@ class Run:
         next_retry = 0.0
         while not (self._closing.is_set() and self._queue.empty()):
             items, flushes = self._take()
-            records = _records(items)
+            records = _records(items, self.spill)
             if not self.online or self.spill.pending():
                 for record in records:
                     self.spill.append(record)
@@ -191,7 +232,7 @@ class Run:
                 if self.online and time.monotonic() >= next_retry and not drain(self.client, self.id, self.spill):  # type: ignore[arg-type]
                     next_retry = time.monotonic() + RETRY_SECONDS
             for i, record in enumerate(records):
-                if not send(self.client, self.id, record):  # type: ignore[arg-type]
+                if not send(self.client, self.id, record, self.spill):  # type: ignore[arg-type]
                     for rest in records[i:]:
                         self.spill.append(rest)
                     next_retry = time.monotonic() + RETRY_SECONDS
@@ -235,26 +276,34 @@ def _finite(value: Any) -> float | None:
     return v if v == v and abs(v) != float("inf") else None
 
 
-def _record(item: tuple[str, Any]) -> dict[str, Any]:
+def _record(item: tuple[str, Any], spill: Spill) -> dict[str, Any]:
     kind, value = item
     if kind == "point":
         return {"points": [value.model_dump(mode="json")]}
+    if kind == "artifact":
+        return spill.keep_artifact(*value)
     return {"result": value.model_dump(mode="json")}
 
 
-def _records(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """The points as one batch (in the order logged), then each result."""
+def _records(items: list[tuple[str, Any]], spill: Spill) -> list[dict[str, Any]]:
+    """The points as one batch (in the order logged), then each result and artifact (its bytes kept on disk)."""
     points = [v.model_dump(mode="json") for k, v in items if k == "point"]
     out: list[dict[str, Any]] = [{"points": points}] if points else []
-    return out + [{"result": v.model_dump(mode="json")} for k, v in items if k == "result"]
+    return out + [_record(item, spill) for item in items if item[0] != "point"]
 
 
-def send(client: Client, run_id: int, record: dict[str, Any]) -> bool:
+def send(client: Client, run_id: int, record: dict[str, Any], spill: Spill) -> bool:
     """One record to the server: True when it was taken (or refused for good: logged, not kept); False when the
     server could not be reached or was unwell, to keep it for later."""
     try:
         if "points" in record:
             client.add_points(run_id, Points.model_validate(record))
+        elif "artifact" in record:
+            meta = record["artifact"]
+            data = spill.artifact(meta["sha256"])
+            if data is not None:  # (None: sent before, by a sync that stopped before it deleted the record)
+                client.add_artifact(run_id, meta["kind"], meta["step"], data)
+                spill.forget_artifact(meta["sha256"])
         else:
             client.add_result(run_id, ResultIn.model_validate(record["result"]))
     except httpx.TransportError:
@@ -271,8 +320,50 @@ def drain(client: Client, run_id: int, spill: Spill, progress: Callable[[int], N
     for segment in spill.segments():
         records = spill.records(segment)
         for record in records:
-            if not send(client, run_id, record):
+            if not send(client, run_id, record, spill):
                 return False
         segment.unlink()
         progress(len(records))
     return True
+
+
+def _agree(flag: bool) -> bool:
+    """`flag` on any rank, on every rank of torch.distributed's default group (the flag alone without one)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class Follower(Run):
+    """A rank other than 0 under torch.distributed: the run is rank 0's. It keeps the step count, and its probes
+    (gradient statistics only) take part in gathering the global batch's numbers; it sends and keeps nothing."""
+
+    def __init__(self, request: RunCreate) -> None:
+        self.request, self.client, self.id = request, None, None
+        self.cancelled = threading.Event()
+        self.step = 0
+        self._logged_step: int | None = None
+        self._stage = "running"
+        self._watched: Any = None
+        self._finished = False
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._watched is None and step is None:
+            self.step += 1
+
+    def result(self, kind: str, step: int, data: dict[str, Any]) -> None:
+        pass
+
+    def artifact(self, kind: str, step: int, data: bytes) -> None:
+        pass
+
+    def finish(self, status: Literal["succeeded", "failed", "cancelled", "diverged"] = "succeeded", error: str | None = None) -> None:
+        if not self._finished and self._watched is not None:
+            self._watched.close()
+        self._finished = True

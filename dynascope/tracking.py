@@ -11,6 +11,8 @@ from dynascope.settings import Probes
 SERIES_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$"
 MAX_POINTS = 10_000  # per batch
 FRAMEWORKS = ("pytorch", "lightning", "transformers")
+# The tensors a tracked run's probes keep (safetensors only): what a worker keeps for a server job's probes.
+ArtifactKind = Literal["hessian-eigenvectors", "landscape-directions"]
 
 
 class Wire(BaseModel):
@@ -61,6 +63,14 @@ class Beat(Wire):
 class Finish(Wire):
     status: Literal["succeeded", "failed", "cancelled", "diverged"]
     error: str | None = Field(None, max_length=20_000)
+
+
+class Resumed(Wire):
+    """A tracked run opened again by its tracker (`dynascope.init(resume=ID)`)."""
+
+    id: int
+    status: str
+    next_step: int = Field(description="the step after the last one any of its series has (0 if none): where the run goes on")
 
 
 class Ack(Wire):

@@ -1,13 +1,20 @@
 """The probes on a loop the tracker does not own, through hooks: the model's forward, the loss module's forward,
-and the optimizer's step (see dynascope.tracker for the order). One `Watched` per run."""
+and the optimizer's step (see dynascope.tracker for the order). One `Watched` per run.
+
+Under torch.distributed the probes see the model inside DistributedDataParallel; gradient statistics run on
+every rank (they gather the global batch's numbers), the other probes on rank 0 alone, on its probe batch."""
 
 import logging
+import sys
 from contextlib import ExitStack
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from dynascope.analysis import gradstats
 from dynascope.probes import Batch, ProbeSet, ProbeStopped, Run
 from dynascope.probes.optimizers import adam_preconditioner, stability_threshold
 from dynascope.settings import Probes
@@ -36,10 +43,27 @@ def _init_args(loss_fn: nn.Module) -> dict[str, Any]:
     return {k: getattr(loss_fn, k) for k in keep if hasattr(loss_fn, k) and not k.startswith("_")}
 
 
+def _register_known_layers() -> None:
+    """Layers of libraries the user has imported that gradient statistics have a fast rule for."""
+    if "transformers" in sys.modules:
+        from transformers.pytorch_utils import Conv1D
+
+        gradstats.register_transposed_linear(Conv1D)
+
+
+def at_backward_end(fn: Any) -> None:
+    """Call `fn` once the backward pass now running has finished: after the callbacks autograd holds so far
+    (DistributedDataParallel's, which averages the gradient across ranks, among them), before anything the
+    loop does after backward() (clipping, the optimizer's step). Call it from a hook inside that backward."""
+    engine = torch.autograd.Variable._execution_engine
+    engine.queue_callback(lambda: engine.queue_callback(fn))  # (a callback may queue callbacks: they run last)
+
+
 class Stepper:
     """The probe runner driven one step at a time by a loop the tracker does not own: `start` (the weights before
-    update s; the probes due at s run, then their capture begins), `forward_done`, `before_update` (the
-    gradient is in `.grad`), `after_update`, and `close` at the end."""
+    update s; the probes due at s run, then their capture begins), `forward_done`, `backward_done` (the step's
+    gradient is whole in `.grad`: at the end of its backward, before any clipping), `after_update`, and `close`
+    at the end."""
 
     def __init__(
         self,
@@ -54,6 +78,11 @@ class Stepper:
         classes: int | None = None,
         seed: int = 0,
     ) -> None:
+        from dynascope.tracker import Follower
+
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        if isinstance(tracker, Follower):  # the probes every rank takes part in; the rest are rank 0's
+            settings = Probes(gradstats=settings.gradstats)
         chosen = [name for name in Probes.model_fields if getattr(settings, name) is not None]
         if chosen and probe_batch is None:
             raise ValueError(f"watch: the probes {chosen} need probe_batch=(x, y): the fixed examples they compute on")
@@ -63,8 +92,9 @@ class Stepper:
         self.tracker, self.optimizer = tracker, optimizer
         self.example_loss = example_loss or per_example(loss_fn)
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        _register_known_layers()
         run = Run(
-            model,
+            model.module if isinstance(model, DistributedDataParallel) else model,
             lambda out, target: loss_fn(out, target),
             self.example_loss,
             x,
@@ -75,6 +105,7 @@ class Stepper:
             threshold=lambda: stability_threshold(optimizer),
             preconditioner=lambda: adam_preconditioner(optimizer, params),
             adaptive="betas" in optimizer.param_groups[0],
+            distributed=distributed,
         )
         self.probes = ProbeSet.build(settings, run, Recording(tracker))
         self.batch_x: Tensor | None = None
@@ -108,21 +139,29 @@ class Stepper:
         self.capture = self.probes.capture(step) if not self.stopped else ExitStack()
         self.capture.__enter__()
 
-    def forward_done(self, out: Tensor, target: Tensor, loss: float) -> None:
-        """The step's outputs, targets and mean loss. (Each example's loss is read only when the batch is the whole
-        training set, which a tracked run's probes never assume: none is computed.)"""
-        losses = out.new_empty(0)
+    def forward_done(self, target: Tensor, loss: float) -> None:
+        """The step's targets and mean loss. (Each example's loss is read only when the batch is the whole training
+        set, which a tracked run's probes never assume: none is computed.)"""
+        losses = target.new_empty(0, dtype=torch.float32)
         lr = self.optimizer.param_groups[0]["lr"]
-        x = self.batch_x if isinstance(self.batch_x, Tensor) else out
+        x = self.batch_x if isinstance(self.batch_x, Tensor) else target.new_empty(0)
         batch = self.batch = Batch(self.tracker.step, x, target, torch.arange(len(target)), losses, loss, lr)
         self._safely(lambda: self.probes.after_forward(batch))
 
-    def before_update(self) -> None:
+    def backward_done(self) -> None:
+        if self.capture is None:  # once a step (a second backward of the same step is not the step's)
+            return
+        self._close_capture()  # first: the probes' own forward passes are not the step's
         if (batch := self.batch) is not None:
             self._safely(lambda: self.probes.after_backward(batch))
-        self._close_capture()
+
+    def on_backward_end(self, tensor: Tensor) -> None:
+        """`backward_done` at the end of the backward pass that goes through `tensor` (the step's loss or outputs)."""
+        if tensor.requires_grad:
+            tensor.register_hook(lambda _: at_backward_end(self.backward_done))
 
     def after_update(self) -> None:
+        self.backward_done()  # (an update without a backward of its own)
         if (batch := self.batch) is not None:
             self._safely(lambda: self.probes.after_step(batch))
         self.batch, self.batch_x = None, None
@@ -153,7 +192,6 @@ class Watched(Stepper):
         self.handles = [
             model.register_forward_pre_hook(self._forward),
             loss_fn.register_forward_hook(self._loss),
-            optimizer.register_step_pre_hook(lambda *_: self.before_update()),
             optimizer.register_step_post_hook(lambda *_: self.after_update()),
         ]
 
@@ -172,7 +210,8 @@ class Watched(Stepper):
     def _loss(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
         if self.inside or not self.started or self.batch is not None or len(args) < 2:
             return
-        self.forward_done(args[0], args[1], float(output.detach()))
+        self.forward_done(args[1], float(output.detach()))
+        self.on_backward_end(output)
 
     def close(self) -> None:
         super().close()
@@ -185,7 +224,6 @@ class Recording:
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
-        self.skipped_tensors = False
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log(metrics, step=step)
@@ -194,12 +232,11 @@ class Recording:
         self.tracker._stage = stage
 
     def should_stop(self) -> bool:
-        return self.tracker.should_stop()
+        return self.tracker.cancelled.is_set()  # (not should_stop(): a probe on rank 0 alone takes part in no collective)
 
     def save_tensors(self, kind: str, step: int, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-        if not self.skipped_tensors:
-            log.info("dynascope: a tracked run keeps no tensors yet (%s at step %s not sent)", kind, step)
-            self.skipped_tensors = True
+        cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        self.tracker.artifact(kind, step, safetensors_bytes(cpu, metadata=metadata))
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         self.tracker.result(kind, step, payload)

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,8 @@ def reset_caches() -> None:
         cached.cache_clear()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
+@contextmanager
+def fresh_pg() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""
     import psycopg
 
@@ -99,18 +100,28 @@ def pg_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def redis_url() -> str:
-    """A real Redis database (number 11), emptied first."""
+def fresh_redis(db: int) -> str:
+    """A real Redis database (number `db`), emptied first."""
     import redis
 
-    url = f"{REDIS_URL}/11"
+    url = f"{REDIS_URL}/{db}"
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.flushdb()
     except redis.ConnectionError as exc:
         unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
     return url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_pg() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return fresh_redis(11)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Helpers the tests share: a recorder that keeps what a run reports in lists, specs, and readers of answers."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,3 +81,13 @@ def planted_pair_job(strength: float, hessian: bool = False) -> dict:
         "probes": {"signals": {"detect_every": 100, "on_rise": False}}
         | ({"hessian": {"every": 50, "top_k": 1, "examples": 100_000, "tol": 1e-4}} if hessian else {}),
     }
+
+
+def kept_series(root: Path) -> dict[str, dict[int, float | None]]:
+    """The series a tracked run kept on disk (its pending records), by name and step."""
+    series: dict[str, dict[int, float | None]] = {}
+    for segment in sorted((root / "pending").glob("*.jsonl")):
+        for line in segment.read_text().splitlines():
+            for p in json.loads(line).get("points", []):
+                series.setdefault(p["name"], {})[p["step"]] = p["value"]
+    return series

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.auth import Member, Viewer
-from backend.api.deps import SessionDep, SettingsDep, StoreDep
+from backend.api.deps import OCTET_STREAM_BODY, SessionDep, SettingsDep, StoreDep, read_limited
 from backend.models import Dataset, Team
 from backend.schemas import DatasetOut
 from backend.services import accounts
@@ -15,27 +15,11 @@ from backend.services.uploads import UploadError, parse_csv, parse_npz
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (not after it has all arrived)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
-    chunks, seen = [], 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post(
     "",
     status_code=201,
     response_model=DatasetOut,
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    openapi_extra=OCTET_STREAM_BODY,
 )
 async def upload_dataset(
     request: Request,
@@ -51,7 +35,7 @@ async def upload_dataset(
     team = session.get(Team, who.team_id)
     assert team is not None
     limit = accounts.quotas(team, settings).max_upload_bytes
-    data = await _read_limited(request, limit)
+    data = await read_limited(request, limit)
     try:
         if format == "npz":
             parsed = await run_in_threadpool(parse_npz, data, settings.max_dataset_bytes)

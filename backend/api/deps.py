@@ -4,7 +4,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path
+from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
@@ -52,3 +52,23 @@ def get_job_or_404(session: Session, job_id: int, team_id: int | None) -> Job:
     if job is None or job.team_id != team_id:
         raise HTTPException(status_code=404, detail=f"job {job_id} not found")
     return job
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (not after it has all arrived)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise HTTPException(413, detail=f"upload over the team's limit of {limit} bytes per file")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# A raw body in the published schema (uploads, artifacts).
+OCTET_STREAM_BODY = {
+    "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}

@@ -1,18 +1,19 @@
-"""The ingest API: a tracker in the user's own training loop creates a run and sends its points, results,
-heartbeats and end (dynascope.tracking holds the shapes; every write is idempotent)."""
+"""The ingest API: a tracker in the user's own training loop creates a run (or resumes one) and sends its
+points, results, tensors, heartbeats and end (dynascope.tracking holds the shapes; every write is idempotent)."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from backend.api.auth import Member
-from backend.api.deps import RowId, SessionDep, get_job_or_404
-from backend.models import Job
+from backend.api.deps import OCTET_STREAM_BODY, RowId, SessionDep, SettingsDep, StoreDep, get_job_or_404, read_limited
+from backend.models import Job, Team
 from backend.schemas import JobOut
-from backend.services import tracked
-from dynascope.tracking import Ack, Beat, BeatAck, Finish, Points, ResultIn, RunCreate
+from backend.services import accounts, tracked
+from dynascope.tracking import Ack, ArtifactKind, Beat, BeatAck, Finish, Points, ResultIn, Resumed, RunCreate
 
 router = APIRouter(prefix="/runs", tags=["tracked runs"])
 
@@ -55,6 +56,38 @@ def add_result(run: TrackedRun, body: ResultIn, session: SessionDep) -> Ack:
         raise RequestValidationError([{**e, "loc": ["body", "data", *e["loc"]]} for e in exc.errors(include_url=False)]) from None
     session.commit()
     return ack
+
+
+@router.post("/{job_id}/artifacts", response_model=Ack, openapi_extra=OCTET_STREAM_BODY)
+async def add_artifact(
+    run: TrackedRun,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    kind: Annotated[ArtifactKind, Query(description="what the tensors are")],
+    step: Annotated[int, Query(ge=0, le=2**62)],
+) -> Ack:
+    """A probe's tensors (Hessian eigenvectors, landscape directions) as the raw body, in safetensors format only
+    (never unpickled), up to the team's upload limit; downloaded from GET /jobs/{id}/artifacts like a worker's."""
+    team = session.get(Team, run.team_id)
+    assert team is not None
+    data = await read_limited(request, accounts.quotas(team, settings).max_upload_bytes)
+    try:
+        ack = await run_in_threadpool(tracked.record_artifact, session, store, run, kind, step, data)
+    except tracked.RefusedWrite as exc:
+        raise HTTPException(422, detail=[{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+    session.commit()
+    return ack
+
+
+@router.post("/{job_id}/resume", response_model=Resumed)
+def resume_run(run: TrackedRun, session: SessionDep) -> Resumed:
+    """Open the run again (its tracker goes on with it: `dynascope.init(resume=ID)`), from any end or while it runs;
+    the answer says the step it goes on from."""
+    resumed = tracked.resume(session, run)
+    session.commit()
+    return resumed
 
 
 @router.post("/{job_id}/heartbeat", response_model=BeatAck)

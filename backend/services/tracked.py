@@ -3,20 +3,26 @@ ingest API. Every write is idempotent: a series takes only steps after its last 
 the same one is not there yet (a partial one is replaced, as a worker's are), so retried and repeated batches
 change nothing."""
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
-from sqlalchemy import select, update
+import safetensors
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Job, JobStatus, MetricChunk, Result, utcnow
-from backend.services import jobs
+from backend.models import Artifact, Job, JobStatus, MetricChunk, Result, utcnow
+from backend.services import jobs, lifecycle
+from backend.services.artifacts import ArtifactStore
 from backend.services.downsample import json_safe
 from backend.services.series import append_points, read_series, truncate_series
 from dynascope.results import RESULTS
-from dynascope.tracking import Ack, Finish, Point, RunCreate
+from dynascope.tracking import Ack, Finish, Point, Resumed, RunCreate
 
 S = JobStatus
+# A tracked run its owner opens again (`dynascope.init(resume=ID)`): from any end, or while it is still running
+# (its process died and it is not lost yet). Worker jobs never go back: their ends stay final.
+RESUMABLE = {old: frozenset({S.running}) for old in (S.running, S.lost, S.succeeded, S.failed, S.cancelled, S.diverged)}
 
 
 class RefusedWrite(ValueError):
@@ -141,6 +147,42 @@ def beat(session: Session, job: Job, step: int | None, stage: str | None) -> Non
     if step is not None and step > job.step:
         values["step"] = step
     session.execute(update(Job).where(Job.id == job.id, Job.status == S.running.value).values(**values))
+
+
+def resume(session: Session, job: Job) -> Resumed:
+    """The run is running again, with no cancel pending; it goes on after the last step any series has."""
+    lifecycle.transition(
+        session,
+        Job,
+        job.id,
+        RESUMABLE,
+        S.running,
+        Job.source == "tracked",
+        only_from=[old.value for old in RESUMABLE],
+        stage="running (tracked; resumed)",
+        error=None,
+        finished_at=None,
+        cancel_requested=False,
+        heartbeat_at=utcnow(),
+    )
+    last = session.scalar(select(func.max(MetricChunk.last_step)).where(MetricChunk.job_id == job.id))
+    return Resumed(id=job.id, status=S.running.value, next_step=0 if last is None else last + 1)
+
+
+def record_artifact(session: Session, store: ArtifactStore, job: Job, kind: str, step: int, data: bytes) -> Ack:
+    """A probe's tensors as safetensors (read as a header and raw arrays: never unpickled); the same bytes again
+    for the same kind and step are a repeat."""
+    try:
+        safetensors.deserialize(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error for anything malformed
+        raise RefusedWrite(f"not a safetensors file: {exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    same = select(Artifact.id).where(Artifact.job_id == job.id, Artifact.kind == kind, Artifact.step == step, Artifact.sha256 == digest)
+    if session.scalar(same) is not None:
+        return Ack(accepted=0, skipped=1)
+    stored = store.put(data)
+    session.add(Artifact(id=stored.id, job_id=job.id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
+    return Ack(accepted=1, skipped=0)
 
 
 def finish(session: Session, job: Job, request: Finish) -> bool:

@@ -1,6 +1,7 @@
 """Track a Lightning `Trainer`: `Trainer(callbacks=[DynascopeCallback(probes=..., probe_batch=..., loss_fn=...)])`.
 
-The run is made on global rank 0 at `fit` (its config: the module's hyperparameters unless given). The probes
+The run is made at `fit` (its config: the module's hyperparameters unless given): on global rank 0 under
+torch.distributed, where the other ranks follow (see dynascope.tracker). The probes
 follow Lightning's own hooks: a batch's start is step s (the weights before update s; the probes due at s run,
 then the capture of the gradient statistics begins, so they come from the step's own backward), the backward
 ends it (`on_after_backward`, before clipping and the optimizer's step), the batch's end is after the update.
@@ -38,8 +39,6 @@ class DynascopeCallback(pl.Callback):
         self.stepper: Stepper | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         config = self.config if self.config is not None else {k: v for k, v in dict(module.hparams).items() if _plain(v)}
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.run = dynascope.init(self.name or type(module).__name__, config, framework="lightning", total_steps=total, **self.init)
@@ -56,11 +55,11 @@ class DynascopeCallback(pl.Callback):
     def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self.stepper is not None and isinstance(self.batch, (tuple, list)) and len(self.batch) > 1:
             target = self.batch[1]
-            self.stepper.forward_done(torch.empty(0), target, float(loss.detach()))  # (Lightning hands no outputs to a callback)
+            self.stepper.forward_done(target, float(loss.detach()))
 
     def on_after_backward(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.stepper is not None:
-            self.stepper.before_update()
+            self.stepper.backward_done()
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.stepper is None or self.run is None:

@@ -2,11 +2,15 @@
 is idempotent (a repeated or reordered batch changes nothing), a document must fit its kind, a silent tracker's
 run ends `lost` with what it sent kept, and only a tracked run takes a tracker's writes."""
 
+import pickle
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 
 from backend.db import session_scope
 from backend.models import Job
@@ -118,3 +122,47 @@ def test_cancel_reaches_the_tracker_and_the_end_is_said_once(client: TestClient)
     assert again["status"] == "cancelled"  # the first end stays
     with session_scope() as session:
         assert session.get(Job, run["id"]).source == "tracked"
+
+
+def _artifact(client: TestClient, run_id: int, data: bytes, kind: str = "hessian-eigenvectors", step: int = 10):
+    headers = {"content-type": "application/octet-stream"}
+    return client.post(f"{API}/runs/{run_id}/artifacts", params={"kind": kind, "step": step}, content=data, headers=headers)
+
+
+def test_a_probes_tensors_arrive_as_safetensors_once_and_nothing_else_does(client: TestClient):
+    run = client.post(f"{API}/runs", json=RUN).json()
+    vectors = {"v0": torch.randn(50, dtype=torch.float64), "v1": torch.randn(50, dtype=torch.float64)}
+    data = safetensors_bytes(vectors, metadata={"mode": "eval"})
+    assert _artifact(client, run["id"], data).json() == {"accepted": 1, "skipped": 0}
+    assert _artifact(client, run["id"], data).json() == {"accepted": 0, "skipped": 1}  # a repeat (a sync sent twice)
+    [listed] = client.get(f"{API}/jobs/{run['id']}/artifacts").json()
+    assert (listed["kind"], listed["step"], listed["size"]) == ("hessian-eigenvectors", 10, len(data))
+    got = client.get(f"{API}/jobs/{run['id']}/artifacts/{listed['id']}").content
+    assert got == data and torch.equal(safetensors_load(got)["v1"], vectors["v1"])
+    payload = pickle.dumps({"v0": [1.0]})
+    refused = _artifact(client, run["id"], payload)
+    assert refused.status_code == 422 and "not a safetensors file" in refused.text
+    assert _artifact(client, run["id"], data, kind="checkpoint").status_code == 422  # only a probe's kinds
+    assert len(client.get(f"{API}/jobs/{run['id']}/artifacts").json()) == 1
+    team_id = client.get(f"{API}/auth/me").json()["team"]["id"]
+    assert client.patch(f"{API}/teams/{team_id}/quotas", json={"max_upload_bytes": 1000}).status_code == 200
+    big = safetensors_bytes({"v": torch.zeros(1000)})
+    too_big = _artifact(client, run["id"], big, step=20)
+    assert too_big.status_code == 413 and "limit of 1000 bytes" in too_big.json()["detail"]
+
+
+def test_a_run_resumed_goes_on_after_its_last_step_from_any_end(client: TestClient):
+    run = client.post(f"{API}/runs", json=RUN).json()
+    _points(client, run["id"], [("train/loss", s, 1.0) for s in range(7)] + [("grad/norm", 9, 2.0)])
+    client.post(f"{API}/jobs/{run['id']}/cancel")
+    client.post(f"{API}/runs/{run['id']}/finish", json={"status": "cancelled"})
+    resumed = client.post(f"{API}/runs/{run['id']}/resume")
+    assert resumed.json() == {"id": run["id"], "status": "running", "next_step": 10}
+    job = client.get(f"{API}/jobs/{run['id']}").json()
+    assert (job["status"], job["cancel_requested"], job["finished_at"]) == ("running", False, None)
+    assert client.post(f"{API}/runs/{run['id']}/heartbeat", json={}).json()["stop"] is False
+    fresh = client.post(f"{API}/runs", json=RUN).json()
+    assert client.post(f"{API}/runs/{fresh['id']}/resume").json()["next_step"] == 0
+    server_job = client.post(f"{API}/jobs", json=spec(name="server-job")).json()
+    refused = client.post(f"{API}/runs/{server_job['id']}/resume")
+    assert refused.status_code == 409 and "not a tracked run" in refused.json()["detail"]

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dynascope
 from dynascope.integrations.lightning import DynascopeCallback
+from tests.helpers import kept_series
 
 PROBES = {"gradstats": {"every": 2}, "hessian": {"every": 5, "top_k": 1}}
 STEPS = 12
@@ -46,15 +47,6 @@ class Module(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def _kept(root: Path) -> dict[str, dict[int, float | None]]:
-    series: dict[str, dict[int, float | None]] = {}
-    for segment in sorted((root / "pending").glob("*.jsonl")):
-        for line in segment.read_text().splitlines():
-            for p in json.loads(line).get("points", []):
-                series.setdefault(p["name"], {})[p["step"]] = p["value"]
-    return series
-
-
 def test_a_lightning_run_records_what_the_same_plain_loop_records(tmp_path: Path):
     x, y = _data()
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
@@ -76,7 +68,7 @@ def test_a_lightning_run_records_what_the_same_plain_loop_records(tmp_path: Path
         optimizer.zero_grad()
         run.log({"train/loss": loss.item()})
     run.finish()
-    ours, plain = _kept(tmp_path / "lightning"), _kept(tmp_path / "plain")
+    ours, plain = kept_series(tmp_path / "lightning"), kept_series(tmp_path / "plain")
     for name in ("train/loss", "grad/noise_scale", "grad/norm", "grad/alpha", "hessian/lambda_1"):
         assert ours[name] == plain[name], name
     assert sorted(ours["grad/noise_scale"]) == list(range(0, STEPS, 2)) and sorted(ours["hessian/lambda_1"]) == [0, 5, 10]
