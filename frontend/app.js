@@ -15,7 +15,7 @@ const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 // ---- job list ------------------------------------------------------------------------------------------
 const MODEL_KINDS = ["mlp", "cnn", "resnet", "transformer"];
 const DATA_KINDS = ["digits", "iris", "wine", "breast_cancer", "gaussian_mixture", "teacher_student", "opposing_features", "text", "upload"];
-const LIST_KEYS = ["status", "q", "sweep", "tag", "creator", "model", "data", "after", "before", "sort", "offset"];
+const LIST_KEYS = ["status", "q", "sweep", "tag", "creator", "model", "data", "source", "after", "before", "sort", "offset"];
 
 function renderJobs(params) {
   const state = Object.fromEntries(LIST_KEYS.map((k) => [k, params.get(k) || ""]));
@@ -32,6 +32,7 @@ function renderJobs(params) {
       <label>Creator <input id="creator-filter" type="search" placeholder="username" value="${esc(state.creator)}" size="10"></label>
       <label>Model <select id="model-filter">${options(MODEL_KINDS, state.model)}</select></label>
       <label>Data <select id="data-filter">${options(DATA_KINDS, state.data)}</select></label>
+      <label>Source <select id="source-filter">${options(["server", "tracked"], state.source)}</select></label>
       <label>From <input id="after-filter" type="date" value="${esc(state.after)}"></label>
       <label>To <input id="before-filter" type="date" value="${esc(state.before)}"></label>
       <label>Sort <select id="sort">${[["-created", "newest"], ["created", "oldest"], ["name", "name A–Z"], ["-name", "name Z–A"], ["status", "status"]]
@@ -61,7 +62,7 @@ function renderJobs(params) {
   let timer;
   const load = async () => {
     const p = new URLSearchParams({ limit, offset: state.offset, sort: state.sort });
-    for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["creator", "creator"], ["model", "model"], ["data", "data"]]) if (state[k]) p.set(name, state[k]);
+    for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["creator", "creator"], ["model", "model"], ["data", "data"], ["source", "source"]]) if (state[k]) p.set(name, state[k]);
     if (state.after) p.set("created_after", `${state.after}T00:00:00Z`);
     if (state.before) p.set("created_before", `${state.before}T23:59:59.999Z`);
     const page = await api(`/jobs?${p}`);
@@ -73,7 +74,7 @@ function renderJobs(params) {
     view.querySelector("#jobs-table tbody").innerHTML = page.items.map((j) => `
       <tr class="job-row" data-id="${j.id}" tabindex="0">
         <td><input type="checkbox" class="select-job" data-id="${j.id}" ${selected.has(j.id) ? "checked" : ""} aria-label="select job ${j.id}"></td>
-        <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>
+        <td>${j.id}</td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a>${j.source === "tracked" ? ` <span class="tracked" title="trained in its own loop, reported by its tracker">tracked on ${esc(j.worker_host ?? "")}</span>` : ""}</td>
         <td class="status ${j.status}">${j.status}</td>
         <td><progress max="1" value="${j.progress}" aria-label="progress of job ${j.id}"></progress></td>
         <td>${fmtDuration(j.duration_s)}</td><td>${fmtTime(j.created_at)}</td><td>${esc(j.creator ?? "")}</td>
@@ -86,6 +87,7 @@ function renderJobs(params) {
   filter("#status-filter", "status");
   filter("#model-filter", "model");
   filter("#data-filter", "data");
+  filter("#source-filter", "source");
   filter("#after-filter", "after");
   filter("#before-filter", "before");
   filter("#sort", "sort");
@@ -260,7 +262,10 @@ function renderJob(id, params) {
     view.querySelector("#job-stage").textContent = `${(job.progress * 100).toFixed(1)} % · step ${job.step} · ${job.stage}`;
     view.querySelector("#job-error").textContent = job.error || "";
     view.querySelector("#cancel-job").disabled = TERMINAL.has(job.status) || job.cancel_requested;
-    const facts = { parameters: job.parameters?.toLocaleString("en"), "time spent": job.timing, attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host, device: job.device,
+    const where = job.source === "tracked"  // trained in its own loop: its host and framework, no worker attempts
+      ? { "tracked on": job.worker_host, framework: job.spec?.tracked?.framework }
+      : { attempts: `${job.attempts} of ${job.max_attempts}`, worker: job.worker_host };
+    const facts = { parameters: job.parameters?.toLocaleString("en"), "time spent": job.timing, ...where, device: job.device,
       created: fmtTime(job.created_at), started: fmtTime(job.started_at), finished: fmtTime(job.finished_at) };
     view.querySelector("#job-facts").innerHTML = Object.entries(facts).map(([k, v]) => `<dt>${k}</dt><dd>${esc(v ?? "")}</dd>`).join("");
   };
@@ -335,6 +340,10 @@ function renderJob(id, params) {
     view.querySelector("#job-tags").value = j.tags.join(", ");
     view.querySelector("#job-notes").value = j.notes ?? "";
     view.querySelector("#job-spec").textContent = JSON.stringify(j.spec, null, 2);
+    if (j.source === "tracked") {  // its model lives in the user's code: no spec to clone, no checkpoints to analyse
+      view.querySelector("#clone-job").hidden = true;
+      view.querySelector("#job-analyses").hidden = true;
+    }
     summarize();
   }).catch((err) => {
     source.close();

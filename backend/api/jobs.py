@@ -1,7 +1,7 @@
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -129,6 +129,7 @@ def list_jobs(
     creator: Annotated[str | None, Query(max_length=100, description="username of who submitted it")] = None,
     model: Annotated[str | None, Query(max_length=50, description="model kind (mlp, cnn, resnet, transformer)")] = None,
     data: Annotated[str | None, Query(max_length=50, description="data kind (digits, gaussian_mixture, …)")] = None,
+    source: Annotated[Literal["server", "tracked"] | None, Query(description="trained by a worker, or tracked in its own loop")] = None,
     created_after: Annotated[Moment | None, Query()] = None,
     created_before: Annotated[Moment | None, Query()] = None,
     sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
@@ -145,6 +146,7 @@ def list_jobs(
         tags=tag,
         model=model,
         data=data,
+        source=source,
         created_after=_naive_utc(created_after),
         created_before=_naive_utc(created_before),
     )

@@ -76,6 +76,7 @@ class JobFilter:
     tags: list[str] | None = None  # every one of them
     model: str | None = None
     data: str | None = None
+    source: str | None = None  # server | tracked
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -96,6 +97,8 @@ def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, 
         query = query.where(Job.model_kind == filters.model)
     if filters.data:
         query = query.where(Job.data_kind == filters.data)
+    if filters.source:
+        query = query.where(Job.source == filters.source)
     if filters.created_after is not None:
         query = query.where(Job.created_at >= filters.created_after)
     if filters.created_before is not None:

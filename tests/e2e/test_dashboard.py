@@ -126,6 +126,34 @@ def test_job_list_filters_and_searches(page, served: Serve):
     assert [j["name"] for j in served.client.get("/jobs", params={"q": "alpha"}).json()["items"]] == []
 
 
+def test_a_tracked_run_is_marked_in_the_history_filtered_by_source_and_drawn_live(page, served: Serve):
+    run = served.client.post("/runs", json={"name": "e2e-tracked", "config": {"lr": 0.1}, "facts": {"host": "lab-7"}}).json()
+    points = lambda steps: {"points": [{"name": "train/loss", "step": s, "value": 1 / (s + 1)} for s in steps]}  # noqa: E731
+    served.client.post(f"/runs/{run['id']}/points", json=points(range(20)))
+    page.goto("/#/jobs")
+    badge = "tr.job-row:has-text('e2e-tracked') .tracked"
+    page.wait_for_selector(badge)
+    assert page.inner_text(badge) == "tracked on lab-7"
+    page.select_option("#source-filter", "tracked")
+    page.wait_for_function(
+        "(() => { const rows = [...document.querySelectorAll('tr.job-row')]; return rows.length >= 1 && rows.every(r => r.querySelector('.tracked')); })()"
+    )
+    assert "source=tracked" in page.url
+    page.select_option("#source-filter", "server")
+    page.wait_for_function("![...document.querySelectorAll('tr.job-row')].some(r => r.querySelector('.tracked'))")
+    page.goto(f"/#/jobs/{run['id']}")
+    loss_points = "document.getElementById('loss-plot')?.data?.[0]?.x?.length"
+    page.wait_for_function(f"document.querySelector('#job-status')?.textContent === 'running' && {loss_points} === 20")
+    served.client.post(f"/runs/{run['id']}/points", json=points(range(20, 30)))  # the tracker sends more: the curve grows
+    page.wait_for_function(f"{loss_points} === 30")
+    served.client.post(f"/runs/{run['id']}/finish", json={"status": "succeeded"})
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'")
+    facts = page.inner_text("#job-facts")
+    assert "tracked on\nlab-7" in facts and "framework\npytorch" in facts and "attempts" not in facts
+    assert not page.is_visible("#clone-job") and not page.is_visible("#job-analyses")  # nothing to clone or analyse
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "tracked-run.png"), full_page=True)
+
+
 def test_hessian_views_draw_sharpness_threshold_and_density(page, served: Serve):
     raw = spec(steps=400, lr=0.5, name="e2e-hessian")
     raw["model"]["activation"] = "tanh"
