@@ -21,13 +21,14 @@ of the global batch).
 """
 
 import logging
+import math
 import os
-import queue
 import socket
 import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +41,7 @@ from dynascope.spill import Spill
 from dynascope.tracking import Beat, Finish, Point, Points, ResultIn, Resumed, RunCreate, TrackedFacts
 
 log = logging.getLogger("dynascope")
-QUEUE_ITEMS = 200_000  # past this the loop writes straight to disk (the sender fell behind)
+QUEUE_ITEMS = 200_000  # log calls waiting; past this the loop writes straight to disk (the sender fell behind)
 SEND_SECONDS = 1.0  # the sender waits this long to fill a batch
 BATCH_POINTS = 2000  # points per request (well under the server's body limit with 200-character names)
 RETRY_SECONDS = 5.0  # a server that did not answer is tried again after this
@@ -98,7 +99,8 @@ class Run:
         self._logged_step: int | None = None
         self._names: set[str] = set()
         self._stage = "running"
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(QUEUE_ITEMS)
+        # A deque: its append is atomic and ~20× cheaper than queue.Queue's locked put (the loop's time); bounded by _put.
+        self._queue: deque[tuple[str, Any]] = deque()
         self._closing = threading.Event()
         self._wake = threading.Event()  # a flush or the end: the sender goes at once instead of at its next round
         self._watched: Any = None  # the probes and hooks, once watch() is called
@@ -154,11 +156,11 @@ class Run:
             step = self._logged_step if self._logged_step is not None else self.step
             if self._watched is None:
                 self.step += 1
-        for name, value in metrics.items():
-            if name not in self._names:  # each name checked once; the points themselves are built unchecked (the loop's time)
-                Point(name=name, step=step, value=None)
-                self._names.add(name)
-            self._put(("point", Point.model_construct(name=name, step=int(step), value=_finite(value))))
+        for name in metrics.keys() - self._names:  # each name checked once, here, where a bad one is the caller's to see
+            Point(name=name, step=step, value=None)
+            self._names.add(name)
+        # One queue item for the call; the points are built by the sender (the loop's time is the loop's)
+        self._put(("points", (int(step), {name: float(value) for name, value in metrics.items()})))
 
     def result(self, kind: str, step: int, data: dict[str, Any]) -> None:
         self._put(("result", ResultIn(kind=kind, step=step, data=data)))
@@ -212,17 +214,17 @@ class Run:
     # the threads
 
     def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:  # the sender fell far behind: to disk at once, never block the loop
-            if item[0] != "flush":
-                self.spill.append(_record(item, self.spill))
         if item[0] == "flush":
+            self._queue.append(item)
             self._wake.set()
+        elif len(self._queue) >= QUEUE_ITEMS:  # the sender fell far behind: to disk at once, never block the loop
+            self.spill.append(_record(item, self.spill))
+        else:
+            self._queue.append(item)
 
     def _send_loop(self) -> None:
         next_retry = 0.0
-        while not (self._closing.is_set() and self._queue.empty()):
+        while not (self._closing.is_set() and not self._queue):
             items, flushes = self._take()
             records = _records(items, self.spill)
             if not self.online or self.spill.pending():
@@ -243,15 +245,15 @@ class Run:
     def _take(self) -> tuple[list[tuple[str, Any]], list[threading.Event]]:
         """What the queue holds (up to a batch), taken once a round: the sender never wakes per point, which would
         take the interpreter from the loop at every log."""
-        if self._queue.qsize() < BATCH_POINTS:
+        if len(self._queue) < BATCH_POINTS:
             self._wake.wait(SEND_SECONDS)
         self._wake.clear()
         items: list[tuple[str, Any]] = []
         flushes: list[threading.Event] = []
         while len(items) < BATCH_POINTS:
             try:
-                kind, value = self._queue.get_nowait()
-            except queue.Empty:
+                kind, value = self._queue.popleft()
+            except IndexError:
                 break
             if kind == "flush":
                 flushes.append(value)
@@ -271,25 +273,29 @@ class Run:
                 self.cancelled.set()
 
 
-def _finite(value: Any) -> float | None:
-    v = float(value)
-    return v if v == v and abs(v) != float("inf") else None
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != math.inf else None
+
+
+def _points(step: int, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"name": name, "step": step, "value": _finite(value)} for name, value in metrics.items()]
 
 
 def _record(item: tuple[str, Any], spill: Spill) -> dict[str, Any]:
     kind, value = item
-    if kind == "point":
-        return {"points": [value.model_dump(mode="json")]}
+    if kind == "points":
+        return {"points": _points(*value)}
     if kind == "artifact":
         return spill.keep_artifact(*value)
     return {"result": value.model_dump(mode="json")}
 
 
 def _records(items: list[tuple[str, Any]], spill: Spill) -> list[dict[str, Any]]:
-    """The points as one batch (in the order logged), then each result and artifact (its bytes kept on disk)."""
-    points = [v.model_dump(mode="json") for k, v in items if k == "point"]
-    out: list[dict[str, Any]] = [{"points": points}] if points else []
-    return out + [_record(item, spill) for item in items if item[0] != "point"]
+    """The points in batches of BATCH_POINTS (in the order logged), then each result and artifact (its bytes kept
+    on disk)."""
+    points = [point for kind, value in items if kind == "points" for point in _points(*value)]
+    out = [{"points": points[i : i + BATCH_POINTS]} for i in range(0, len(points), BATCH_POINTS)]
+    return out + [_record(item, spill) for item in items if item[0] != "points"]
 
 
 def send(client: Client, run_id: int, record: dict[str, Any], spill: Spill) -> bool:
