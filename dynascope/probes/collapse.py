@@ -90,7 +90,7 @@ class Collapse(Probe):
         if int(means.present.sum()) <= MAX_COSINE_CLASSES:
             document.cosines = nc.mean_cosines(means).tolist()
         if self.val is not None:
-            (x_val, y_val), labels = self.val, self.val[1].flatten()
+            (x_val, _), labels = self.val, self.val[1].flatten()
             features, predicted = self._read(x_val)
             metrics["collapse/nc1_val"] = nc.nc1(features, labels, nc.class_means(features, labels, classes))
             metrics["collapse/nc4_val"] = nc.nc4(features, predicted, means)  # the training sample's centres

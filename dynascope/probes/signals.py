@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from dynascope.analysis import signals as sg
 from dynascope.probes.base import Batch, Calls, Output, Probe, Run
