@@ -178,6 +178,10 @@ def test_offline_runs_and_runs_without_a_server_are_sent_by_sync_once(served: St
     assert sent == (list(range(30)), [1.0 / (s + 1) for s in range(30)])
     assert len(before[0]["train/loss"][0]) == 15 and before[0]["hessian/lambda_1"][0] == [0, 10]
     assert [served.client.get(f"/jobs/{i}").json()["status"] for i in ids] == ["succeeded", "succeeded"]
+    # the Hessian's eigenvectors went with the points, once, and left the disk
+    kept = served.client.get(f"/jobs/{ids[0]}/artifacts").json()
+    assert [(a["kind"], a["step"]) for a in kept] == [("hessian-eigenvectors", 0), ("hessian-eigenvectors", 10)]
+    assert not list((tmp_path / "offline" / "artifacts").glob("*"))
 
 
 KILLED = textwrap.dedent("""
