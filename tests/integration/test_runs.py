@@ -166,3 +166,22 @@ def test_a_run_resumed_goes_on_after_its_last_step_from_any_end(client: TestClie
     server_job = client.post(f"{API}/jobs", json=spec(name="server-job")).json()
     refused = client.post(f"{API}/runs/{server_job['id']}/resume")
     assert refused.status_code == 409 and "not a tracked run" in refused.json()["detail"]
+
+
+def test_a_viewer_reads_a_tracked_run_but_writes_none_of_it(client: TestClient):
+    from backend.config import get_settings
+    from tests.conftest import bearer, provision
+
+    run = client.post(f"{API}/runs", json=RUN).json()
+    settings = get_settings()
+    viewer = TestClient(
+        client.app,
+        base_url="http://127.0.0.1",
+        headers=bearer(provision(settings.database_url, settings.secret_key.get_secret_value(), "vi", "a", "viewer")),
+    )
+    assert viewer.get(f"{API}/jobs/{run['id']}").status_code == 200
+    writes = ["", f"/{run['id']}/points", f"/{run['id']}/results", f"/{run['id']}/artifacts?kind=hessian-eigenvectors&step=0"]
+    writes += [f"/{run['id']}/heartbeat", f"/{run['id']}/finish", f"/{run['id']}/resume"]
+    for path in writes:
+        response = viewer.post(f"{API}/runs{path}", json={})
+        assert response.status_code == 403 and "viewer" in response.json()["detail"], path
