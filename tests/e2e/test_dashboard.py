@@ -7,7 +7,7 @@ from tests.helpers import planted_pair_job
 
 pytestmark = pytest.mark.e2e
 
-TRACE_LEN = "(id, i) => document.getElementById(id).data?.[i]?.x?.length ?? 0"
+TRACE_LEN = "(id, i) => document.getElementById(id)?.data?.[i]?.x?.length ?? 0"
 
 
 def trace(page, plot: str, i: int) -> dict:
@@ -274,7 +274,7 @@ def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
     page.click("#compare-sweep-link")
     page.wait_for_function("document.querySelectorAll('#compare-series option').length > 0")
     page.select_option("#compare-series", "hessian/sharpness")
-    page.wait_for_function("document.getElementById('compare-plot').data?.length === 4")
+    page.wait_for_function("document.getElementById('compare-plot')?.data?.length === 4")
     names = page.evaluate("document.getElementById('compare-plot').data.map(t => t.name)")
     assert names == ["optimizer.lr=0.2", "threshold (optimizer.lr=0.2)", "optimizer.lr=0.5", "threshold (optimizer.lr=0.5)"]
     for k, job in enumerate(sweep["jobs"]):
@@ -288,7 +288,7 @@ def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
         assert trace(page, "compare-plot", 2 * k + 1)["y"] == api["hessian/threshold"]["values"]
     assert "series=hessian%2Fsharpness" in page.url and f"sweep={sweep['id']}" in page.url
     page.reload()
-    page.wait_for_function("document.getElementById('compare-plot').data?.length === 4")
+    page.wait_for_function("document.getElementById('compare-plot')?.data?.length === 4")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "compare-sweep.png"), full_page=True)
 
 
