@@ -185,6 +185,20 @@ class CollapseResult(Timed):
 MAX_COSINE_CLASSES = 50
 
 
+# --- representations ---
+
+
+class RepresentationsResult(Timed):
+    """The representations probe at one step: the layers compared, their widths (features per example), on what,
+    by which estimator, and the CKA between every pair of them (null where a layer does not vary)."""
+
+    layers: list[str]
+    features: list[int]
+    examples: int
+    estimator: str
+    matrix: list[list[float | None]]
+
+
 # --- loss landscapes (probe and checkpoint analyses) ---
 
 
@@ -246,4 +260,5 @@ RESULTS: dict[str, type[Document]] = {
     "signals": SignalsPair,
     "landscape": LandscapeResult,
     "collapse": CollapseResult,
+    "representations": RepresentationsResult,
 }

@@ -212,6 +212,27 @@ class CollapseProbe(Schedule):
     )
 
 
+class RepresentationsProbe(Schedule):
+    """Linear CKA (Kornblith et al. 2019) of layers' outputs on a fixed stratified sample of the training set: each
+    layer against itself at the first probe (how far it has gone) and at the previous one (how fast it moves), and
+    every pair of the layers at the same step."""
+
+    examples: int = Field(256, ge=8, le=8192, description="size of the fixed stratified sample")
+    layers: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.]+$")]] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="module names whose outputs are compared (null: the model's blocks: its top-level modules with "
+        "parameters, inside Sequential and ModuleList containers)",
+    )
+    batch: int | None = Field(
+        None,
+        ge=8,
+        description="the minibatch estimator (Nguyen et al.: unbiased HSIC averaged over batches of this many examples; "
+        "memory batch² per layer) instead of the full one on the whole sample (memory examples² per layer)",
+    )
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
@@ -220,3 +241,4 @@ class Probes(StrictModel):
     gradstats: GradStatsProbe | None = None
     signals: SignalsProbe | None = None
     collapse: CollapseProbe | None = None
+    representations: RepresentationsProbe | None = None

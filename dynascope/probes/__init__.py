@@ -9,9 +9,10 @@ from dynascope.probes.collapse import Collapse
 from dynascope.probes.gradstats import GradStats
 from dynascope.probes.hessian import HessianTracker
 from dynascope.probes.landscape import Landscape
+from dynascope.probes.representations import Representations
 from dynascope.probes.runner import ProbeSet
 from dynascope.probes.signals import Signals
 
-PROBES: dict[str, type[Probe]] = {probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse)}
+PROBES: dict[str, type[Probe]] = {probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse, Representations)}
 
 __all__ = ["PROBES", "Batch", "Blackboard", "Calls", "Output", "Probe", "ProbeSet", "ProbeStopped", "Recorder", "Run"]

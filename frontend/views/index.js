@@ -5,6 +5,7 @@ import { collapseView } from "./collapse.js";
 import { gradstatsView } from "./gradstats.js";
 import { hessianView } from "./hessian.js";
 import { landscapeView } from "./landscape.js";
+import { representationsView } from "./representations.js";
 import { signalsView } from "./signals.js";
 import { trainingView } from "./training.js";
 
@@ -15,4 +16,5 @@ export const VIEWS = {
   signals: signalsView,
   landscape: landscapeView,
   collapse: collapseView,
+  representations: representationsView,
 };

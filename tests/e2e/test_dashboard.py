@@ -439,6 +439,27 @@ def test_neural_collapse_view(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "collapse.png"), full_page=True)
 
 
+def test_representations_view(page, served: Serve):
+    raw = spec(steps=200, name="e2e-representations", lr=0.3)
+    raw["probes"] = {"representations": {"every": 50, "examples": 128}}
+    job = served.client.post("/jobs", json=raw).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.getElementById('cka-layers')?.dataset.step === '200'", timeout=30_000)
+    for element, prefix, steps in (
+        ("cka-first", "cka/first/", [0, 50, 100, 150, 200]),
+        ("cka-previous", "cka/previous/", [50, 100, 150, 200]),
+    ):
+        for index, layer in enumerate(["1", "3", "5"]):
+            api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": prefix + layer}).json()["series"][0]
+            drawn = trace(page, element, index)
+            assert drawn["name"] == layer and drawn["y"] == api["values"] and api["steps"] == steps
+    [latest] = served.client.get(f"/jobs/{job['id']}/results/representations", params={"last": 1}).json()
+    assert page.evaluate("document.getElementById('cka-layers').data[0].z") == latest["data"]["matrix"]
+    assert "3 layers" in page.inner_text("#representations-info") and "128 training examples" in page.inner_text("#representations-info")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "representations.png"), full_page=True)
+
+
 def test_opposing_signals_view(page, served: Serve):
     raw = planted_pair_job(6.0)
     job = served.client.post("/jobs", json=raw).json()

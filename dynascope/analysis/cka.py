@@ -1,0 +1,75 @@
+"""Linear CKA (Kornblith et al. 2019): how alike two representations of the same examples are, up to an orthogonal
+transform and an isotropic scaling of either. Pure PyTorch numerics.
+
+Everything goes through a representation's Gram matrix K = X Xᵀ over its examples (examples × examples, whatever
+the width), so a layer is kept between probes as Grams, never as features.
+
+- full: the standard (biased) estimator on the whole sample, CKA = HSIC(K, L) / √(HSIC(K, K)·HSIC(L, L)) with
+  HSIC(K, L) = ⟨HKH, HLH⟩ (H centres; its 1/(n−1)² cancels in the ratio);
+- minibatch (Nguyen, Raghu & Kornblith 2021): the unbiased HSIC₁ (Song et al. 2012) of each batch of m examples,
+  each of the three averaged over the batches before the ratio — m² memory a batch, no bias from m.
+"""
+
+import math
+
+from torch import Tensor
+
+
+def gram(x: Tensor) -> Tensor:
+    """K = X Xᵀ of one representation (a row per example, flattened), in float64."""
+    flat = x.reshape(len(x), -1).double()
+    return flat @ flat.T
+
+
+def centred(k: Tensor) -> Tensor:
+    """H K H: the Gram of the representation with its mean example taken away."""
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def hsic(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the papers' name)
+    return float((centred(k) * centred(l)).sum())
+
+
+def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741
+    """Song et al.'s unbiased HSIC₁ (needs n ≥ 4): the Grams with zero diagonals, and the terms that take the bias away."""
+    n = len(k)
+    k, l = k.clone().fill_diagonal_(0), l.clone().fill_diagonal_(0)  # noqa: E741
+    term = (k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * (k.sum(0) @ l.sum(0)) / (n - 2)
+    return float(term) / (n * (n - 3))
+
+
+def cka(a: list[Tensor], b: list[Tensor]) -> float:
+    """CKA of two representations given as their Grams over the same batches of examples: one batch is the full
+    estimator, several the minibatch one. NaN when either representation does not vary."""
+    if len(a) == 1:
+        k, l = a[0], b[0]  # noqa: E741
+        num, den = hsic(k, l), hsic(k, k) * hsic(l, l)
+    else:
+        num = sum(map(hsic_unbiased, a, b)) / len(a)
+        den = (sum(hsic_unbiased(k, k) for k in a) / len(a)) * (sum(hsic_unbiased(l, l) for l in b) / len(b))  # noqa: E741
+    return num / math.sqrt(den) if den > 0 else math.nan
+
+
+def batches(n: int, size: int | None) -> list[slice]:
+    """The whole sample (size None), or consecutive batches of `size` (a short remainder below 4 joins the last)."""
+    if size is None or size >= n:
+        return [slice(0, n)]
+    starts = list(range(0, n, size))
+    if n - starts[-1] < 4 and len(starts) > 1:
+        starts.pop()
+    return [slice(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
+
+
+def matrix(grams: dict[str, list[Tensor]]) -> list[list[float]]:
+    """CKA between every pair of the representations (symmetric, ones on the diagonal of varying ones)."""
+    names = list(grams)
+    out = [[math.nan] * len(names) for _ in names]
+    for i, a in enumerate(names):
+        for j in range(i, len(names)):
+            out[i][j] = out[j][i] = cka(grams[a], grams[names[j]])
+    return out
+
+
+def stack_batches(x: Tensor, parts: list[slice]) -> list[Tensor]:
+    """The Grams of `x`'s rows in each batch."""
+    return [gram(x[part]) for part in parts]

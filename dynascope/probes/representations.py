@@ -1,0 +1,110 @@
+"""The representations probe: linear CKA (dynascope.analysis.cka) of chosen layers' outputs on a fixed stratified
+sample of the training set, read by hooks in a forward pass of its own in eval mode (no gradient, no random
+state: training is untouched). Each layer is kept between probes as the Grams of its outputs, never as features."""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from dynascope.analysis import cka
+from dynascope.analysis.hvp import module_mode
+from dynascope.probes.base import Calls, Output, Probe, Run
+from dynascope.probes.samples import stratified_sample
+from dynascope.results import RepresentationsResult
+from dynascope.settings import RepresentationsProbe
+
+SAMPLE_SEED = 7  # the sample's rows: run seed + this
+MAX_LAYERS = 16  # the default blocks, evenly spread when a model has more
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def blocks(model: nn.Module, prefix: str = "") -> list[str]:
+    """The model's blocks: its top-level modules with parameters, looking inside containers."""
+    found = []
+    for name, child in model.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, CONTAINERS):
+            found += blocks(child, f"{full}.")
+        elif any(True for _ in child.parameters()):
+            found.append(full)
+    return found
+
+
+def chosen_layers(model: nn.Module, names: list[str] | None) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    if names is None:
+        names = blocks(model)
+        if len(names) > MAX_LAYERS:
+            names = [names[round(i * (len(names) - 1) / (MAX_LAYERS - 1))] for i in range(MAX_LAYERS)]
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"probes.representations.layers: {missing} are not modules of the model (its blocks: {blocks(model)})")
+    if not names:
+        raise ValueError("probes.representations: the model has no module with parameters to compare")
+    return {n: modules[n] for n in names}
+
+
+@contextmanager
+def _outputs_of(layers: dict[str, nn.Module], into: dict[str, list[Tensor]]) -> Iterator[None]:
+    def keep(name: str):  # noqa: ANN202
+        return lambda _module, _args, out: into[name].append((out[0] if isinstance(out, tuple) else out).detach().flatten(1))
+
+    handles = [layer.register_forward_hook(keep(name)) for name, layer in layers.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Representations(Probe):
+    name = "representations"
+    Settings = RepresentationsProbe
+
+    def __init__(self, cfg: RepresentationsProbe, run: Run) -> None:
+        super().__init__(cfg, run)
+        self.layers = chosen_layers(run.model, cfg.layers)
+        rows = stratified_sample(run.y_train, cfg.examples, run.seed + SAMPLE_SEED).to(run.x_train.device)
+        self.x = run.x_train[rows]
+        self.parts = cka.batches(len(self.x), cfg.batch)
+        self.first: dict[str, list[Tensor]] | None = None
+        self.previous: dict[str, list[Tensor]] | None = None
+
+    @torch.no_grad()
+    def _grams(self) -> tuple[dict[str, list[Tensor]], dict[str, int]]:
+        """Each layer's Grams over the sample's batches, and its features per example."""
+        grams: dict[str, list[Tensor]] = {name: [] for name in self.layers}
+        widths: dict[str, int] = {}
+        with module_mode(self.run.model, "eval"):
+            for part in self.parts:
+                outputs: dict[str, list[Tensor]] = {name: [] for name in self.layers}
+                with _outputs_of(self.layers, outputs):
+                    self.run.model(self.x[part])
+                for name, parts in outputs.items():
+                    if not parts:
+                        raise ValueError(f"probes.representations.layers: {name!r} takes no part in the model's forward")
+                    features = parts[0]  # (a layer called twice in a forward: its first call)
+                    grams[name].append(cka.gram(features))
+                    widths[name] = features.shape[1]
+        return grams, widths
+
+    def before_step(self, step: int, calls: Calls) -> Output:
+        grams, widths = self._grams()
+        self.first = self.first or grams
+        metrics = {f"cka/first/{name}": cka.cka(self.first[name], g) for name, g in grams.items()}
+        if self.previous is not None:
+            metrics |= {f"cka/previous/{name}": cka.cka(self.previous[name], g) for name, g in grams.items()}
+        self.previous = grams
+        size = self.parts[0].stop - self.parts[0].start
+        estimator = "full" if len(self.parts) == 1 else f"minibatch: unbiased HSIC over {len(self.parts)} batches of {size}"
+        document = RepresentationsResult(
+            layers=list(grams),
+            features=[widths[name] for name in grams],
+            examples=len(self.x),
+            estimator=estimator,
+            matrix=[[None if math.isnan(v) else v for v in row] for row in cka.matrix(grams)],
+        )
+        return Output(metrics, [(step, document)])
