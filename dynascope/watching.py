@@ -89,7 +89,7 @@ class Stepper:
         x, y = probe_batch if probe_batch is not None else (torch.empty(0), torch.empty(0))
         if classes is None and not y.is_floating_point() and len(y):
             classes = int(y.max()) + 1
-        self.tracker, self.optimizer = tracker, optimizer
+        self.tracker, self.optimizer, self.loss_fn = tracker, optimizer, loss_fn
         self.example_loss = example_loss or per_example(loss_fn)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         _register_known_layers()

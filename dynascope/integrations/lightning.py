@@ -14,10 +14,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.nn import functional as F
 
 import dynascope
-from dynascope.settings import Probes
+from dynascope.integrations.common import Tracking
 from dynascope.watching import Stepper
+
+LOSSES = (F.cross_entropy, lambda out, y: F.cross_entropy(out, y, reduction="none"))  # unless the callback is given its own
 
 
 class DynascopeCallback(pl.Callback):
@@ -32,20 +35,22 @@ class DynascopeCallback(pl.Callback):
         config: dict | None = None,
         **init: Any,
     ) -> None:
-        self.name, self.config, self.init = name, config, init
-        self.settings = Probes.model_validate(probes or {})
-        self.probe_batch, self.loss_fn, self.example_loss = probe_batch, loss_fn, example_loss
+        self.tracking = Tracking.of(name, probes, probe_batch, loss_fn, example_loss, config, init)
         self.run: dynascope.Run | None = None
         self.stepper: Stepper | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        config = self.config if self.config is not None else {k: v for k, v in dict(module.hparams).items() if _plain(v)}
+        hyperparameters = {k: v for k, v in dict(module.hparams).items() if _plain(v)}
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        self.run = dynascope.init(self.name or type(module).__name__, config, framework="lightning", total_steps=total, **self.init)
-        batch = tuple(t.to(module.device) for t in self.probe_batch) if self.probe_batch is not None else None
-        loss_fn = self.loss_fn if self.loss_fn is not None else torch.nn.functional.cross_entropy
-        example_loss = self.example_loss or (lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none"))
-        self.stepper = Stepper(self.run, module, loss_fn, trainer.optimizers[0], batch, self.settings, example_loss=example_loss)
+        self.run, self.stepper = self.tracking.start(
+            module,
+            trainer.optimizers[0],
+            framework="lightning",
+            name=type(module).__name__,
+            config=hyperparameters,
+            total=total,
+            losses=LOSSES,
+        )
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.stepper is not None:

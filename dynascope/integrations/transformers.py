@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 import dynascope
-from dynascope.settings import Probes
+from dynascope.integrations.common import Tracking
 from dynascope.watching import Stepper
 
 IGNORED = -100  # the label Hugging Face's losses skip
@@ -80,9 +80,7 @@ class DynascopeCallback(TrainerCallback):
         config: dict | None = None,
         **init: Any,
     ) -> None:
-        self.name, self.config, self.init = name, config, init
-        self.settings = Probes.model_validate(probes or {})
-        self.probe_batch, self.loss_fn, self.example_loss = probe_batch, loss_fn, example_loss
+        self.tracking = Tracking.of(name, probes, probe_batch, loss_fn, example_loss, config, init)
         self.run: dynascope.Run | None = None
         self.stepper: Stepper | None = None
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -90,24 +88,14 @@ class DynascopeCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         model: nn.Module = kw["model"]
-        if self.settings.gradstats is not None and args.gradient_accumulation_steps > 1:
+        if self.tracking.settings.gradstats is not None and args.gradient_accumulation_steps > 1:
             raise ValueError("DynascopeCallback: gradient statistics need one forward per update (gradient_accumulation_steps=1)")
-        plain = {k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS}
-        config = self.config if self.config is not None else plain | {"model_type": getattr(model.config, "model_type", "")}
+        config = {k: v for k, v in args.to_dict().items() if k in HYPERPARAMETERS} | {"model_type": getattr(model.config, "model_type", "")}
         total = state.max_steps if state.max_steps > 0 else None
-        self.run = dynascope.init(self.name or type(model).__name__, config, framework="transformers", total_steps=total, **self.init)
-        device = next(model.parameters()).device
-        batch = tuple(t.to(device) for t in self.probe_batch) if self.probe_batch is not None else None
-        default_loss, default_each = model_loss(_causal(model))
         optimizer = getattr(kw["optimizer"], "optimizer", kw["optimizer"])  # (accelerate wraps the torch optimizer)
-        self.stepper = Stepper(
-            self.run,
-            model,
-            self.loss_fn or default_loss,
-            optimizer,
-            batch,
-            self.settings,
-            example_loss=self.example_loss or default_each,
+        losses = model_loss(_causal(model))
+        self.run, self.stepper = self.tracking.start(
+            model, optimizer, framework="transformers", name=type(model).__name__, config=config, total=total, losses=losses
         )
         self.handles = [
             model.register_forward_pre_hook(self._forward, with_kwargs=True),
@@ -130,11 +118,7 @@ class DynascopeCallback(TrainerCallback):
             return
         if self.labels is None:
             raise ValueError("DynascopeCallback: the Trainer's batches need `labels` (the probes' targets)")
-        loss = (
-            output.loss
-            if getattr(output, "loss", None) is not None
-            else (self.loss_fn or model_loss(_causal(module))[0])(output, self.labels)
-        )
+        loss = output.loss if getattr(output, "loss", None) is not None else stepper.loss_fn(output, self.labels)
         stepper.forward_done(self.labels, float(loss.detach()))
         stepper.on_backward_end(output.logits)  # (before the Trainer clips the gradient)
 
