@@ -26,30 +26,6 @@ def centred(k: Tensor) -> Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def hsic(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the papers' name)
-    return float((centred(k) * centred(l)).sum())
-
-
-def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741
-    """Song et al.'s unbiased HSIC₁ (needs n ≥ 4): the Grams with zero diagonals, and the terms that take the bias away."""
-    n = len(k)
-    k, l = k.clone().fill_diagonal_(0), l.clone().fill_diagonal_(0)  # noqa: E741
-    term = (k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * (k.sum(0) @ l.sum(0)) / (n - 2)
-    return float(term) / (n * (n - 3))
-
-
-def cka(a: list[Tensor], b: list[Tensor]) -> float:
-    """CKA of two representations given as their Grams over the same batches of examples: one batch is the full
-    estimator, several the minibatch one. NaN when either representation does not vary."""
-    if len(a) == 1:
-        k, l = a[0], b[0]  # noqa: E741
-        num, den = hsic(k, l), hsic(k, k) * hsic(l, l)
-    else:
-        num = sum(map(hsic_unbiased, a, b)) / len(a)
-        den = (sum(hsic_unbiased(k, k) for k in a) / len(a)) * (sum(hsic_unbiased(l, l) for l in b) / len(b))  # noqa: E741
-    return num / math.sqrt(den) if den > 0 else math.nan
-
-
 def batches(n: int, size: int | None) -> list[slice]:
     """The whole sample (size None), or consecutive batches of `size` (a short remainder below 4 joins the last)."""
     if size is None or size >= n:
@@ -60,16 +36,38 @@ def batches(n: int, size: int | None) -> list[slice]:
     return [slice(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
 
 
-def matrix(grams: dict[str, list[Tensor]]) -> list[list[float]]:
+def grams(x: Tensor, parts: list[slice]) -> list[Tensor]:
+    """A representation as `cka` reads it: over the whole sample its centred Gram (the full estimator); over
+    batches each batch's Gram with its diagonal zeroed (the unbiased HSIC's). Prepared once, compared many times."""
+    if len(parts) == 1:
+        return [centred(gram(x[parts[0]]))]
+    return [gram(x[part]).fill_diagonal_(0) for part in parts]
+
+
+def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the papers' name)
+    """Song et al.'s unbiased HSIC₁ of two Grams with zero diagonals (n ≥ 4)."""
+    n = len(k)
+    term = (k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * (k.sum(0) @ l.sum(0)) / (n - 2)
+    return float(term) / (n * (n - 3))
+
+
+def cka(a: list[Tensor], b: list[Tensor]) -> float:
+    """CKA of two representations prepared by `grams` over the same batches of examples: one batch is the full
+    estimator, several the minibatch one. NaN when either representation does not vary."""
+    if len(a) == 1:
+        k, l = a[0], b[0]  # noqa: E741
+        num, den = float((k * l).sum()), float((k * k).sum() * (l * l).sum())
+    else:
+        num = sum(map(hsic_unbiased, a, b)) / len(a)
+        den = (sum(hsic_unbiased(k, k) for k in a) / len(a)) * (sum(hsic_unbiased(l, l) for l in b) / len(b))  # noqa: E741
+    return num / math.sqrt(den) if den > 0 else math.nan
+
+
+def matrix(representations: dict[str, list[Tensor]]) -> list[list[float]]:
     """CKA between every pair of the representations (symmetric, ones on the diagonal of varying ones)."""
-    names = list(grams)
+    names = list(representations)
     out = [[math.nan] * len(names) for _ in names]
     for i, a in enumerate(names):
         for j in range(i, len(names)):
-            out[i][j] = out[j][i] = cka(grams[a], grams[names[j]])
+            out[i][j] = out[j][i] = cka(representations[a], representations[names[j]])
     return out
-
-
-def stack_batches(x: Tensor, parts: list[slice]) -> list[Tensor]:
-    """The Grams of `x`'s rows in each batch."""
-    return [gram(x[part]) for part in parts]

@@ -83,11 +83,12 @@ class Representations(Probe):
                 outputs: dict[str, list[Tensor]] = {name: [] for name in self.layers}
                 with _outputs_of(self.layers, outputs):
                     self.run.model(self.x[part])
-                for name, parts in outputs.items():
-                    if not parts:
+                for name, calls in outputs.items():
+                    if not calls:
                         raise ValueError(f"probes.representations.layers: {name!r} takes no part in the model's forward")
-                    features = parts[0]  # (a layer called twice in a forward: its first call)
-                    grams[name].append(cka.gram(features))
+                    features = calls[0]  # (a layer called twice in a forward: its first call)
+                    k = cka.gram(features)
+                    grams[name].append(cka.centred(k) if len(self.parts) == 1 else k.fill_diagonal_(0))  # (see cka.grams)
                     widths[name] = features.shape[1]
         return grams, widths
 
