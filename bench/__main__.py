@@ -21,6 +21,7 @@ from bench import (
     hessian_trace_density,
     hessian_tracking,
     landscape_surface,
+    probe_costs,
     signals_overhead,
     tracked_loop,
     train_loop,
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "landscape": landscape_surface.run,
     "gradstats": gradstats_overhead.run,
     "signals": signals_overhead.run,
+    "probe_costs": probe_costs.run,
     "dashboard": dashboard_first_chart.run,
     "job_history": job_history.run,
 }
