@@ -51,23 +51,30 @@ def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the papers' nam
     return float(term) / (n * (n - 3))
 
 
+def _hsic(a: list[Tensor], b: list[Tensor]) -> float:
+    """HSIC of two prepared representations: ⟨HKH, HLH⟩ (full), or the batches' mean unbiased HSIC₁."""
+    if len(a) == 1:
+        return float((a[0] * b[0]).sum())
+    return sum(map(hsic_unbiased, a, b)) / len(a)
+
+
+def _ratio(cross: float, own_a: float, own_b: float) -> float:
+    return cross / math.sqrt(own_a * own_b) if own_a * own_b > 0 else math.nan
+
+
 def cka(a: list[Tensor], b: list[Tensor]) -> float:
     """CKA of two representations prepared by `grams` over the same batches of examples: one batch is the full
     estimator, several the minibatch one. NaN when either representation does not vary."""
-    if len(a) == 1:
-        k, l = a[0], b[0]  # noqa: E741
-        num, den = float((k * l).sum()), float((k * k).sum() * (l * l).sum())
-    else:
-        num = sum(map(hsic_unbiased, a, b)) / len(a)
-        den = (sum(hsic_unbiased(k, k) for k in a) / len(a)) * (sum(hsic_unbiased(l, l) for l in b) / len(b))  # noqa: E741
-    return num / math.sqrt(den) if den > 0 else math.nan
+    return _ratio(_hsic(a, b), _hsic(a, a), _hsic(b, b))
 
 
 def matrix(representations: dict[str, list[Tensor]]) -> list[list[float]]:
-    """CKA between every pair of the representations (symmetric, ones on the diagonal of varying ones)."""
+    """CKA between every pair of the representations (symmetric, ones on the diagonal of varying ones); each
+    one's own HSIC computed once."""
     names = list(representations)
+    own = [_hsic(representations[n], representations[n]) for n in names]
     out = [[math.nan] * len(names) for _ in names]
     for i, a in enumerate(names):
         for j in range(i, len(names)):
-            out[i][j] = out[j][i] = cka(representations[a], representations[names[j]])
+            out[i][j] = out[j][i] = _ratio(_hsic(representations[a], representations[names[j]]), own[i], own[j])
     return out

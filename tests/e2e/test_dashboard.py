@@ -79,6 +79,9 @@ def test_cancel_from_the_job_page(page, served: Serve):
 
 
 def test_job_list_filters_and_searches(page, served: Serve):
+    cancelled = served.client.post("/jobs", json=spec(steps=2_000_000, name="gamma-cancelled")).json()
+    served.client.post(f"/jobs/{cancelled['id']}/cancel")  # (queued or running: it ends cancelled either way)
+    served.job_when(cancelled["id"], lambda j: j["status"] == "cancelled", 60)
     for name in ("alpha-one", "alpha-two", "beta-one"):
         made = served.client.post("/jobs", json=spec(steps=20, name=name)).json()
         served.job_when(made["id"], lambda j: j["status"] == "succeeded", 60)
