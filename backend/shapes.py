@@ -12,6 +12,7 @@ from backend.spec import (
     CNNModel,
     Data,
     JobSpec,
+    LinearModel,
     MLPModel,
     ResNetModel,
     TransformerModel,
@@ -23,7 +24,7 @@ _TABULAR = {"iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 2)}
 @dataclass(frozen=True)
 class DataShape:
     input_shape: tuple[int, ...]
-    outputs: int  # classes, or 1 for a regression
+    outputs: int  # classes, or a regression's targets per example
 
 
 @lru_cache
@@ -48,6 +49,8 @@ def data_shape(data: Data, uploaded: Dataset | None = None) -> DataShape:
             return DataShape((data.dim,), data.classes)
         case "teacher_student":
             return DataShape((data.dim,), 1)
+        case "linear_teacher":
+            return DataShape((data.dim,), data.outputs)
         case "opposing_features":
             return DataShape((1, 8, 8), data.classes)
         case "text":
@@ -99,6 +102,9 @@ def parameter_count(spec: JobSpec, uploaded: Dataset | None = None) -> int:
                         total += _conv(c_in, c_out, 1, bias=False) + 2 * c_out
                     c_in = c_out
             return total + _linear(c_in, n_out)
+        case LinearModel():
+            sizes = [math.prod(shape.input_shape), *[model.width] * (model.depth - 1), n_out]
+            return sum(_linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         case TransformerModel():
             d, v = model.width, n_out
             head_norms = 2 * 2 * (d // model.heads) if model.qk_layernorm else 0

@@ -67,7 +67,23 @@ class TransformerModel(StrictModel):
         return self
 
 
-Model = Annotated[MLPModel | CNNModel | ResNetModel | TransformerModel, Field(discriminator="kind")]
+class LinearModel(StrictModel):
+    """A deep linear network y = W_D ⋯ W_1 x, bias-free (Saxe et al. 2014): `depth` weight matrices, hidden layers
+    `width` wide."""
+
+    kind: Literal["linear"]
+    depth: int = Field(2, ge=1, le=16, description="weight matrices (1: linear regression)")
+    width: int = Field(16, gt=0, le=4096, description="units of each hidden layer")
+    init: Literal["balanced", "random"] = Field(
+        "balanced",
+        description="balanced: Saxe's decoupled initial conditions (every layer's nonzero singular values equal `scale`, "
+        "chained so that the product is scale^depth along each mode of the training data's input–output correlation); "
+        "random: entries N(0, scale²/fan_in)",
+    )
+    scale: float = Field(0.1, gt=0.0, le=10.0, description="each layer's singular values (balanced) or their typical size (random)")
+
+
+Model = Annotated[MLPModel | CNNModel | ResNetModel | TransformerModel | LinearModel, Field(discriminator="kind")]
 
 
 class DigitsData(StrictModel):
@@ -110,6 +126,30 @@ class TeacherStudentData(GeneratedData):
     noise: float = Field(0.1, ge=0.0)
 
 
+class LinearTeacherData(GeneratedData):
+    """Regression on a linear teacher y = T x + noise, T = U diag(singular_values) Vᵀ with random orthonormal U and V,
+    and inputs whitened on the training split (its Σxx is the identity): the setting of Saxe et al.'s exact
+    solutions."""
+
+    kind: Literal["linear_teacher"]
+    dim: int = Field(8, gt=0, le=4096, description="inputs")
+    outputs: int = Field(8, gt=0, le=4096)
+    singular_values: list[Annotated[float, Field(gt=0.0, le=1e3)]] = Field(
+        [3.0, 2.0, 1.0, 0.5], min_length=1, max_length=4096, description="the teacher's, one per mode (at most min(dim, outputs))"
+    )
+    noise: float = Field(0.0, ge=0.0, description="standard deviation of Gaussian noise on the targets")
+
+    @model_validator(mode="after")
+    def _modes_fit(self) -> "LinearTeacherData":
+        if len(self.singular_values) > min(self.dim, self.outputs):
+            raise ValueError(
+                f"{len(self.singular_values)} singular values, but a {self.outputs} × {self.dim} teacher has at most {min(self.dim, self.outputs)}"
+            )
+        if self.examples * (1 - self.val_fraction) < self.dim + 1:
+            raise ValueError(f"whitening {self.dim} inputs needs more than {self.dim} training examples")
+        return self
+
+
 class OpposingFeaturesData(GeneratedData):
     """8×8 images of weak class patterns plus one strong planted patch, shared by a fraction of two classes
     with opposite meaning: the setting of opposing signals. The planted example ids are kept with the data."""
@@ -141,12 +181,19 @@ class UploadedData(StrictModel):
 
 
 Data = Annotated[
-    DigitsData | TabularData | GaussianMixtureData | TeacherStudentData | OpposingFeaturesData | TextData | UploadedData,
+    DigitsData
+    | TabularData
+    | GaussianMixtureData
+    | TeacherStudentData
+    | LinearTeacherData
+    | OpposingFeaturesData
+    | TextData
+    | UploadedData,
     Field(discriminator="kind"),
 ]
 IMAGE_DATA = {"digits", "opposing_features"}
 TEXT_DATA = {"text"}
-REGRESSION_DATA = {"teacher_student"}
+REGRESSION_DATA = {"teacher_student", "linear_teacher"}
 
 
 class SGDOptimizer(StrictModel):
@@ -293,6 +340,14 @@ class JobSpec(StrictModel):
             raise ValueError(f"model.kind transformer goes with text data and only with it (here: {model} on {data})")
         if data in REGRESSION_DATA and self.train.loss != "mse":
             raise ValueError(f"data.kind {data} is a regression: set train.loss to mse")
+        return self
+
+    @model_validator(mode="after")
+    def _modes_need_a_deep_linear_network(self) -> "JobSpec":
+        if self.probes.modes is not None and (self.model.kind != "linear" or self.train.loss != "mse"):
+            raise ValueError(
+                f"probes.modes follows a deep linear network (model.kind linear) on a squared error (train.loss mse), not {self.model.kind} on {self.train.loss}"
+            )
         return self
 
     @model_validator(mode="after")

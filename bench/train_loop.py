@@ -46,7 +46,7 @@ def bare_loop(spec: JobSpec) -> float:
     torch.manual_seed(spec.train.seed)
     context = spec.model.context if isinstance(spec.model, TransformerModel) else None
     split = data.load(spec.data, spec.train.seed, context)
-    model = models.build(spec.model, split.input_shape, split.n_classes or 1)
+    model = models.build(spec.model, split)
     loss_fn = make_loss("cross_entropy", split.n_classes)
     opt = torch.optim.SGD(model.parameters(), lr=spec.optimizer.lr)
     gen = torch.Generator().manual_seed(spec.train.seed)

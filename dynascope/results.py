@@ -199,6 +199,26 @@ class RepresentationsResult(Timed):
     matrix: list[list[float | None]]
 
 
+# --- deep linear networks ---
+
+
+class ModesResult(Timed):
+    """The modes probe at one step: the modes followed, the network's strength along each, and what its
+    closed-form trajectory is computed from (its start, the loss's curvature c along a mode, the time Σ lr)."""
+
+    singular_values: list[float] = Field(description="of the training data's Σyx, largest first")
+    strengths: list[float] = Field(description="u_αᵀ W v_α of the network's end-to-end map W, per mode")
+    depth: int
+    curvature: float = Field(description="c = ⟨E, ∇²L E⟩ for a unit mode E = u vᵀ (2/outputs for a mean squared error, white inputs)")
+    start_step: int = Field(description="the first probe, the trajectories' origin")
+    start_strengths: list[float]
+    time: float = Field(description="Σ lr over the updates from the first probe to this step")
+    whiteness: float = Field(description="‖Σxx − I‖_F / √inputs of the training inputs (0: whitened, as the closed form assumes)")
+    formula: str
+    full_batch: bool
+    examples: int
+
+
 # --- loss landscapes (probe and checkpoint analyses) ---
 
 
@@ -261,4 +281,5 @@ RESULTS: dict[str, type[Document]] = {
     "landscape": LandscapeResult,
     "collapse": CollapseResult,
     "representations": RepresentationsResult,
+    "modes": ModesResult,
 }

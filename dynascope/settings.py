@@ -233,6 +233,13 @@ class RepresentationsProbe(Schedule):
     )
 
 
+class ModesProbe(Schedule):
+    """A deep linear network's end-to-end map along the singular modes of the training data's input–output
+    correlation (Saxe et al. 2014), with each mode's closed-form trajectory from its strength at the first probe."""
+
+    modes: int = Field(8, ge=1, le=64, description="the largest modes followed")
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
@@ -242,3 +249,4 @@ class Probes(StrictModel):
     signals: SignalsProbe | None = None
     collapse: CollapseProbe | None = None
     representations: RepresentationsProbe | None = None
+    modes: ModesProbe | None = None

@@ -13,8 +13,8 @@ const fmtDuration = (s) => (s == null ? "" : s < 60 ? `${s.toFixed(1)} s` : s < 
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 
 // ---- job list ------------------------------------------------------------------------------------------
-const MODEL_KINDS = ["mlp", "cnn", "resnet", "transformer"];
-const DATA_KINDS = ["digits", "iris", "wine", "breast_cancer", "gaussian_mixture", "teacher_student", "opposing_features", "text", "upload"];
+const MODEL_KINDS = ["mlp", "cnn", "resnet", "transformer", "linear"];
+const DATA_KINDS = ["digits", "iris", "wine", "breast_cancer", "gaussian_mixture", "teacher_student", "linear_teacher", "opposing_features", "text", "upload"];
 const LIST_KEYS = ["status", "q", "sweep", "tag", "creator", "model", "data", "source", "after", "before", "sort", "offset"];
 
 function renderJobs(params) {

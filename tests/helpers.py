@@ -83,6 +83,21 @@ def planted_pair_job(strength: float, hessian: bool = False) -> dict:
     }
 
 
+TEACHER = [2.0, 1.5, 1.0]  # the singular values of deep_linear_job's teacher
+
+
+def deep_linear_job(depth: int = 2, steps: int = 1400, lr: float = 0.012, init: str = "balanced", scale: float = 0.1) -> dict:
+    """Full-batch GD by MSE of a deep linear network on a whitened linear teacher of rank 3, with the modes probe."""
+    return {
+        "name": "deep-linear",
+        "model": {"kind": "linear", "depth": depth, "width": 16, "init": init, "scale": scale},
+        "data": {"kind": "linear_teacher", "dim": 8, "outputs": 6, "singular_values": TEACHER, "examples": 400},
+        "optimizer": {"kind": "sgd", "lr": lr},
+        "train": {"steps": steps, "batch_size": 100_000, "loss": "mse", "eval_every": 1000, "checkpoint_every": 400},
+        "probes": {"modes": {"every": 20}},
+    }
+
+
 def kept_series(root: Path) -> dict[str, dict[int, float | None]]:
     """The series a tracked run kept on disk (its pending records), by name and step."""
     series: dict[str, dict[int, float | None]] = {}

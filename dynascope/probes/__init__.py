@@ -9,10 +9,13 @@ from dynascope.probes.collapse import Collapse
 from dynascope.probes.gradstats import GradStats
 from dynascope.probes.hessian import HessianTracker
 from dynascope.probes.landscape import Landscape
+from dynascope.probes.modes import Modes
 from dynascope.probes.representations import Representations
 from dynascope.probes.runner import ProbeSet
 from dynascope.probes.signals import Signals
 
-PROBES: dict[str, type[Probe]] = {probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse, Representations)}
+PROBES: dict[str, type[Probe]] = {
+    probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse, Representations, Modes)
+}
 
 __all__ = ["PROBES", "Batch", "Blackboard", "Calls", "Output", "Probe", "ProbeSet", "ProbeStopped", "Recorder", "Run"]

@@ -5,6 +5,7 @@ import { collapseView } from "./collapse.js";
 import { gradstatsView } from "./gradstats.js";
 import { hessianView } from "./hessian.js";
 import { landscapeView } from "./landscape.js";
+import { modesView } from "./modes.js";
 import { representationsView } from "./representations.js";
 import { signalsView } from "./signals.js";
 import { trainingView } from "./training.js";
@@ -17,4 +18,5 @@ export const VIEWS = {
   landscape: landscapeView,
   collapse: collapseView,
   representations: representationsView,
+  modes: modesView,
 };

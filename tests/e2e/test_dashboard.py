@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import OUTPUT_DIR, Serve, spec
-from tests.helpers import planted_pair_job
+from tests.helpers import TEACHER, deep_linear_job, planted_pair_job
 
 pytestmark = pytest.mark.e2e
 
@@ -461,6 +461,24 @@ def test_representations_view(page, served: Serve):
     assert page.evaluate("document.getElementById('cka-layers').data[0].z") == latest["data"]["matrix"]
     assert "3 layers" in page.inner_text("#representations-info") and "128 training examples" in page.inner_text("#representations-info")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "representations.png"), full_page=True)
+
+
+def test_modes_view(page, served: Serve):
+    job = served.client.post("/jobs", json=deep_linear_job(steps=700, lr=0.024) | {"name": "e2e-deep-linear"}).json()
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=120_000)
+    page.wait_for_function("document.getElementById('modes-strength')?.data?.length === 6", timeout=30_000)
+    for mode in range(1, len(TEACHER) + 1):
+        for index, kind in ((2 * mode - 2, "strength"), (2 * mode - 1, "theory")):
+            api = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": f"modes/{kind}/{mode}"}).json()["series"][0]
+            drawn = trace(page, "modes-strength", index)
+            assert drawn["y"] == api["values"] and drawn["x"] == api["steps"] == list(range(0, 701, 20))
+        assert drawn["y"][-1] == pytest.approx(TEACHER[mode - 1], rel=0.01)  # the closed form reaches s
+    off = served.client.get(f"/jobs/{job['id']}/metrics", params={"names": "modes/off_diagonal"}).json()["series"][0]
+    assert trace(page, "modes-decoupling", 0)["y"] == off["values"]
+    info = page.inner_text("#modes-info")
+    assert "depth-2 linear network" in info and "a(t) = s / (1 + (s/a₀ − 1)·e^(−2cst))" in info and "Beware" not in info
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "modes.png"), full_page=True)
 
 
 def test_opposing_signals_view(page, served: Serve):

@@ -89,6 +89,8 @@ def test_text_windows_predict_the_next_character():
         ({"kind": "cnn", "channels": [4, 8, 16, 32], "batch_norm": True}, {"kind": "opposing_features", "classes": 7}),
         ({**TRANSFORMER, "qk_layernorm": False, "layers": 3}, {"kind": "text", "max_chars": 50_000}),
         ({"kind": "mlp", "widths": [5, 7, 9]}, {"kind": "teacher_student", "dim": 11}),
+        ({"kind": "linear", "depth": 3, "width": 6}, {"kind": "linear_teacher", "dim": 5, "outputs": 4}),
+        ({"kind": "linear", "depth": 1, "init": "random"}, {"kind": "linear_teacher", "dim": 5, "outputs": 7}),
     ],
     ids=lambda v: v.get("kind"),
 )
@@ -96,13 +98,13 @@ def test_parameter_count_known_before_running_matches_the_built_model(model, dat
     from backend.shapes import data_shape, parameter_count
     from worker.training import models
 
-    loss = "mse" if dataset["kind"] == "teacher_student" else "cross_entropy"
+    loss = "mse" if dataset["kind"] in ("teacher_student", "linear_teacher") else "cross_entropy"
     job = JobSpec.model_validate({**spec(loss=loss), "model": model, "data": dataset})
     context = job.model.context if job.model.kind == "transformer" else None
     split = data.load(job.data, 0, context)
     shape = data_shape(job.data)
-    assert (split.n_classes or 1) == shape.outputs
+    assert split.outputs == shape.outputs
     if split.modality != "text":
         assert split.input_shape == shape.input_shape
-    built = models.build(job.model, split.input_shape, split.n_classes or 1)
+    built = models.build(job.model, split)
     assert parameter_count(job) == models.parameter_count(built)

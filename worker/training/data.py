@@ -1,5 +1,6 @@
 """Datasets, generated from a seed or shipped inside a package: nothing is downloaded."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from backend.spec import (
     Data,
     DigitsData,
     GaussianMixtureData,
+    LinearTeacherData,
     OpposingFeaturesData,
     TabularData,
     TeacherStudentData,
@@ -38,6 +40,11 @@ class Split:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def outputs(self) -> int:
+        """What a model outputs per example: a score per class, or the regression's targets."""
+        return self.n_classes or math.prod(self.y_train.shape[1:])
 
     def to(self, device: torch.device) -> "Split":
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val")}
@@ -83,6 +90,26 @@ def teacher_student(cfg: TeacherStudentData, seed: int) -> Split:
     y = np.tanh(x @ w1) @ w2 + cfg.noise * rng.normal(size=(cfg.examples, 1))
     x_tr, x_va, y_tr, y_va = _split(x.astype(np.float32), y.astype(np.float32), cfg.val_fraction, seed, stratify=False)
     return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=None)
+
+
+def _orthonormal(rng: np.random.Generator, rows: int, columns: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(rows, columns)))
+    return q * np.sign(np.diag(r))  # (the unique Q of a QR with r's diagonal positive: a uniformly random basis)
+
+
+def linear_teacher(cfg: LinearTeacherData, seed: int) -> Split:
+    """Inputs whitened with the training split's second moment (Σxx = XᵀX/N = I there), targets T x + noise with
+    T = U diag(s) Vᵀ: with no noise, the training data's Σyx is exactly T."""
+    rng = np.random.default_rng(cfg.seed)
+    s = np.asarray(cfg.singular_values)
+    teacher = _orthonormal(rng, cfg.outputs, len(s)) * s @ _orthonormal(rng, cfg.dim, len(s)).T
+    x_tr, x_va = train_test_split(rng.normal(size=(cfg.examples, cfg.dim)), test_size=cfg.val_fraction, random_state=seed)
+    values, vectors = np.linalg.eigh(x_tr.T @ x_tr / len(x_tr))
+    whiten = vectors / np.sqrt(values) @ vectors.T
+    x_tr, x_va = x_tr @ whiten, x_va @ whiten
+    y_tr, y_va = (x @ teacher.T + cfg.noise * rng.normal(size=(len(x), cfg.outputs)) for x in (x_tr, x_va))
+    arrays = (a.astype(np.float32) for a in (x_tr, y_tr, x_va, y_va))
+    return Split(*map(torch.from_numpy, arrays), n_classes=None)
 
 
 def opposing_features(cfg: OpposingFeaturesData, seed: int) -> Split:
@@ -160,6 +187,8 @@ def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[st
             return gaussian_mixture(cfg, seed)
         case TeacherStudentData():
             return teacher_student(cfg, seed)
+        case LinearTeacherData():
+            return linear_teacher(cfg, seed)
         case OpposingFeaturesData():
             return opposing_features(cfg, seed)
         case TextData():

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backend.spec import CNNModel, MLPModel, Model, ResNetModel, TransformerModel
+from backend.spec import CNNModel, LinearModel, MLPModel, Model, ResNetModel, TransformerModel
+from dynascope.analysis import deep_linear
+from worker.training.data import Split
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -111,7 +113,25 @@ class Transformer(nn.Module):
         return self.head(self.ln(self.blocks(self.tokens(ids) + self.positions(pos))))
 
 
-def build(cfg: Model, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
+@torch.no_grad()
+def linear(cfg: LinearModel, split: Split) -> nn.Sequential:
+    """A deep linear network; its balanced initialization is aligned with the training data's modes."""
+    sizes = [math.prod(split.input_shape), *[cfg.width] * (cfg.depth - 1), split.outputs]
+    layers = [nn.Linear(a, b, bias=False) for a, b in zip(sizes, sizes[1:], strict=False)]
+    if cfg.init == "balanced":
+        targets = split.y_train if split.n_classes is None else F.one_hot(split.y_train, split.n_classes)
+        modes = deep_linear.input_output_modes(split.x_train, targets)
+        weights = deep_linear.balanced_layers(modes, [tuple(layer.weight.shape) for layer in layers], cfg.scale)
+    else:
+        weights = [torch.randn_like(layer.weight) * cfg.scale / math.sqrt(layer.in_features) for layer in layers]
+    for layer, weight in zip(layers, weights, strict=True):
+        layer.weight.copy_(weight)
+    return nn.Sequential(nn.Flatten(), *layers)
+
+
+def build(cfg: Model, split: Split) -> nn.Module:
+    """The spec's model for this data (its input shape, and a class or target per output)."""
+    input_shape, n_out = split.input_shape, split.outputs
     match cfg:
         case MLPModel():
             return mlp(math.prod(input_shape), cfg.widths, n_out, cfg.activation)
@@ -121,6 +141,8 @@ def build(cfg: Model, input_shape: tuple[int, ...], n_out: int) -> nn.Module:
             return resnet(cfg, input_shape, n_out)
         case TransformerModel():
             return Transformer(cfg, n_out)
+        case LinearModel():
+            return linear(cfg, split)
     raise ValueError(f"unknown model kind {cfg.kind}")
 
 
