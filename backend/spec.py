@@ -25,6 +25,12 @@ class MLPModel(StrictModel):
         128,
     ]
     activation: Literal["relu", "tanh", "gelu"] = "relu"
+    init_scale: float = Field(
+        1.0, gt=0.0, le=100.0, description="multiplies every initial weight and bias (PyTorch's default init): large is lazy, small is rich"
+    )
+    output_scale: float = Field(
+        1.0, gt=0.0, le=1e4, description="α, multiplying the network's output (Chizat & Bach's lazy training: α → ∞ with lr/α²)"
+    )
 
 
 class CNNModel(StrictModel):
@@ -33,6 +39,12 @@ class CNNModel(StrictModel):
     kind: Literal["cnn"]
     channels: Annotated[list[Annotated[int, Field(gt=0, le=4096)]], Field(min_length=1, max_length=16)] = [32, 32]
     batch_norm: bool = False
+    init_scale: float = Field(
+        1.0, gt=0.0, le=100.0, description="multiplies every initial weight and bias (PyTorch's default init): large is lazy, small is rich"
+    )
+    output_scale: float = Field(
+        1.0, gt=0.0, le=1e4, description="α, multiplying the network's output (Chizat & Bach's lazy training: α → ∞ with lr/α²)"
+    )
 
 
 class ResNetModel(StrictModel):

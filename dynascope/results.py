@@ -199,6 +199,20 @@ class RepresentationsResult(Timed):
     matrix: list[list[float | None]]
 
 
+# --- the neural tangent kernel ---
+
+
+class KernelResult(Timed):
+    """The kernel probe at one step: on what, and the kernel (summed over outputs) of the sample's first
+    examples, ordered by label, with their labels."""
+
+    examples: int
+    outputs: int
+    parameters: int
+    drawn: list[list[float]] = Field(description="Σ_o Θ_oo(x_i, x_j) for the first examples of the sample")
+    labels: list[int] | None = None
+
+
 # --- deep linear networks ---
 
 
@@ -281,5 +295,6 @@ RESULTS: dict[str, type[Document]] = {
     "landscape": LandscapeResult,
     "collapse": CollapseResult,
     "representations": RepresentationsResult,
+    "kernel": KernelResult,
     "modes": ModesResult,
 }

@@ -233,6 +233,19 @@ class RepresentationsProbe(Schedule):
     )
 
 
+class KernelProbe(Schedule):
+    """The empirical neural tangent kernel on a fixed stratified sample of the training set: its velocity between
+    successive probes and distance from the first (1 − cosine of the Gram matrices), its centred alignment with
+    the labels, its trace, and the relative change of the weights."""
+
+    examples: int = Field(64, ge=4, le=1024, description="size of the fixed stratified sample (the kernel is examples² per output pair)")
+    route: Literal["rows", "products"] | None = Field(
+        None,
+        description="rows: form the Jacobian (examples·outputs·parameters floats), then J Jᵀ; products: Jacobian–vector "
+        "products, a chunk of rows at a time (null: rows when the Jacobian fits 256 MiB)",
+    )
+
+
 class ModesProbe(Schedule):
     """A deep linear network's end-to-end map along the singular modes of the training data's input–output
     correlation (Saxe et al. 2014), with each mode's closed-form trajectory from its strength at the first probe."""
@@ -249,4 +262,5 @@ class Probes(StrictModel):
     signals: SignalsProbe | None = None
     collapse: CollapseProbe | None = None
     representations: RepresentationsProbe | None = None
+    kernel: KernelProbe | None = None
     modes: ModesProbe | None = None

@@ -4,7 +4,7 @@ HTML report embeds them; frontend/views/index.js has one module per name here.""
 
 from types import ModuleType
 
-from backend.figures import collapse, gradstats, hessian, landscape, modes, representations, signals, training
+from backend.figures import collapse, gradstats, hessian, kernel, landscape, modes, representations, signals, training
 from backend.figures.base import Figure, Source, View
 
 FIGURES: dict[str, ModuleType] = {
@@ -15,6 +15,7 @@ FIGURES: dict[str, ModuleType] = {
     "landscape": landscape,
     "collapse": collapse,
     "representations": representations,
+    "kernel": kernel,
     "modes": modes,
 }
 

@@ -4,6 +4,7 @@
 import { collapseView } from "./collapse.js";
 import { gradstatsView } from "./gradstats.js";
 import { hessianView } from "./hessian.js";
+import { kernelView } from "./kernel.js";
 import { landscapeView } from "./landscape.js";
 import { modesView } from "./modes.js";
 import { representationsView } from "./representations.js";
@@ -18,5 +19,6 @@ export const VIEWS = {
   landscape: landscapeView,
   collapse: collapseView,
   representations: representationsView,
+  kernel: kernelView,
   modes: modesView,
 };

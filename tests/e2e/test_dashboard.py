@@ -1,5 +1,10 @@
 """The dashboard in headless Chromium against `dynascope serve`: what a user sees and clicks."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import OUTPUT_DIR, Serve, spec
@@ -479,6 +484,37 @@ def test_modes_view(page, served: Serve):
     info = page.inner_text("#modes-info")
     assert "depth-2 linear network" in info and "a(t) = s / (1 + (s/a₀ − 1)·e^(−2cst))" in info and "Beware" not in info
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "modes.png"), full_page=True)
+
+
+def test_the_lazy_rich_example_and_the_kernel_view(page, served: Serve):
+    script = Path(__file__).parents[2] / "examples" / "lazy_rich_sweep.py"
+    token = served.client.headers["authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}", "DYNASCOPE_TOKEN": token, "COLUMNS": "150"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = [int(i) for i in done.stdout.strip().splitlines()[-1].removeprefix("jobs ").split()]
+    distance = [
+        served.client.get(f"/jobs/{i}/metrics", params={"names": "kernel/distance"}).json()["series"][0]["values"][-1] for i in jobs
+    ]
+    assert distance[0] > 10 * distance[1] > 100 * distance[2] and max(distance[2:]) < 1e-3  # rich (small α) to lazy (large α)
+    assert "kernel moved" in done.stdout
+    rich = jobs[0]
+    page.goto(f"/#/jobs/{rich}")
+    page.wait_for_function("document.getElementById('kernel-gram')?.dataset.step === '400'", timeout=30_000)
+    for element, index, name in (
+        ("kernel-motion", 0, "kernel/distance"),
+        ("kernel-motion", 1, "kernel/velocity"),
+        ("kernel-motion", 2, "kernel/weight_change"),
+        ("kernel-alignment", 0, "kernel/alignment"),
+        ("kernel-trace", 0, "kernel/trace"),
+    ):
+        api = served.client.get(f"/jobs/{rich}/metrics", params={"names": name}).json()["series"][0]
+        drawn = trace(page, element, index)
+        assert drawn["y"] == api["values"] and drawn["x"] == api["steps"], name
+    [latest] = served.client.get(f"/jobs/{rich}/results/kernel", params={"last": 1}).json()
+    assert page.evaluate("document.getElementById('kernel-gram').data[0].z") == latest["data"]["drawn"]
+    assert "summed over 1 output, on a fixed stratified sample of 64 training examples" in page.inner_text("#kernel-info")
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "kernel.png"), full_page=True)
 
 
 def test_opposing_signals_view(page, served: Serve):

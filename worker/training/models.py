@@ -113,6 +113,28 @@ class Transformer(nn.Module):
         return self.head(self.ln(self.blocks(self.tokens(ids) + self.positions(pos))))
 
 
+class Scale(nn.Module):
+    """Multiplies its input by a constant (the output multiplier α)."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.alpha
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+@torch.no_grad()
+def scaled(model: nn.Sequential, cfg: MLPModel | CNNModel) -> nn.Sequential:
+    """The model with its initial parameters times init_scale, and its output times output_scale."""
+    for p in model.parameters():
+        p.mul_(cfg.init_scale)
+    return nn.Sequential(*model, Scale(cfg.output_scale)) if cfg.output_scale != 1.0 else model
+
+
 @torch.no_grad()
 def linear(cfg: LinearModel, split: Split) -> nn.Sequential:
     """A deep linear network; its balanced initialization is aligned with the training data's modes."""
@@ -134,9 +156,9 @@ def build(cfg: Model, split: Split) -> nn.Module:
     input_shape, n_out = split.input_shape, split.outputs
     match cfg:
         case MLPModel():
-            return mlp(math.prod(input_shape), cfg.widths, n_out, cfg.activation)
+            return scaled(mlp(math.prod(input_shape), cfg.widths, n_out, cfg.activation), cfg)
         case CNNModel():
-            return cnn(cfg, input_shape, n_out)
+            return scaled(cnn(cfg, input_shape, n_out), cfg)
         case ResNetModel():
             return resnet(cfg, input_shape, n_out)
         case TransformerModel():
