@@ -12,7 +12,9 @@ from dynascope.settings import (
     HessianSettings,
     InterpolationSettings,
     LandscapeSettings,
+    LayerName,
     Probes,
+    RepresentationsSettings,
     StrictModel,
     TrajectorySettings,
 )
@@ -312,11 +314,31 @@ class InterpolationAnalysis(InterpolationSettings):
         return self
 
 
-ANALYSIS_KINDS: dict[str, type[HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis]] = {
+class RepresentationsAnalysis(RepresentationsSettings):
+    """Linear CKA between every layer of this job's checkpoint and every layer of another checkpoint (this job's
+    at to_step, or another job's latest: any model that takes the same inputs), on the same fixed stratified
+    sample of this job's training set."""
+
+    kind: Literal["representations"] = "representations"
+    step: int | None = Field(None, ge=0, description="this job's checkpoint (null: the latest)")
+    to_step: int | None = Field(None, ge=0, description="the other end: this job's checkpoint (null: the first kept)")
+    to_job: int | None = Field(None, ge=1, le=2**31 - 1, description="the other end: that job's latest checkpoint instead")
+    to_layers: list[LayerName] | None = Field(None, min_length=1, max_length=32, description="the other model's layers (null: its blocks)")
+
+    @model_validator(mode="after")
+    def _one_other_end(self) -> "RepresentationsAnalysis":
+        if self.to_job is not None and self.to_step is not None:
+            raise ValueError("give to_step (this job) or to_job (another job's latest), not both")
+        return self
+
+
+AnyAnalysis = HessianAnalysis | LandscapeAnalysis | TrajectoryAnalysis | InterpolationAnalysis | RepresentationsAnalysis
+ANALYSIS_KINDS: dict[str, type[AnyAnalysis]] = {
     "hessian": HessianAnalysis,
     "landscape": LandscapeAnalysis,
     "trajectory": TrajectoryAnalysis,
     "interpolation": InterpolationAnalysis,
+    "representations": RepresentationsAnalysis,
 }
 """The kinds of checkpoint analysis, by name; each one's results land under `{kind}_analysis`."""
 GRID_RESULTS = ("landscape", *(f"{kind}_analysis" for kind in ("landscape", "trajectory", "interpolation")))

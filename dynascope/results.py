@@ -247,6 +247,22 @@ class Endpoint(Document):
     step: int
 
 
+class RepresentationsComparison(Timed):
+    """The representations analysis: the CKA of every layer of one checkpoint (rows) with every layer of another
+    (columns), on the same sample of the first one's training set."""
+
+    start: Endpoint
+    end: Endpoint
+    layers: list[str]
+    to_layers: list[str]
+    features: list[int]
+    to_features: list[int]
+    examples: int
+    estimator: str
+    matrix: list[list[float | None]]
+    analysis_id: int | None = None
+
+
 class LandscapeResult(Timed):
     """A surface (`dims` 2: loss[i][j] = L(θ + xs[i]·d1 + ys[j]·d2)) or a curve (`dims` 1: loss[i]); a partial one
     while it is computed, with gaps (null) where points are still to come."""

@@ -212,13 +212,14 @@ class CollapseProbe(Schedule):
     )
 
 
-class RepresentationsProbe(Schedule):
-    """Linear CKA (Kornblith et al. 2019) of layers' outputs on a fixed stratified sample of the training set: each
-    layer against itself at the first probe (how far it has gone) and at the previous one (how fast it moves), and
-    every pair of the layers at the same step."""
+LayerName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.]+$")]
+
+
+class RepresentationsSettings(StrictModel):
+    """Linear CKA (Kornblith et al. 2019) of layers' outputs on a fixed stratified sample of the training set."""
 
     examples: int = Field(256, ge=8, le=8192, description="size of the fixed stratified sample")
-    layers: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.]+$")]] | None = Field(
+    layers: list[LayerName] | None = Field(
         None,
         min_length=1,
         max_length=32,
@@ -231,6 +232,11 @@ class RepresentationsProbe(Schedule):
         description="the minibatch estimator (Nguyen et al.: unbiased HSIC averaged over batches of this many examples; "
         "memory batch² per layer) instead of the full one on the whole sample (memory examples² per layer)",
     )
+
+
+class RepresentationsProbe(Schedule, RepresentationsSettings):
+    """Each layer against itself at the first probe (how far it has gone) and at the previous one (how fast it
+    moves), and every pair of the layers at the same step."""
 
 
 class KernelProbe(Schedule):

@@ -4,11 +4,13 @@
 import { TERMINAL, api, esc } from "./common.js";
 
 const fmt = (v) => (v == null ? "" : Number(v).toPrecision(4));
+const diagonal = (m) => { const d = m.slice(0, Math.min(m.length, m[0].length)).map((row, i) => row[i]).filter((v) => v != null); return d.reduce((a, b) => a + b, 0) / d.length; };
 const SUMMARIES = {
   hessian: (r) => [r.eigenvalues?.length ? `λ: ${r.eigenvalues.map(fmt).join(", ")}` : "",
     r.trace ? `trace ${fmt(r.trace.value)} ± ${fmt(r.trace.stderr)}` : "", r.density ? `≈${r.density.outliers} outliers (${r.n_classes} classes)` : ""].filter(Boolean).join(" · "),
   landscape: (r) => r.loss ? `${r.dims === 2 ? `${r.resolution}×${r.resolution}` : r.resolution} ${r.plane} plane, centre loss ${fmt(r.centre_loss)}` : "",
   trajectory: (r) => r.path ? `${r.path.steps.length} checkpoints, PCs explain ${r.explained_variance_ratio.map((v) => `${(100 * v).toFixed(1)} %`).join(" + ")}` : "",
+  representations: (r) => r.matrix ? `job ${r.start.job} step ${r.start.step} × job ${r.end.job} step ${r.end.step}: ${r.layers.length}×${r.to_layers.length} layers, mean diagonal CKA ${fmt(diagonal(r.matrix))}` : "",
   interpolation: (r) => r.to ? `job ${r.from.job} step ${r.from.step} → job ${r.to.job} step ${r.to.step}: loss ${fmt(r.centre_loss)} → ${fmt(r.end_loss)}, max ${fmt(Math.max(...r.loss.filter((v) => v != null)))}` : "",
 };
 
@@ -28,6 +30,12 @@ export function analysesSection(container, ctx) {
       <button id="analyze-interpolation" class="writes">Interpolate first → last checkpoint</button>
       <label>or last checkpoint → job <input id="interpolate-job" type="number" min="1" style="width:6em"></label>
       <button id="analyze-interpolation-job" class="writes">Interpolate to that job</button>
+    </div>
+    <div class="toolbar">
+      <button id="analyze-representations" class="writes">CKA: last → first checkpoint</button>
+      <label>or last checkpoint × job <input id="representations-job" type="number" min="1" style="width:6em"></label>
+      <button id="analyze-representations-job" class="writes">CKA with that job</button>
+      <span class="muted">every layer against every layer, on 256 training examples</span>
     </div>
     <table id="analyses-table"><thead><tr><th>ID</th><th>Kind</th><th>Step</th><th>Status</th><th>Stage</th><th>Result</th><th></th></tr></thead><tbody></tbody></table>`;
   const rows = new Map();  // analysis id → its row as the API gives it
@@ -73,6 +81,11 @@ export function analysesSection(container, ctx) {
   container.querySelector("#analyze-interpolation-job").addEventListener("click", () => {
     const other = Number(container.querySelector("#interpolate-job").value);
     if (other > 0) analyze({ kind: "interpolation", to_job: other })().catch(console.error);
+  });
+  container.querySelector("#analyze-representations").addEventListener("click", analyze({ kind: "representations" }));
+  container.querySelector("#analyze-representations-job").addEventListener("click", () => {
+    const other = Number(container.querySelector("#representations-job").value);
+    if (other > 0) analyze({ kind: "representations", to_job: other })().catch(console.error);
   });
   const onEvent = (type, data) => {
     if (type === "analysis") {

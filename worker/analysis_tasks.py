@@ -48,6 +48,8 @@ class Loaded:
     job_id: int
     step: int
     kept: dict[tuple[int, int], Path]
+    specs: dict[int, JobSpec]  # of this job and of any other whose checkpoint the analysis reads
+    uploads: Callable[[str], Path]
 
     @property
     def kind(self) -> str:
@@ -57,7 +59,7 @@ class Loaded:
         if (self.job_id, self.step) not in self.kept:
             raise FileNotFoundError(f"job {self.job_id} has no checkpoint at step {self.step} any more")
         tensors, self.metadata = checkpoint.read(self.kept[(self.job_id, self.step)])
-        return Site(self.job_id, self.step, tensors, self.kept)
+        return Site(self.job_id, self.step, tensors, self.kept, self.specs, self.uploads)
 
 
 def _load(session: Session, analysis: Analysis, store: ArtifactStore) -> Loaded:
@@ -67,7 +69,8 @@ def _load(session: Session, analysis: Analysis, store: ArtifactStore) -> Loaded:
     query = select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs))
     kept = {(a.job_id, a.step): store.path(a.id) for a in session.scalars(query)}
     request = TypeAdapter(CheckpointAnalysis).validate_python(analysis.params)
-    return Loaded(JobSpec.model_validate(job.spec), request, job.id, analysis.step, kept)
+    specs = {i: JobSpec.model_validate(row.spec) for i in jobs if (row := session.get(Job, i)) is not None}
+    return Loaded(specs[job.id], request, job.id, analysis.step, kept, specs, store.path)
 
 
 @contextmanager

@@ -12,7 +12,14 @@ from backend.api.deps import RowId, SessionDep, get_job_or_404, send_or_undo
 from backend.models import Analysis, Artifact, Job
 from backend.schemas import AnalysisOut
 from backend.services import analyses
-from backend.spec import ANALYSIS_KINDS, CheckpointAnalysis, InterpolationAnalysis, TrajectoryAnalysis, field_errors
+from backend.spec import (
+    ANALYSIS_KINDS,
+    CheckpointAnalysis,
+    InterpolationAnalysis,
+    RepresentationsAnalysis,
+    TrajectoryAnalysis,
+    field_errors,
+)
 
 router = APIRouter(prefix="/jobs", tags=["analyses"])
 _ANALYSIS = TypeAdapter(CheckpointAnalysis)
@@ -57,8 +64,9 @@ def create_analysis(
     who: Member,
 ) -> AnalysisOut:
     """Analyze checkpoints the job kept: `hessian` or `landscape` around one (the latest by default),
-    `trajectory` over all of them up to one, `interpolation` between two (or to another job's latest).
-    Results land under `{kind}_analysis`."""
+    `trajectory` over all of them up to one, `interpolation` between two (or to another job's latest),
+    `representations`: the CKA of every layer of one with every layer of another (this job's, or another job's
+    latest). Results land under `{kind}_analysis`."""
     get_job_or_404(session, job_id, who.team_id)
     request = _validated(body)
     steps = _kept_steps(session, job_id)
@@ -75,7 +83,7 @@ def create_analysis(
             "step",
             f"a trajectory needs at least 3 kept checkpoints up to step {step}; job {job_id} has {kept} (lower train.checkpoint_every)",
         )
-    if isinstance(request, InterpolationAnalysis):
+    if isinstance(request, InterpolationAnalysis | RepresentationsAnalysis):
         if request.to_job is not None:
             other = session.get(Job, request.to_job)
             if other is None or other.team_id != who.team_id:
@@ -83,10 +91,11 @@ def create_analysis(
             if not _kept_steps(session, request.to_job):
                 _refuse("to_job", f"job {request.to_job} has kept no checkpoint yet")
         else:
-            to_step = steps[-1] if request.to_step is None else request.to_step
+            fallback = steps[-1] if isinstance(request, InterpolationAnalysis) else steps[0]
+            to_step = fallback if request.to_step is None else request.to_step
             if to_step not in steps:
                 _refuse("to_step", f"job {job_id} has no checkpoint at step {to_step}; it has {steps}")
-            if to_step == step:
+            if to_step == step and isinstance(request, InterpolationAnalysis):
                 _refuse("to_step", f"both ends are the checkpoint at step {step}: choose another step or to_job")
             params["to_step"] = to_step
     analysis = Analysis(job_id=job_id, kind=request.kind, step=step, params=params)

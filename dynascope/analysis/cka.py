@@ -68,6 +68,15 @@ def cka(a: list[Tensor], b: list[Tensor]) -> float:
     return _ratio(_hsic(a, b), _hsic(a, a), _hsic(b, b))
 
 
+def between(a: dict[str, list[Tensor]], b: dict[str, list[Tensor]]) -> list[list[float]]:
+    """CKA of every representation of `a` (rows) with every one of `b` (columns), over the same examples."""
+    own_a = [_hsic(r, r) for r in a.values()]
+    own_b = [_hsic(r, r) for r in b.values()]
+    return [
+        [_ratio(_hsic(ra, rb), oa, ob) for rb, ob in zip(b.values(), own_b, strict=True)] for ra, oa in zip(a.values(), own_a, strict=True)
+    ]
+
+
 def matrix(representations: dict[str, list[Tensor]]) -> list[list[float]]:
     """CKA between every pair of the representations (symmetric, ones on the diagonal of varying ones); each
     one's own HSIC computed once."""

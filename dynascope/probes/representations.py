@@ -33,7 +33,8 @@ def blocks(model: nn.Module, prefix: str = "") -> list[str]:
     return found
 
 
-def chosen_layers(model: nn.Module, names: list[str] | None) -> dict[str, nn.Module]:
+def chosen_layers(model: nn.Module, names: list[str] | None, field: str = "probes.representations.layers") -> dict[str, nn.Module]:
+    """The modules by name (`field`: the setting they came from, for errors), or the model's blocks."""
     modules = dict(model.named_modules())
     if names is None:
         names = blocks(model)
@@ -41,9 +42,9 @@ def chosen_layers(model: nn.Module, names: list[str] | None) -> dict[str, nn.Mod
             names = [names[round(i * (len(names) - 1) / (MAX_LAYERS - 1))] for i in range(MAX_LAYERS)]
     missing = [n for n in names if n not in modules]
     if missing:
-        raise ValueError(f"probes.representations.layers: {missing} are not modules of the model (its blocks: {blocks(model)})")
+        raise ValueError(f"{field}: {missing} are not modules of the model (its blocks: {blocks(model)})")
     if not names:
-        raise ValueError("probes.representations: the model has no module with parameters to compare")
+        raise ValueError(f"{field}: the model has no module with parameters to compare")
     return {n: modules[n] for n in names}
 
 
@@ -60,6 +61,40 @@ def _outputs_of(layers: dict[str, nn.Module], into: dict[str, list[Tensor]]) -> 
             handle.remove()
 
 
+@torch.no_grad()
+def layer_grams(
+    model: nn.Module, layers: dict[str, nn.Module], x: Tensor, parts: list[slice], field: str = "probes.representations.layers"
+) -> tuple[dict[str, list[Tensor]], dict[str, int]]:
+    """Each layer's output Grams over the sample's batches, prepared as cka.cka reads them (see cka.grams), and
+    its features per example; from forward passes in eval mode."""
+    grams: dict[str, list[Tensor]] = {name: [] for name in layers}
+    widths: dict[str, int] = {}
+    with module_mode(model, "eval"):
+        for part in parts:
+            outputs: dict[str, list[Tensor]] = {name: [] for name in layers}
+            with _outputs_of(layers, outputs):
+                model(x[part])
+            for name, calls in outputs.items():
+                if not calls:
+                    raise ValueError(f"{field}: {name!r} takes no part in the model's forward")
+                features = calls[0]  # (a layer called twice in a forward: its first call)
+                k = cka.gram(features)
+                grams[name].append(cka.centred(k) if len(parts) == 1 else k.fill_diagonal_(0))
+                widths[name] = features.shape[1]
+    return grams, widths
+
+
+def estimator(parts: list[slice]) -> str:
+    size = parts[0].stop - parts[0].start
+    return "full" if len(parts) == 1 else f"minibatch: unbiased HSIC over {len(parts)} batches of {size}"
+
+
+def sample(run: Run, examples: int) -> Tensor:
+    """The fixed stratified sample of the training set the representations are read on."""
+    rows = stratified_sample(run.y_train, examples, run.seed + SAMPLE_SEED).to(run.x_train.device)
+    return run.x_train[rows]
+
+
 class Representations(Probe):
     name = "representations"
     Settings = RepresentationsProbe
@@ -67,45 +102,23 @@ class Representations(Probe):
     def __init__(self, cfg: RepresentationsProbe, run: Run) -> None:
         super().__init__(cfg, run)
         self.layers = chosen_layers(run.model, cfg.layers)
-        rows = stratified_sample(run.y_train, cfg.examples, run.seed + SAMPLE_SEED).to(run.x_train.device)
-        self.x = run.x_train[rows]
+        self.x = sample(run, cfg.examples)
         self.parts = cka.batches(len(self.x), cfg.batch)
         self.first: dict[str, list[Tensor]] | None = None
         self.previous: dict[str, list[Tensor]] | None = None
 
-    @torch.no_grad()
-    def _grams(self) -> tuple[dict[str, list[Tensor]], dict[str, int]]:
-        """Each layer's Grams over the sample's batches, and its features per example."""
-        grams: dict[str, list[Tensor]] = {name: [] for name in self.layers}
-        widths: dict[str, int] = {}
-        with module_mode(self.run.model, "eval"):
-            for part in self.parts:
-                outputs: dict[str, list[Tensor]] = {name: [] for name in self.layers}
-                with _outputs_of(self.layers, outputs):
-                    self.run.model(self.x[part])
-                for name, calls in outputs.items():
-                    if not calls:
-                        raise ValueError(f"probes.representations.layers: {name!r} takes no part in the model's forward")
-                    features = calls[0]  # (a layer called twice in a forward: its first call)
-                    k = cka.gram(features)
-                    grams[name].append(cka.centred(k) if len(self.parts) == 1 else k.fill_diagonal_(0))  # (see cka.grams)
-                    widths[name] = features.shape[1]
-        return grams, widths
-
     def before_step(self, step: int, calls: Calls) -> Output:
-        grams, widths = self._grams()
+        grams, widths = layer_grams(self.run.model, self.layers, self.x, self.parts)
         self.first = self.first or grams
         metrics = {f"cka/first/{name}": cka.cka(self.first[name], g) for name, g in grams.items()}
         if self.previous is not None:
             metrics |= {f"cka/previous/{name}": cka.cka(self.previous[name], g) for name, g in grams.items()}
         self.previous = grams
-        size = self.parts[0].stop - self.parts[0].start
-        estimator = "full" if len(self.parts) == 1 else f"minibatch: unbiased HSIC over {len(self.parts)} batches of {size}"
         document = RepresentationsResult(
             layers=list(grams),
             features=[widths[name] for name in grams],
             examples=len(self.x),
-            estimator=estimator,
+            estimator=estimator(self.parts),
             matrix=[[None if math.isnan(v) else v for v in row] for row in cka.matrix(grams)],
         )
         return Output(metrics, [(step, document)])

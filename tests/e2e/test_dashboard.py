@@ -448,7 +448,7 @@ def test_neural_collapse_view(page, served: Serve):
 
 
 def test_representations_view(page, served: Serve):
-    raw = spec(steps=200, name="e2e-representations", lr=0.3)
+    raw = spec(steps=200, name="e2e-representations", lr=0.3, checkpoint_every=100)
     raw["probes"] = {"representations": {"every": 50, "examples": 128}}
     job = served.client.post("/jobs", json=raw).json()
     page.goto(f"/#/jobs/{job['id']}")
@@ -465,6 +465,15 @@ def test_representations_view(page, served: Serve):
     [latest] = served.client.get(f"/jobs/{job['id']}/results/representations", params={"last": 1}).json()
     assert page.evaluate("document.getElementById('cka-layers').data[0].z") == latest["data"]["matrix"]
     assert "3 layers" in page.inner_text("#representations-info") and "128 training examples" in page.inner_text("#representations-info")
+    page.click("#analyze-representations")  # the last checkpoint against the first, as an analysis
+    page.wait_for_selector("#analyses-table tr[data-analysis] td.status.succeeded", timeout=60_000)
+    page.wait_for_function("document.getElementById('cka-compare')?.data?.length === 1", timeout=30_000)
+    [compared] = served.client.get(f"/jobs/{job['id']}/results/representations_analysis").json()
+    assert (compared["data"]["start"]["step"], compared["data"]["end"]["step"]) == (200, 100)  # (the first kept checkpoint)
+    assert page.evaluate("document.getElementById('cka-compare').data[0].z") == compared["data"]["matrix"]
+    assert page.input_value("#representations-pick") == str(compared["id"])
+    assert f"job {job['id']} step 200 against job {job['id']} step 100" in page.inner_text("#representations-compare-info")
+    assert "mean diagonal CKA" in page.inner_text("#analyses-table")
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "representations.png"), full_page=True)
 
 

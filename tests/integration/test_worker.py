@@ -242,6 +242,21 @@ def test_hessian_of_a_finished_jobs_checkpoint_on_demand(stack: Stack, tmp_path)
     assert data["loss"][2][2] == data["centre_loss"] and abs(centre - data["centre_loss"]) <= 1e-6 * centre
     assert data["examples"] == 300 and len(data["loss"]) == 5 and data["xs"][2] == 0.0
     assert "landscape-directions" in [a["kind"] for a in stack.client.get(f"/jobs/{job['id']}/artifacts").json()]
+    # CKA against another job's latest checkpoint (another architecture), which the worker builds from that job's spec.
+    other_raw = spec(steps=100, name="compare-me", seed=5)
+    other_raw["model"]["widths"] = [32]
+    other = stack.submit(other_raw)
+    stack.wait_job(other["id"], lambda j: j["status"] == "succeeded", 120)
+    made = stack.client.post(f"/jobs/{job['id']}/analyses", json={"kind": "representations", "to_job": other["id"], "examples": 200})
+    assert made.status_code == 201, made.text
+    analysis = ended_analysis(stack, job["id"], 2, 120)
+    assert analysis["status"] == "succeeded", analysis
+    compared = stack.client.get(f"/jobs/{job['id']}/results/representations_analysis").json()[-1]["data"]
+    assert compared["end"] == {"job": other["id"], "step": 100} and compared["to_layers"] == ["1", "3"]
+    assert compared["layers"] == ["1", "3", "5"] and all(0 <= v <= 1 + 1e-9 for row in compared["matrix"] for v in row)
+    assert compared["matrix"][2][1] > 0.5  # the two networks' logits on the same digits are alike
+    missing = stack.client.post(f"/jobs/{job['id']}/analyses", json={"kind": "representations", "to_job": 999_999})
+    assert missing.status_code == 422 and "no job 999999" in missing.text
 
 
 def test_a_large_grid_is_split_into_chunks_and_a_lost_worker_costs_one_chunk(make_stack, pg_url, redis_url, tmp_path):

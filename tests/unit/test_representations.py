@@ -139,3 +139,59 @@ def test_layers_are_checked_against_the_model():
     assert blocks(model) == ["0", "2.0", "2.1"] and list(chosen_layers(model, ["2"])) == ["2"]
     with pytest.raises(ValueError, match=r"\['9'\] are not modules of the model"):
         chosen_layers(model, ["9"])
+
+
+def test_two_jobs_checkpoints_compared_layer_by_layer(tmp_path):
+    """The representations analysis between job 1 (64-64 MLP) and job 2 (another seed, one 32-wide layer), against
+    the feature-space CKA computed here; and a checkpoint against itself gives the probe's own matrix."""
+    from safetensors.torch import save_file
+
+    from backend.spec import RepresentationsAnalysis
+    from tests.helpers import ListRecorder
+    from worker.training.analyses import analyze_checkpoint
+    from worker.training.checkpoint import read
+    from worker.training.loop import prepare, train
+
+    specs, files = {}, {}
+    for job_id, widths, seed in ((1, [64, 64], 0), (2, [32], 3)):
+        raw = spec(steps=60, lr=0.3, checkpoint_every=30, seed=seed, eval_every=1000)
+        raw["model"]["widths"] = widths
+        specs[job_id] = JobSpec.model_validate(raw)
+        recorder = ListRecorder()
+        train(specs[job_id], recorder, torch.device("cpu"))
+        for step, tensors in recorder.checkpoints:
+            files[(job_id, step)] = tmp_path / f"{job_id}-{step}.safetensors"
+            save_file(tensors, str(files[(job_id, step)]))
+
+    def analyze(request: RepresentationsAnalysis) -> dict:
+        tensors, metadata = read(files[(1, 60)])
+        return analyze_checkpoint(specs[1], request, 60, tensors, metadata, torch.device("cpu"), kept=files, job_id=1, specs=specs).result
+
+    result = analyze(RepresentationsAnalysis(examples=200, to_job=2))
+    assert (result["start"], result["end"]) == ({"job": 1, "step": 60}, {"job": 2, "step": 60})
+    assert result["layers"] == ["1", "3", "5"] and result["to_layers"] == ["1", "3"] and result["to_features"] == [32, 10]
+    from dynascope.probes.representations import SAMPLE_SEED
+    from dynascope.probes.samples import stratified_sample
+
+    p = prepare(specs[1], torch.device("cpu"))
+    x = p.split.x_train[stratified_sample(p.split.y_train, 200, specs[1].train.seed + SAMPLE_SEED)].double()
+
+    def outputs(job_id: int, layers: list[str]) -> list[np.ndarray]:
+        model = prepare(specs[job_id], torch.device("cpu")).model
+        model.load_state_dict({k: v for k, v in read(files[(job_id, 60)])[0].items() if "/" not in k})
+        with torch.no_grad():
+            return [model.double().eval()[: int(n) + 1](x).flatten(1).numpy() for n in layers]
+
+    def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(0), b - b.mean(0)
+        return np.linalg.norm(b.T @ a) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+    mine, theirs = outputs(1, ["1", "3", "5"]), outputs(2, ["1", "3"])
+    expected = [[linear_cka(a, b) for b in theirs] for a in mine]
+    np.testing.assert_allclose(np.array(result["matrix"]), np.array(expected), atol=1e-5)
+    itself = analyze(RepresentationsAnalysis(examples=200, to_step=60, layers=["1", "5"], to_layers=["1", "5"]))
+    np.testing.assert_allclose(np.diag(itself["matrix"]), [1.0, 1.0], atol=1e-12)
+    minibatch = analyze(RepresentationsAnalysis(examples=200, to_job=2, batch=50))
+    assert minibatch["estimator"].startswith("minibatch") and np.abs(np.array(minibatch["matrix"]) - np.array(expected)).max() < 0.1
+    with pytest.raises(ValueError, match=r"to_layers: \['9'\] are not modules"):
+        analyze(RepresentationsAnalysis(to_job=2, to_layers=["9"]))
