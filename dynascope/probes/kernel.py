@@ -55,10 +55,10 @@ class Kernel(Probe):
         if self.previous is not None:
             metrics["kernel/velocity"] = ntk.velocity(self.previous, kernel)
         self.previous = kernel
-        outputs = full.shape[1]
+        outputs = len(full)
         if 1 < outputs <= MAX_PER_OUTPUT and self.targets.shape[1] == outputs:
             for o in range(outputs):
-                metrics[f"kernel/alignment_output/{o}"] = ntk.target_alignment(full[:, o, :, o], self.targets[:, o])
+                metrics[f"kernel/alignment_output/{o}"] = ntk.target_alignment(full[o], self.targets[:, o])
         drawn = kernel[:MAX_DRAWN, :MAX_DRAWN]
         document = KernelResult(
             examples=len(self.x),

@@ -14,7 +14,7 @@ from tests.helpers import run
 
 
 def jacobian_gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """J Jᵀ with J the full Jacobian of the flattened outputs, from jacrev (independently of ntk)."""
+    """J Jᵀ with J the full Jacobian of the flattened outputs, from jacrev (independently of ntk): (n·O, n·O)."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     jac = jacrev(lambda p: functional_call(model, p, (x,)).reshape(-1))(params)
     flat = torch.cat([j.reshape(j.shape[0], -1) for j in jac.values()], 1)
@@ -37,10 +37,13 @@ def test_the_gram_tensor_is_j_jt(route):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 7), nn.GELU(), nn.Linear(7, 3)).double()
     x = torch.randn(37, 5, dtype=torch.float64)  # (chunks of 16: a remainder too)
-    expected = jacobian_gram(model, x).reshape(37, 3, 37, 3)
-    got = ntk.gram(model, x, route)
-    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-8 * float(expected.abs().max()))
-    np.testing.assert_allclose(ntk.summed(got).numpy(), np.einsum("iojo->ij", expected.numpy()), atol=1e-8 * float(expected.abs().max()))
+    expected = jacobian_gram(model, x).reshape(37, 3, 37, 3).numpy()
+    got = ntk.gram(model, x, route).numpy()
+    for o in range(3):  # each output's kernel: the full Gram matrix's blocks on its diagonal
+        np.testing.assert_allclose(got[o], expected[:, o, :, o], rtol=0, atol=1e-8 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        ntk.summed(torch.from_numpy(got)).numpy(), np.einsum("iojo->ij", expected), atol=1e-8 * np.abs(expected).max()
+    )
 
 
 def test_a_conv_nets_kernel_by_both_routes():
@@ -48,7 +51,8 @@ def test_a_conv_nets_kernel_by_both_routes():
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(48, 4)).double().eval()
     x = torch.randn(10, 1, 8, 8, dtype=torch.float64)
     np.testing.assert_allclose(ntk.gram(model, x, "rows").numpy(), ntk.gram(model, x, "products").numpy(), atol=1e-10)
-    np.testing.assert_allclose(ntk.gram(model, x, "rows").reshape(40, 40).numpy(), jacobian_gram(model, x).numpy(), atol=1e-10)
+    expected = jacobian_gram(model, x).reshape(10, 4, 10, 4).diagonal(dim1=1, dim2=3).permute(2, 0, 1)
+    np.testing.assert_allclose(ntk.gram(model, x, "rows").numpy(), expected.numpy(), atol=1e-10)
 
 
 def test_alignment_and_velocity_are_cosines():
