@@ -13,10 +13,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test fuzz bench format browser clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt tests/labpkg/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[server,worker,dev]"
+	$(BIN)/pip install -q --no-deps -e tests/labpkg  # a team's own package, for the entry-point tests
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     job_soft_time_limit: int = 24 * 3600
     job_hard_time_limit: int = 24 * 3600 + 300
     visibility_timeout: int = 48 * 3600
+    # A team's own models and data: the module prefixes whose functions a spec may name (`kind: python`),
+    # comma-separated (e.g. "mylab.,lab_models"); empty: none. The worker imports them; the API never does.
+    entrypoints: str = ""
     # Worker: torch threads per process (0: let torch decide); device "auto" takes the GPU when there is one.
     torch_threads: int = 0
     device: str = "auto"

@@ -34,8 +34,11 @@ def _pydoc_vocab_size(max_chars: int) -> int:
     return len(set("\n\n".join(topics[k] for k in sorted(topics))[:max_chars]))
 
 
-def data_shape(data: Data, uploaded: Dataset | None = None) -> DataShape:
+def data_shape(data: Data, uploaded: Dataset | None = None) -> DataShape | None:
+    """The data's shape, or None where only the worker can know it (data from an entry point)."""
     match data.kind:
+        case "python":
+            return None
         case "upload":
             if uploaded is None:
                 raise ValueError("an uploaded dataset's shape comes from its row")
@@ -78,8 +81,11 @@ def misfit(spec: JobSpec, uploaded: Dataset) -> str | None:
     return None
 
 
-def parameter_count(spec: JobSpec, uploaded: Dataset | None = None) -> int:
+def parameter_count(spec: JobSpec, uploaded: Dataset | None = None) -> int | None:
+    """The model's parameters, or None where only the worker can count them (a model or data from an entry point)."""
     shape = data_shape(spec.data, uploaded)
+    if shape is None or spec.model.kind == "python":
+        return None
     model, n_out = spec.model, shape.outputs
     match model:
         case MLPModel():

@@ -6,8 +6,9 @@ Every model is strict (unknown keys are errors) so that a typo never silently tr
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, JsonValue, Tag, ValidationError, model_validator
 
+from dynascope.entrypoints import PATTERN as ENTRYPOINT_PATTERN
 from dynascope.settings import (
     HessianSettings,
     InterpolationSettings,
@@ -97,7 +98,28 @@ class LinearModel(StrictModel):
     scale: float = Field(0.1, gt=0.0, le=10.0, description="each layer's singular values (balanced) or their typical size (random)")
 
 
-Model = Annotated[MLPModel | CNNModel | ResNetModel | TransformerModel | LinearModel, Field(discriminator="kind")]
+EntryPoint = Annotated[
+    str,
+    Field(
+        max_length=200,
+        pattern=ENTRYPOINT_PATTERN,
+        description="module:function of an installed package, under a module prefix the operator allows (DYNASCOPE_ENTRYPOINTS)",
+    ),
+]
+Kwargs = Annotated[dict[str, JsonValue], Field(description="keyword arguments the function is called with (JSON values)")]
+
+
+class PythonModel(StrictModel):
+    """A model from the team's own installed package: `function(description, **kwargs)` returns an nn.Module, given
+    a dynascope.entrypoints.DataDescription (input shape, outputs, classes, modality, vocabulary). The worker
+    imports it and counts its parameters."""
+
+    kind: Literal["python"]
+    entrypoint: EntryPoint
+    kwargs: Kwargs = {}
+
+
+Model = Annotated[MLPModel | CNNModel | ResNetModel | TransformerModel | LinearModel | PythonModel, Field(discriminator="kind")]
 
 
 class DigitsData(StrictModel):
@@ -186,6 +208,17 @@ class TextData(StrictModel):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
 
 
+class PythonData(StrictModel):
+    """Data from the team's own installed package: `function(seed=…, **kwargs)` returns the training and validation
+    sets — (x_train, y_train, x_val, y_val) tensors or arrays, a (train, validation) pair of torch Datasets of
+    (x, y) items, or a dynascope.entrypoints.Arrays. Integer targets are classes (a sequence of them: next-token
+    text), float targets a regression."""
+
+    kind: Literal["python"]
+    entrypoint: EntryPoint
+    kwargs: Kwargs = {}
+
+
 class UploadedData(StrictModel):
     """A dataset uploaded through POST /api/v1/datasets, by its id."""
 
@@ -202,7 +235,8 @@ Data = Annotated[
     | LinearTeacherData
     | OpposingFeaturesData
     | TextData
-    | UploadedData,
+    | UploadedData
+    | PythonData,
     Field(discriminator="kind"),
 ]
 IMAGE_DATA = {"digits", "opposing_features"}
@@ -366,11 +400,11 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _model_fits_data(self) -> "JobSpec":
         model, data = self.model.kind, self.data.kind
-        if data == "upload":
-            return self  # checked against the uploaded arrays when the job is submitted (backend.shapes)
+        if data in ("upload", "python"):
+            return self  # checked against the arrays when the job is submitted (backend.shapes) or when it starts
         if model in ("cnn", "resnet") and data not in IMAGE_DATA:
             raise ValueError(f"model.kind {model} needs images (data.kind one of {sorted(IMAGE_DATA)}), not {data}")
-        if (model == "transformer") != (data in TEXT_DATA):
+        if model != "python" and (model == "transformer") != (data in TEXT_DATA):
             raise ValueError(f"model.kind transformer goes with text data and only with it (here: {model} on {data})")
         if data in REGRESSION_DATA and self.train.loss != "mse":
             raise ValueError(f"data.kind {data} is a regression: set train.loss to mse")

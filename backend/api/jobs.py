@@ -19,6 +19,7 @@ from backend.services import accounts
 from backend.services import jobs as job_service
 from backend.shapes import misfit
 from backend.spec import JobSpec, SpecParseError, field_errors, parse_spec_text
+from dynascope import entrypoints
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -71,6 +72,22 @@ _SPEC_BODY = {
 }
 
 
+def check_entrypoints(spec: JobSpec, settings: Settings) -> None:
+    """A spec's entry points, against the operator's allow-list (422 naming the field and the setting); nothing is
+    imported here."""
+    allow = entrypoints.prefixes(settings.entrypoints)
+    for section in ("model", "data"):
+        part = getattr(spec, section)
+        if part.kind == "python" and (reason := entrypoints.refusal(part.entrypoint, allow)) is not None:
+            raise RequestValidationError([{"loc": ["body", section, "entrypoint"], "msg": reason, "type": "not_allowed"}])
+
+
+def check_spec(session: Session, spec: JobSpec, team_id: int | None, settings: Settings) -> Dataset | None:
+    """What a spec names beyond its own fields: the entry points it may run, the uploaded dataset it reads."""
+    check_entrypoints(spec, settings)
+    return check_upload(session, spec, team_id)
+
+
 def check_upload(session: Session, spec: JobSpec, team_id: int | None) -> Dataset | None:
     """The team's uploaded dataset a spec names, checked against its model and loss (422 naming the field)."""
     if spec.data.kind != "upload":
@@ -87,7 +104,7 @@ def check_upload(session: Session, spec: JobSpec, team_id: int | None) -> Datase
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
 def create_job(who: Member, spec: Annotated[JobSpec, Depends(spec_from_body)], session: SessionDep, settings: SettingsDep) -> JobOut:
     """Validate a spec, record the job, and queue its id."""
-    check_upload(session, spec, who.team_id)
+    check_spec(session, spec, who.team_id, settings)
     check_queue_quota(session, settings, who, 1)
     job = job_service.create_job(session, spec, settings.max_attempts, owner(who))
     session.commit()

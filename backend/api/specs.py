@@ -2,11 +2,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.auth import Viewer
 from backend.api.deps import SessionDep, SettingsDep
-from backend.api.jobs import check_upload, raw_spec_from_body
+from backend.api.jobs import check_spec, raw_spec_from_body
 from backend.shapes import data_shape, parameter_count
 from backend.spec import EXAMPLE_SPEC_YAML, JobSpec, field_errors
 from backend.sweeps import SweepError, expand
@@ -33,9 +33,9 @@ def spec_schema(who: Viewer) -> dict[str, Any]:
 class SpecCheck(BaseModel):
     name: str
     jobs: int
-    parameters: int
-    input_shape: list[int]
-    outputs: int
+    parameters: int | None = Field(description="null: the worker counts them when the job starts (a model from an entry point)")
+    input_shape: list[int] | None = Field(description="null: known once the worker loads the data (data from an entry point)")
+    outputs: int | None
 
 
 @router.post(
@@ -59,13 +59,13 @@ def validate_spec(who: Viewer, raw: Annotated[dict, Depends(raw_spec_from_body)]
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in field_errors(exc, raw)]) from None
-    uploaded = [check_upload(session, s, who.team_id) for s in specs][0]
+    uploaded = [check_spec(session, s, who.team_id, settings) for s in specs][0]
     first = specs[0]
     shape = data_shape(first.data, uploaded)
     return SpecCheck(
         name=first.name,
         jobs=len(specs),
         parameters=parameter_count(first, uploaded),
-        input_shape=list(shape.input_shape),
-        outputs=shape.outputs,
+        input_shape=None if shape is None else list(shape.input_shape),
+        outputs=None if shape is None else shape.outputs,
     )

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.auth import Member, Viewer
 from backend.api.deps import RowId, SessionDep, SettingsDep, send_or_undo
-from backend.api.jobs import check_queue_quota, check_upload, owner, queue_jobs, raw_spec_from_body
+from backend.api.jobs import check_queue_quota, check_spec, owner, queue_jobs, raw_spec_from_body
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
@@ -48,7 +48,7 @@ def create_sweep(who: Member, raw: Annotated[dict, Depends(raw_spec_from_body)],
     except SweepError as exc:
         raise RequestValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     for _, spec in children:
-        check_upload(session, spec, who.team_id)
+        check_spec(session, spec, who.team_id, settings)
     check_queue_quota(session, settings, who, len(children))
     sweep = Sweep(team_id=who.team_id, name=str(raw.get("name", "sweep"))[:200], spec=raw)
     session.add(sweep)

@@ -63,7 +63,7 @@ def nc2(means: ClassMeans) -> tuple[float, float]:
 
 
 def nc3(weight: Tensor, means: ClassMeans) -> float:
-    w = weight.double()[means.present]  # (as it is: W is not centred)
+    w = weight.detach().double()[means.present]  # (as it is: W is not centred)
     m = means.centred
     return float(((w / w.norm() - m / m.norm()) ** 2).sum())
 

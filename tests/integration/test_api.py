@@ -531,3 +531,30 @@ def test_unfinished_analyses_are_sent_again_after_an_embedded_restart(client):
     with session_scope() as session:
         assert [session.get(Analysis, i).status for i in ids] == ["queued", "queued", "running", "succeeded"]
         assert session.scalars(select(Result).where(Result.kind == "grid_claim")).all() == []
+
+
+def test_entry_points_outside_the_operators_list_are_refused(client, monkeypatch):
+    from tests.unit.test_entrypoints import lab_job
+
+    raw = lab_job(model="dynascope_testlab.models:row_attention")
+    before = job_count()
+    refused = client.post("/api/v1/jobs", json=raw)  # the default list is empty
+    errors = field_errors(refused)
+    assert "DYNASCOPE_ENTRYPOINTS lists nothing" in errors["model.entrypoint"]
+    assert job_count() == before
+    monkeypatch.setenv("DYNASCOPE_ENTRYPOINTS", "dynascope_testlab.models")
+    from backend.config import get_settings
+
+    get_settings.cache_clear()
+    data_refused = field_errors(client.post("/api/v1/jobs", json=raw))  # the data module is not under the prefix
+    assert "dynascope_testlab.data is not under the modules the operator allows" in data_refused["data.entrypoint"]
+    swept = field_errors(client.post("/api/v1/sweeps", json={**raw, "sweep": {"train.seed": [0, 1]}}))
+    assert "data.entrypoint" in swept
+    monkeypatch.setenv("DYNASCOPE_ENTRYPOINTS", "dynascope_testlab.")
+    get_settings.cache_clear()
+    check = client.post("/api/v1/specs/validate", json=raw)
+    assert check.status_code == 200, check.text
+    assert check.json() | {"name": None} == {"name": None, "jobs": 1, "parameters": None, "input_shape": None, "outputs": None}
+    assert client.post("/api/v1/jobs", json=raw).status_code == 201
+    bad = field_errors(client.post("/api/v1/jobs", json={**raw, "model": {"kind": "python", "entrypoint": "import os"}}))
+    assert "should match pattern" in bad["model.entrypoint"]

@@ -11,12 +11,15 @@ from sklearn import datasets as sk
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from dynascope import entrypoints
+
 from backend.spec import (
     Data,
     DigitsData,
     GaussianMixtureData,
     LinearTeacherData,
     OpposingFeaturesData,
+    PythonData,
     TabularData,
     TeacherStudentData,
     TextData,
@@ -177,6 +180,57 @@ def uploaded(cfg: UploadedData, seed: int, path: Path) -> Split:
     )
 
 
+def _tensor(value: object, what: str, reference: str) -> Tensor:
+    try:
+        tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+    except (TypeError, ValueError) as exc:
+        raise entrypoints.EntryPointError(f"{reference}: {what} is not an array ({exc})") from exc
+    if tensor.is_floating_point():
+        return tensor.float()
+    if tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        return tensor.long()
+    raise entrypoints.EntryPointError(f"{reference}: {what} has dtype {tensor.dtype}, not numbers")
+
+
+def _stacked(dataset: object, reference: str, which: str) -> tuple[Tensor, Tensor]:
+    """A torch Dataset of (x, y) items, materialized."""
+    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[index, arg-type]
+    if not items or not all(isinstance(item, tuple | list) and len(item) == 2 for item in items):
+        raise entrypoints.EntryPointError(f"{reference}: the {which} Dataset's items must be (x, y) pairs")
+    xs, ys = zip(*items, strict=True)
+    return torch.stack([torch.as_tensor(np.asarray(x)) for x in xs]), torch.as_tensor(np.asarray(ys))
+
+
+def _arrays(got: object, reference: str) -> entrypoints.Arrays:
+    if isinstance(got, entrypoints.Arrays):
+        return got
+    if isinstance(got, tuple | list) and len(got) == 4:
+        return entrypoints.Arrays(*got)
+    if isinstance(got, tuple | list) and len(got) == 2 and all(hasattr(d, "__getitem__") and hasattr(d, "__len__") for d in got):
+        (x_train, y_train), (x_val, y_val) = (_stacked(d, reference, w) for d, w in zip(got, ("training", "validation"), strict=True))
+        return entrypoints.Arrays(x_train, y_train, x_val, y_val)
+    raise entrypoints.EntryPointError(
+        f"{reference} returned {type(got).__name__}, not (x_train, y_train, x_val, y_val), a (train, validation) pair of "
+        "Datasets, or a dynascope.entrypoints.Arrays"
+    )
+
+
+def python_data(cfg: PythonData, seed: int, allow: list[str]) -> Split:
+    """The team's data from its entry point, as tensors: integer targets are classes, float ones a regression."""
+    got = _arrays(entrypoints.call(cfg.entrypoint, allow, seed=seed, **cfg.kwargs), cfg.entrypoint)
+    names = ("x_train", "y_train", "x_val", "y_val")
+    x_train, y_train, x_val, y_val = (_tensor(getattr(got, n), n, cfg.entrypoint) for n in names)
+    for x, y, which in ((x_train, y_train, "training"), (x_val, y_val, "validation")):
+        if len(x) != len(y) or (which == "training" and len(x) == 0):
+            raise entrypoints.EntryPointError(f"{cfg.entrypoint}: the {which} set has {len(x)} inputs and {len(y)} targets")
+    classes = got.classes
+    if classes is None and not y_train.is_floating_point():
+        classes = int(max(y_train.max(), y_val.max() if len(y_val) else 0)) + 1
+    text = not x_train.is_floating_point() and classes is not None and y_train.shape == x_train.shape and x_train.dim() == 2
+    modality = got.modality or ("text" if text else "image" if x_train.dim() == 4 else "tabular")
+    return Split(x_train, y_train, x_val, y_val, n_classes=classes, modality=modality, vocab=got.vocab)
+
+
 def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[str], Path] | None = None) -> Split:
     match cfg:
         case DigitsData():
@@ -193,6 +247,10 @@ def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[st
             return opposing_features(cfg, seed)
         case TextData():
             return text(cfg, seed, context or 64)
+        case PythonData():
+            from backend.config import get_settings
+
+            return python_data(cfg, seed, entrypoints.prefixes(get_settings().entrypoints))
         case UploadedData():
             if uploads is None:
                 raise ValueError("an uploaded dataset needs the store it lives in")

@@ -62,6 +62,7 @@ def prepare(spec: JobSpec, device: torch.device, uploads: Callable[[str], Path] 
     context = spec.model.context if isinstance(spec.model, TransformerModel) else None
     split = data.load(spec.data, spec.train.seed, context, uploads).to(device)
     model = models.build(spec.model, split).to(device)
+    models.check_fit(model, split)
     params = [p for p in model.parameters() if p.requires_grad]
     z_loss = spec.model.z_loss if isinstance(spec.model, TransformerModel) else 0.0
     loss_fn = make_loss(spec.train.loss, split.n_classes, z_loss)

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backend.spec import CNNModel, LinearModel, MLPModel, Model, ResNetModel, TransformerModel
+from backend.spec import CNNModel, LinearModel, MLPModel, Model, PythonModel, ResNetModel, TransformerModel
+from dynascope import entrypoints
 from dynascope.analysis import deep_linear
+from dynascope.analysis.hvp import module_mode
 from worker.training.data import Split
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -151,6 +153,36 @@ def linear(cfg: LinearModel, split: Split) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), *layers)
 
 
+def python_model(cfg: PythonModel, split: Split) -> nn.Module:
+    """The team's model from its entry point, told what the data is."""
+    from backend.config import get_settings
+
+    described = entrypoints.DataDescription(split.input_shape, split.outputs, split.n_classes, split.modality, split.vocab)
+    model = entrypoints.call(cfg.entrypoint, entrypoints.prefixes(get_settings().entrypoints), described, **cfg.kwargs)
+    if not isinstance(model, nn.Module):
+        raise entrypoints.EntryPointError(f"{cfg.entrypoint} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+@torch.no_grad()
+def check_fit(model: nn.Module, split: Split) -> None:
+    """The model's output on two training examples fits the targets (a score per class, or the regression's
+    targets), or an error that says how it does not; in eval mode, outside the random stream."""
+    x, y = split.x_train[:2], split.y_train[:2]
+    with module_mode(model, "eval"), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        out = model(x)
+    if not isinstance(out, Tensor):
+        raise ValueError(f"the model returns {type(out).__name__}, not a tensor")
+    if split.n_classes is not None:
+        expected = (*y.shape, split.n_classes)
+        if tuple(out.shape) != expected:
+            raise ValueError(
+                f"the model's output has shape {tuple(out.shape)} for 2 examples, but {split.n_classes} classes need {expected}"
+            )
+    elif out.numel() != y.numel():
+        raise ValueError(f"the model's output has shape {tuple(out.shape)} for 2 examples, but the targets have {tuple(y.shape)}")
+
+
 def build(cfg: Model, split: Split) -> nn.Module:
     """The spec's model for this data (its input shape, and a class or target per output)."""
     input_shape, n_out = split.input_shape, split.outputs
@@ -165,6 +197,8 @@ def build(cfg: Model, split: Split) -> nn.Module:
             return Transformer(cfg, n_out)
         case LinearModel():
             return linear(cfg, split)
+        case PythonModel():
+            return python_model(cfg, split)
     raise ValueError(f"unknown model kind {cfg.kind}")
 
 
