@@ -190,7 +190,9 @@ function renderNew(params) {
     try {
       const c = await api("/specs/validate", { method: "POST", headers: { "content-type": view.querySelector("#spec-format").value }, body: text });
       errors.innerHTML = "";
-      state.textContent = `valid: ${c.jobs} job${c.jobs === 1 ? "" : "s"} · ${c.parameters.toLocaleString("en")} parameters · input ${c.input_shape.join("×") || "tokens"} · ${c.outputs} output${c.outputs === 1 ? "" : "s"}`;
+      const params = c.parameters == null ? "parameters counted by the worker when the job starts" : `${c.parameters.toLocaleString("en")} parameters`;
+      const shape = c.input_shape == null ? "data described by the worker" : `input ${c.input_shape.join("×") || "tokens"} · ${c.outputs} output${c.outputs === 1 ? "" : "s"}`;
+      state.textContent = `valid: ${c.jobs} job${c.jobs === 1 ? "" : "s"} · ${params} · ${shape}`;
     } catch (err) { state.textContent = ""; showErrors(err, text); }
   });
   view.querySelector("#submit-job").addEventListener("click", async () => {

@@ -4,7 +4,7 @@ steps, per-layer gradient norms as a heat map, and the latest per-example histog
 import math
 from typing import Any
 
-from backend.figures.base import Options, Figure, Series, Source, View, latest, layout, line
+from backend.figures.base import Figure, Options, Series, Source, Table, View, latest, layout, line
 
 TITLE = "Gradient statistics"
 PROBES = ["gradstats"]
@@ -124,4 +124,20 @@ def figures(source: Source, options: Options) -> View:
             else ""
         )
         notes["gradstats-info"] = f"Batch of {d['batch_size']}; every parameter counted{by_func}{dead}."
+        if d.get("rules"):
+            out.append(_rules(d["rules"]))
     return View(figures=out, notes=notes)
+
+
+RULES = {
+    "linear": "a linear layer's rule: from its inputs and output gradients, never forming a per-example gradient",
+    "per-example": "a layer's rule, forming its per-example gradients (a sequence's positions summed), in chunks",
+    "norm": "a normalization layer's rule",
+    "torch.func": "exact per-example gradients by torch.func (a parameter no layer rule covers)",
+}
+
+
+def _rules(rules: dict[str, str]) -> Figure:
+    rows = [[name, rule, RULES.get(rule, "")] for name, rule in rules.items()]
+    table = Table(caption="How each parameter's per-example gradients were obtained", header=["parameter", "rule", "what it is"], rows=rows)
+    return Figure(id="gradstats-rules", table=table)

@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("e2e"))
+    serve = Serve(tmp_path_factory.mktemp("e2e"), {"DYNASCOPE_ENTRYPOINTS": "dynascope_testlab."})
     yield serve
     serve.ctrl_c()
 

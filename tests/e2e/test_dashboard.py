@@ -526,6 +526,36 @@ def test_the_lazy_rich_example_and_the_kernel_view(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "kernel.png"), full_page=True)
 
 
+def test_a_labs_own_model_and_data_with_every_probe(page, served: Serve):
+    import yaml
+
+    from tests.unit.test_entrypoints import EVERY_PROBE, lab_job
+
+    raw = lab_job() | {"name": "e2e-own-model", "probes": EVERY_PROBE}
+    page.goto("/#/new")
+    page.wait_for_function("document.querySelector('#spec-editor').value.includes('digits')")
+    page.fill("#spec-editor", yaml.safe_dump(raw))
+    page.click("#check-spec")
+    page.wait_for_function("document.querySelector('#submit-state').textContent.startsWith('valid')")
+    assert "parameters counted by the worker when the job starts" in page.inner_text("#submit-state")
+    page.click("#submit-job")
+    page.wait_for_function("location.hash.startsWith('#/jobs/')")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'succeeded'", timeout=180_000)
+    job_id = int(page.evaluate("location.hash").split("/")[2])
+    views = [v["name"] for v in served.client.get(f"/jobs/{job_id}/figures").json()]
+    assert views == ["training", "hessian", "gradstats", "signals", "landscape", "collapse", "representations", "kernel"]
+    page.wait_for_function("document.querySelector('#job-facts').textContent.includes('1,546')")  # counted by the worker
+    page.wait_for_selector("#gradstats-rules table")
+    rules = dict(
+        page.evaluate(
+            "[...document.querySelectorAll('#gradstats-rules tbody tr')].map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+        )
+    )
+    assert rules["position"] == rules["gate"] == "torch.func" and rules["head.weight"] == "linear"
+    page.wait_for_function("document.getElementById('kernel-gram')?.dataset.step === '80'", timeout=30_000)
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "own-model.png"), full_page=True)
+
+
 def test_opposing_signals_view(page, served: Serve):
     raw = planted_pair_job(6.0)
     job = served.client.post("/jobs", json=raw).json()
