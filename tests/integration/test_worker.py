@@ -334,3 +334,32 @@ def test_a_team_over_its_running_quota_waits_while_another_team_runs(make_stack,
     later = max(stack.job(first["id"])["started_at"], stack.job(second["id"])["started_at"])
     assert b["status"] == "succeeded" and b["started_at"] < later, "team b's job was held back by team a's quota"
     assert stack.client.get(f"/jobs/{other['id']}").status_code == 404  # and alice does not see it
+
+
+def test_a_labs_own_model_survives_kill_9_and_a_failing_entry_point_fails_only_its_job(make_stack, pg_url, redis_url):
+    from tests.unit.test_entrypoints import lab_job
+
+    stack = make_stack(pg_url, redis_url, entrypoints="dynascope_testlab.")
+    stack.migrate()
+    stack.start_api()
+    first = stack.start_worker("first")
+    broken = stack.submit(lab_job(model="dynascope_testlab.models:raises"))
+    failed = stack.wait_job(broken["id"], lambda j: j["status"] in TERMINAL, 120)
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    last_line = failed["error"].strip().splitlines()[-1]
+    assert "dynascope_testlab.models:raises raised ValueError: no such architecture (at " in last_line and "in raises)" in last_line
+    steps = 3000
+    raw = lab_job(steps=steps, checkpoint_every=500, eval_every=500) | {"name": "own-model-kill-9"}
+    job = stack.submit(raw)  # the same worker takes the next job
+    stack.wait_job(job["id"], lambda j: j["status"] == "running" and j["step"] > 1200, 120)
+    Stack.kill(first)
+    stack.start_worker("second")
+    done = stack.wait_job(job["id"], lambda j: j["status"] in TERMINAL, 240)
+    assert (done["status"], done["attempts"]) == ("succeeded", 2), done
+    [resume] = stack.client.get(f"/jobs/{job['id']}/results/resume").json()
+    assert resume["data"]["from_step"] >= 1000
+    loss = metric(stack, job["id"], "train/loss")
+    assert loss["steps"] == list(range(steps))
+    again = stack.submit({**raw, "name": "own-model-uninterrupted"})
+    stack.wait_job(again["id"], lambda j: j["status"] in TERMINAL, 240)
+    assert metric(stack, again["id"], "train/loss")["values"] == loss["values"]  # bit for bit
