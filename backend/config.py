@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # A team's own models and data: the module prefixes whose functions a spec may name (`kind: python`),
     # comma-separated (e.g. "mylab.,lab_models"); empty: none. The worker imports them; the API never does.
     entrypoints: str = ""
+    # The root of datasets on the worker's disk (image folders, .npy arrays, MNIST/CIFAR files, text): a spec names
+    # a path relative to it, and nothing outside it is read. None: such specs fail when the job starts.
+    data_dir: Path | None = None
     # Worker: torch threads per process (0: let torch decide); device "auto" takes the GPU when there is one.
     torch_threads: int = 0
     device: str = "auto"

@@ -35,9 +35,13 @@ def _pydoc_vocab_size(max_chars: int) -> int:
 
 
 def data_shape(data: Data, uploaded: Dataset | None = None) -> DataShape | None:
-    """The data's shape, or None where only the worker can know it (data from an entry point)."""
+    """The data's shape, or None where only the worker can know it (data from an entry point or its disk)."""
     match data.kind:
-        case "python":
+        case "mnist" | "fashion_mnist":
+            return DataShape((1, 28, 28), 10)
+        case "cifar10":
+            return DataShape((3, 32, 32), 10)
+        case "python" | "image_folder" | "npy" | "text_file":
             return None
         case "upload":
             if uploaded is None:

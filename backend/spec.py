@@ -6,7 +6,7 @@ Every model is strict (unknown keys are errors) so that a typo never silently tr
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Discriminator, Field, JsonValue, Tag, ValidationError, model_validator
+from pydantic import AfterValidator, Discriminator, Field, JsonValue, Tag, ValidationError, model_validator
 
 from dynascope.entrypoints import PATTERN as ENTRYPOINT_PATTERN
 from dynascope.settings import (
@@ -219,6 +219,64 @@ class PythonData(StrictModel):
     kwargs: Kwargs = {}
 
 
+def _inside(path: str) -> str:
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "~")) or ":" in parts[0] or ".." in parts:
+        raise ValueError("must be a path relative to the worker's data root (DYNASCOPE_DATA_DIR), without .. or a leading /")
+    return path
+
+
+DataPath = Annotated[
+    str,
+    Field(min_length=1, max_length=500, description="relative to the worker's data root (DYNASCOPE_DATA_DIR)"),
+    AfterValidator(_inside),
+]
+
+
+class DiskData(StrictModel):
+    """Data on the worker's disk, under the root the operator sets (DYNASCOPE_DATA_DIR); the validation set is
+    `val_fraction` of it, drawn with the run's seed (stratified by class)."""
+
+    path: DataPath
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+
+
+class ImageFolderData(DiskData):
+    """One sub-folder per class (sorted names are classes 0, 1, …) of PNG or JPEG images, read with Pillow, resized
+    to `size` and scaled to [0, 1] (then standardized per channel with the training split's mean and deviation,
+    if `normalize`)."""
+
+    kind: Literal["image_folder"]
+    size: tuple[Annotated[int, Field(gt=0, le=1024)], Annotated[int, Field(gt=0, le=1024)]] = Field((32, 32), description="height, width")
+    grayscale: bool = False
+    normalize: bool = True
+
+
+class NpyData(DiskData):
+    """A folder with X.npy (examples, …) and y.npy (integer classes or float targets), memory-mapped and never
+    unpickled: float32 inputs are read batch by batch from the file, never all at once."""
+
+    kind: Literal["npy"]
+
+
+class IdxData(DiskData):
+    """MNIST or Fashion-MNIST in their IDX files, as torchvision keeps them (train-images-idx3-ubyte,
+    train-labels-idx1-ubyte, plain or .gz, in the folder or its <name>/raw); CIFAR-10 in its binary version
+    (cifar-10-batches-bin/data_batch_1.bin … 5). Read without torchvision and without unpickling; the training
+    files only (the validation set is a share of them)."""
+
+    kind: Literal["mnist", "fashion_mnist", "cifar10"]
+    max_examples: int | None = Field(None, gt=0, description="the first this many (null: all)")
+
+
+class TextFileData(DiskData):
+    """A UTF-8 text file for the character-level language model; the last val_fraction of it is held out."""
+
+    kind: Literal["text_file"]
+    max_chars: int = Field(1_000_000, ge=1000, le=1_000_000_000)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+
+
 class UploadedData(StrictModel):
     """A dataset uploaded through POST /api/v1/datasets, by its id."""
 
@@ -236,11 +294,15 @@ Data = Annotated[
     | OpposingFeaturesData
     | TextData
     | UploadedData
-    | PythonData,
+    | PythonData
+    | ImageFolderData
+    | NpyData
+    | IdxData
+    | TextFileData,
     Field(discriminator="kind"),
 ]
-IMAGE_DATA = {"digits", "opposing_features"}
-TEXT_DATA = {"text"}
+IMAGE_DATA = {"digits", "opposing_features", "image_folder", "mnist", "fashion_mnist", "cifar10"}
+TEXT_DATA = {"text", "text_file"}
 REGRESSION_DATA = {"teacher_student", "linear_teacher"}
 
 
@@ -400,7 +462,7 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _model_fits_data(self) -> "JobSpec":
         model, data = self.model.kind, self.data.kind
-        if data in ("upload", "python"):
+        if data in ("upload", "python", "npy"):
             return self  # checked against the arrays when the job is submitted (backend.shapes) or when it starts
         if model in ("cnn", "resnet") and data not in IMAGE_DATA:
             raise ValueError(f"model.kind {model} needs images (data.kind one of {sorted(IMAGE_DATA)}), not {data}")

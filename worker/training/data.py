@@ -1,5 +1,6 @@
 """Datasets, generated from a seed or shipped inside a package: nothing is downloaded."""
 
+import gzip
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ from backend.spec import (
     Data,
     DigitsData,
     GaussianMixtureData,
+    IdxData,
+    ImageFolderData,
     LinearTeacherData,
+    NpyData,
     OpposingFeaturesData,
     PythonData,
     TabularData,
     TeacherStudentData,
     TextData,
+    TextFileData,
     UploadedData,
 )
 
@@ -151,11 +156,14 @@ def _corpus(name: str) -> str:
 
 
 def text(cfg: TextData, seed: int, context: int) -> Split:
+    return text_split(_corpus(cfg.corpus)[: cfg.max_chars], cfg.val_fraction, context)
+
+
+def text_split(corpus: str, val_fraction: float, context: int) -> Split:
     """Next-character prediction: windows of `context` characters; the last val_fraction of the text is held out."""
-    corpus = _corpus(cfg.corpus)[: cfg.max_chars]
     vocab = "".join(sorted(set(corpus)))
     ids = torch.tensor([vocab.index(c) for c in corpus], dtype=torch.int64)
-    cut = int(len(ids) * (1 - cfg.val_fraction))
+    cut = int(len(ids) * (1 - val_fraction))
 
     def windows(part: Tensor, stride: int) -> tuple[Tensor, Tensor]:
         starts = torch.arange(0, len(part) - context - 1, stride)
@@ -251,8 +259,133 @@ def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[st
             from backend.config import get_settings
 
             return python_data(cfg, seed, entrypoints.prefixes(get_settings().entrypoints))
+        case ImageFolderData() | NpyData() | IdxData() | TextFileData():
+            from backend.config import get_settings
+
+            root = get_settings().data_dir
+            return from_disk(cfg, seed, context, under_root(root, cfg.path), root)  # type: ignore[arg-type]
         case UploadedData():
             if uploads is None:
                 raise ValueError("an uploaded dataset needs the store it lives in")
             return uploaded(cfg, seed, uploads(cfg.dataset))
     raise ValueError(f"unknown data kind {cfg.kind}")
+
+
+class OutsideDataRoot(ValueError):
+    """A dataset path that is not under the worker's data root (or there is no root)."""
+
+
+def under_root(root: Path | None, relative: str) -> Path:
+    """The path inside the data root, with every symlink resolved; refused when it leads outside."""
+    if root is None:
+        raise OutsideDataRoot("this worker has no data root: the operator sets DYNASCOPE_DATA_DIR to read datasets from its disk")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise OutsideDataRoot(f"data.path {relative!r} leads outside the data root (DYNASCOPE_DATA_DIR)")
+    if not path.exists():
+        raise FileNotFoundError(f"data.path {relative!r}: nothing there under the data root")
+    return path
+
+
+def _contained(root: Path, file: Path) -> Path:
+    """A file inside the data root once its symlinks are followed (a link out of the root is refused)."""
+    if not file.resolve().is_relative_to(root.resolve()):
+        raise OutsideDataRoot(f"{file.name} links outside the data root (DYNASCOPE_DATA_DIR)")
+    return file
+
+
+def _classified(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, modality: str = "image") -> Split:
+    """A stratified split (a plain one when a class has a single example)."""
+    _, counts = np.unique(y, return_counts=True)
+    x_tr, x_va, y_tr, y_va = _split(x, y.astype(np.int64), val_fraction, seed, stratify=bool(counts.min() >= 2))
+    return Split(*map(torch.from_numpy, (x_tr, y_tr, x_va, y_va)), n_classes=int(y.max()) + 1, modality=modality)
+
+
+def image_folder(cfg: ImageFolderData, seed: int, folder: Path, root: Path) -> Split:
+    from PIL import Image
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).iterdir()):
+            if file.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                continue
+            with Image.open(_contained(root, file)) as image:
+                pixels = np.asarray(image.convert("L" if cfg.grayscale else "RGB").resize(cfg.size[::-1]), dtype=np.float32) / 255
+            images.append(pixels[None] if cfg.grayscale else pixels.transpose(2, 0, 1))
+            labels.append(label)
+    if len(set(labels)) < 2:
+        raise ValueError(f"data.path {cfg.path!r} needs a sub-folder of PNG or JPEG images per class, at least two (found {classes})")
+    split = _classified(np.stack(images), np.array(labels), cfg.val_fraction, seed)
+    if cfg.normalize:
+        mean = split.x_train.mean((0, 2, 3), keepdim=True)
+        std = split.x_train.std((0, 2, 3), keepdim=True) + 1e-6
+        split.x_train, split.x_val = (split.x_train - mean) / std, (split.x_val - mean) / std
+    return split
+
+
+def npy(cfg: NpyData, seed: int, folder: Path, root: Path) -> Split:
+    """X.npy memory-mapped (copy-on-write: the file is never written): the validation set is its last val_fraction
+    of rows as stored, so that both sets stay views of the file and a batch reads only its rows."""
+    x = np.load(_contained(root, folder / "X.npy"), mmap_mode="c", allow_pickle=False)
+    y = np.load(_contained(root, folder / "y.npy"), allow_pickle=False)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"data.path {cfg.path!r}: X.npy has {len(x)} rows and y.npy {len(y)}")
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)  # (a copy in memory: store float32 to stream from the file)
+    classes = y.dtype.kind in "iu"
+    y = y.astype(np.int64 if classes else np.float32)
+    cut = max(1, int(len(x) * (1 - cfg.val_fraction)))
+    tensors = (torch.from_numpy(a) for a in (x[:cut], y[:cut], x[cut:], y[cut:]))
+    return Split(*tensors, n_classes=int(y.max()) + 1 if classes else None, modality="image" if x.ndim == 4 else "tabular")
+
+
+IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _idx_file(folder: Path, root: Path, name: str) -> np.ndarray:
+    """An IDX file of unsigned bytes (LeCun's format), plain or gzipped, in the folder or torchvision's <name>/raw."""
+    for where in (folder, *(folder / sub / "raw" for sub in IDX_FOLDERS.values())):
+        for candidate in (where / name, where / f"{name}.gz"):
+            if candidate.exists():
+                opener = gzip.open if candidate.suffix == ".gz" else open
+                with opener(_contained(root, candidate), "rb") as f:
+                    data = f.read()
+                if data[:3] != b"\x00\x00\x08":
+                    raise ValueError(f"{candidate.name} is not an IDX file of unsigned bytes")
+                dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+                return np.frombuffer(data, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+    raise FileNotFoundError(f"no {name} (or .gz) in {folder.name} or its MNIST/raw, FashionMNIST/raw")
+
+
+def _cifar10(folder: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10's binary version: records of a label byte and 3×32×32 pixel bytes."""
+    where = folder / "cifar-10-batches-bin" if (folder / "cifar-10-batches-bin").is_dir() else folder
+    files = [where / f"data_batch_{i}.bin" for i in range(1, 6) if (where / f"data_batch_{i}.bin").exists()]
+    if not files:
+        raise FileNotFoundError(f"no data_batch_1.bin … 5 (CIFAR-10's binary version) in {where.name}")
+    records = np.concatenate([np.fromfile(_contained(root, f), np.uint8).reshape(-1, 1 + 3072) for f in files])
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
+
+
+def idx(cfg: IdxData, seed: int, folder: Path, root: Path) -> Split:
+    if cfg.kind == "cifar10":
+        pixels, labels = _cifar10(folder, root)
+    else:
+        pixels = _idx_file(folder, root, "train-images-idx3-ubyte")[:, None]
+        labels = _idx_file(folder, root, "train-labels-idx1-ubyte")
+    pixels, labels = pixels[: cfg.max_examples], labels[: cfg.max_examples]
+    return _classified((pixels / np.float32(255)).astype(np.float32), labels, cfg.val_fraction, seed)
+
+
+def from_disk(cfg: ImageFolderData | NpyData | IdxData | TextFileData, seed: int, context: int | None, path: Path, root: Path) -> Split:
+    match cfg:
+        case ImageFolderData():
+            return image_folder(cfg, seed, path, root)
+        case NpyData():
+            return npy(cfg, seed, path, root)
+        case IdxData():
+            return idx(cfg, seed, path, root)
+        case TextFileData():
+            return text_split(path.read_text(encoding="utf-8")[: cfg.max_chars], cfg.val_fraction, context or 64)
