@@ -13,11 +13,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test fuzz bench format browser clean
 
-$(STAMP): pyproject.toml constraints.txt tests/labpkg/pyproject.toml
+$(STAMP): pyproject.toml constraints.txt tests/labpkg/pyproject.toml examples/mylab/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[server,worker,dev]"
-	$(BIN)/pip install -q --no-deps -e tests/labpkg  # a team's own package, for the entry-point tests
+	$(BIN)/pip install -q --no-deps -e tests/labpkg -e examples/mylab  # a team's own packages: the entry-point tests, the example
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -74,19 +74,24 @@ export function serverView(container, ctx, { name, query = () => "", place, tran
     addExports(container, `job${ctx.jobId}`);
     drawn(view);
   };
+  // Every caller waiting for a drawing: a refresh that replaces a pending one (its timer cleared) must still
+  // resolve the earlier promises, or whoever awaits them (the job page mounting its views in turn) waits forever.
+  let waiting = [];
+  const settle = () => { const done = waiting; waiting = []; done.forEach((resolve) => resolve()); };
   const refresh = () => {
     if (stopped) return Promise.resolve();
     if (busy) { again = true; return Promise.resolve(); }
     clearTimeout(timer);
     const wait = Math.max(0, last + MIN_REDRAW_MS - Date.now());
     return new Promise((resolve) => {
+      waiting.push(resolve);
       timer = setTimeout(() => {
         busy = true;
         last = Date.now();
         paint().catch(console.error).finally(() => {
           busy = false;
+          settle();
           if (again) { again = false; refresh(); }
-          resolve();
         });
       }, wait);
     });
@@ -104,5 +109,5 @@ export function serverView(container, ctx, { name, query = () => "", place, tran
       refresh();
     }
   };
-  return { refresh, onEvent, stop: () => { stopped = true; clearTimeout(timer); } };
+  return { refresh, onEvent, stop: () => { stopped = true; clearTimeout(timer); settle(); } };
 }

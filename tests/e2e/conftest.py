@@ -21,7 +21,9 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("e2e"), {"DYNASCOPE_ENTRYPOINTS": "dynascope_testlab."})
+    data = tmp_path_factory.mktemp("datasets")  # the worker's data root, which tests fill
+    serve = Serve(tmp_path_factory.mktemp("e2e"), {"DYNASCOPE_ENTRYPOINTS": "dynascope_testlab.,mylab.", "DYNASCOPE_DATA_DIR": str(data)})
+    serve.data_dir = data
     yield serve
     serve.ctrl_c()
 

@@ -556,6 +556,33 @@ def test_a_labs_own_model_and_data_with_every_probe(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "own-model.png"), full_page=True)
 
 
+def test_the_readmes_own_model_example_runs(page, served: Serve):
+    """examples/own-model.yaml as the README runs it: the image folder made by the example's script under the
+    worker's data root, mylab's ViT (installed in editable mode), submitted with the CLI and watched to its end."""
+    examples = Path(__file__).parents[2] / "examples"
+    made = subprocess.run(
+        [sys.executable, str(examples / "make_image_folder.py"), str(served.data_dir / "shapes")], capture_output=True, text=True
+    )
+    assert made.returncode == 0 and "600 images" in made.stdout, made.stderr
+    token = served.client.headers["authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}", "DYNASCOPE_TOKEN": token, "COLUMNS": "150"}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "dynascope.cli", "submit", str(examples / "own-model.yaml"), "--watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = int(submitted.stdout.split("job ")[1].split()[0])
+    accuracy = served.client.get(f"/jobs/{job_id}/metrics", params={"names": "val/accuracy"}).json()["series"][0]["values"]
+    assert accuracy[-1] > 0.6  # three shapes (chance: 1/3)
+    page.goto(f"/#/jobs/{job_id}")
+    page.wait_for_function("document.querySelector('#job-facts').textContent.includes('parameters')")
+    page.wait_for_selector("#gradstats-rules table")
+    assert "torch.func" in page.inner_text("#gradstats-rules")  # the ViT's class token and position table
+
+
 def test_opposing_signals_view(page, served: Serve):
     raw = planted_pair_job(6.0)
     job = served.client.post("/jobs", json=raw).json()

@@ -1,0 +1,1 @@
+"""A lab's own models, for Dynascope server jobs."""
