@@ -18,9 +18,10 @@ class Document(BaseModel):
 
 
 class Timed(Document):
-    """A document of one whole measurement; the probe runner sets how long it took."""
+    """A document of one whole measurement; the probe runner sets how long it took and its peak memory."""
 
     seconds: float | None = None
+    peak_bytes: int | None = Field(None, description="memory above what was in use when it began, at its peak (dynascope.memory)")
 
 
 # --- summary and resume (the training loop's own) ---
@@ -94,6 +95,7 @@ class HessianResult(Timed):
     gauss_newton_fraction: list[float] | None = None
     layerwise_lambda_max: dict[str, float] | None = None
     hvps: int
+    products: str | None = Field(None, description="how the Hessian-vector products were taken (graphs kept or recomputed)")
     analysis_id: int | None = None
 
 

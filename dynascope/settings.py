@@ -51,6 +51,13 @@ class HessianSettings(StrictModel):
     negative: int = Field(0, ge=0, le=20, description="most negative eigenvalues too (0: none)")
     tol: float = Field(1e-3, gt=0.0, lt=1.0, description="stop when every ‖Hv − λv‖ ≤ tol·|λ|")
     examples: int = Field(1000, gt=0, le=1_000_000, description="size of the fixed sample (capped at the train set)")
+    batch: int | None = Field(None, gt=0, description="examples per forward pass (null: the whole sample in one)")
+    graphs: Literal["auto", "keep", "recompute"] = Field(
+        "auto",
+        description="keep each batch's first-order graph between products (fast; memory grows with examples), recompute it "
+        "per product (memory of one batch, about twice the time), or auto: keep while they fit graph_budget_mb",
+    )
+    graph_budget_mb: float = Field(1024.0, gt=0.0, description="memory the kept graphs may take (auto)")
     mode: Literal["eval", "train"] = "eval"
     trace: bool = False
     density: bool = False

@@ -3,7 +3,8 @@
 The operator works on detached copies of the parameters and buffers: the model's weights, BatchNorm
 statistics and `.grad` are never changed. Its forward runs once per batch in a chosen mode (`eval` by
 default; `train` uses batch statistics and one dropout mask per batch, fixed for the whole computation, so
-the operator stays symmetric), and the first-order graph is kept so each product costs one double backward.
+the operator stays symmetric). Each batch's first-order graph is kept, so that a product costs one backward
+per batch, or, when the graphs would not fit a memory budget, rebuilt per product a batch at a time.
 """
 
 import functools
@@ -32,11 +33,32 @@ def module_mode(model: nn.Module, mode: Mode) -> Iterator[None]:
             module.training = flag
 
 
+@contextmanager
+def _saved_bytes(into: list[int]) -> Iterator[None]:
+    """Counts the bytes of the tensors autograd saves for the backward inside the block (each storage once)."""
+    seen: set[int] = set()
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            into[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
 class HessianOperator:
     """v ↦ H v for L(θ) = Σ_b (n_b / N) · loss(model(x_b; θ), y_b), at the model's current θ.
 
     `params` restricts θ to the named parameters (a block of the Hessian, e.g. one layer); the others stay
     fixed. Vectors are flat, in the order of `names`; products are returned in float64.
+
+    `graphs`: `keep` every batch's first-order graph between products (each product one backward per batch;
+    memory grows with the examples), `recompute` it per product (a forward and two backwards per batch; memory of
+    one batch), or `auto`: keep while the estimated graphs (twice the tensors the first batch's forward saves,
+    scaled to all the examples) fit `budget` bytes.
     """
 
     def __init__(
@@ -48,14 +70,17 @@ class HessianOperator:
         mode: Mode = "eval",
         params: Sequence[str] | None = None,
         seed: int = 0,
+        graphs: str = "keep",
+        budget: float = float("inf"),
     ) -> None:
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.names = list(params) if params is not None else list(named)
         unknown = set(self.names) - set(named)
         if unknown:
             raise ValueError(f"no trainable parameters named {sorted(unknown)}")
+        self.model, self.loss_fn, self.batches, self.seed = model, loss_fn, list(batches), seed
         self.params = [named[n].detach().clone().requires_grad_(True) for n in self.names]
-        fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
         self.shapes = [p.shape for p in self.params]
         self.sizes = [p.numel() for p in self.params]
         self.n = sum(self.sizes)
@@ -63,25 +88,40 @@ class HessianOperator:
         self.device = self.params[0].device
         self.mode = mode
         self.hvps = 0
-        self.examples = sum(len(y) for _, y in batches)
-        # One forward per batch with fixed randomness: train-mode dropout masks are drawn once.
-        self._grads: list[tuple[float, list[Tensor]]] = []
-        self._loss = 0.0
+        self.examples = sum(len(y) for _, y in self.batches)
+        counted = [0]
+        with _saved_bytes(counted):
+            first = self._graph(0, *self.batches[0], create_graph=True)
+        self.graph_bytes = 2 * counted[0] * self.examples / len(self.batches[0][1])  # estimated, every batch's
+        self.graphs = graphs if graphs != "auto" else ("keep" if self.graph_bytes <= budget else "recompute")
+        # One forward per batch with fixed randomness: train-mode dropout masks are the same in every product.
+        self._graphs = [first] + [self._graph(i, x, y, create_graph=self.graphs == "keep") for i, (x, y) in enumerate(self.batches) if i]
+        self._loss = sum(weight * loss for weight, _, loss in self._graphs)
+        self._gradient = [sum(w * g[i].detach() for w, g, _ in self._graphs) for i in range(len(self.params))]
+        if self.graphs == "recompute":
+            self._graphs = []
+
+    def _graph(self, i: int, x: Tensor, y: Tensor, create_graph: bool) -> tuple[float, list[Tensor], float]:
+        """Batch i's weight, gradient (with its graph when create_graph) and loss."""
         devices = [self.device] if self.device.type == "cuda" else []
-        for i, (x, y) in enumerate(batches):
-            buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-            with module_mode(model, mode), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed + i)
-                out = functional_call(model, {**fixed, **dict(zip(self.names, self.params, strict=True)), **buffers}, (x,))
-            loss = loss_fn(out, y)
-            weight = len(y) / self.examples
-            grads = torch.autograd.grad(loss, self.params, create_graph=True)
-            self._grads.append((weight, list(grads)))
-            self._loss += weight * float(loss.detach())
+        buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+        with module_mode(self.model, self.mode), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + i)
+            out = functional_call(self.model, {**self.fixed, **dict(zip(self.names, self.params, strict=True)), **buffers}, (x,))
+        loss = self.loss_fn(out, y)
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph)
+        return len(y) / self.examples, list(grads), float(loss.detach())
 
     @property
     def loss(self) -> float:
         return self._loss
+
+    def describe(self) -> str:
+        """How the products are taken, as a result states it."""
+        size = f"{self.graph_bytes / 2**20:,.0f} MiB"
+        if self.graphs == "keep":
+            return f"graphs kept ({len(self.batches)} batch{'es' if len(self.batches) > 1 else ''}, about {size})"
+        return f"graphs recomputed per product, a batch at a time (keeping all would take about {size})"
 
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
@@ -90,7 +130,7 @@ class HessianOperator:
         return [chunk.view(shape) for chunk, shape in zip(torch.split(v, self.sizes), self.shapes, strict=True)]
 
     def gradient(self) -> Tensor:
-        return self.flatten([sum(w * g[i].detach() for w, g in self._grads) for i in range(len(self.params))]).double()
+        return self.flatten(self._gradient).double()
 
     def parameters(self) -> Tensor:
         """θ as a flat float64 vector."""
@@ -99,9 +139,11 @@ class HessianOperator:
     def matvec(self, v: Tensor) -> Tensor:
         pieces = self.split(v.to(self.dtype))
         total: list[Tensor] | None = None
-        for weight, grads in self._grads:
+        kept = self.graphs == "keep"
+        for i, (x, y) in enumerate(self.batches):
+            weight, grads, _ = self._graphs[i] if kept else self._graph(i, x, y, create_graph=True)
             dot = sum((g * p).sum() for g, p in zip(grads, pieces, strict=True))
-            hv = torch.autograd.grad(dot, self.params, retain_graph=True)
+            hv = torch.autograd.grad(dot, self.params, retain_graph=kept)
             total = [weight * h for h in hv] if total is None else [t + weight * h for t, h in zip(total, hv, strict=True)]
         self.hvps += 1
         assert total is not None

@@ -51,7 +51,11 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
     """One measurement at the model's current weights (the probe's, or an analysis of a kept checkpoint); also the
     top eigenvectors (as columns) to start the next one from."""
     x, y = random_rows(run, cfg.examples, run.seed + SAMPLE_SEED)
-    op = HessianOperator(run.model, run.loss_fn, [(x, y)], mode=cfg.mode, seed=run.seed)
+    size = cfg.batch or len(y)
+    batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+    op = HessianOperator(
+        run.model, run.loss_fn, batches, mode=cfg.mode, seed=run.seed, graphs=cfg.graphs, budget=cfg.graph_budget_mb * 2**20
+    )
     v0 = previous.sum(dim=1) if previous is not None else None
     progress = ticker(calls, f"hessian top-{cfg.top_k}")
     top = hs.eigenpairs(op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=run.seed + step, device=op.device, progress=progress)
@@ -72,6 +76,7 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
         parameters=op.n,
         n_classes=run.n_classes,
         hvps=0,
+        products=op.describe(),
     )
     precond = run.preconditioner()
     if precond is not None:
@@ -94,11 +99,11 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
         result.density = _density(cfg, op, top.values, ticker(calls, "hessian density"), run.seed)
         metrics["hessian/outliers"] = float(result.density.outliers)
     if cfg.gauss_newton:
-        gn = GaussNewtonOperator(op, run.model, run.loss_fn, [(x, y)], seed=run.seed)
+        gn = GaussNewtonOperator(op, run.model, run.loss_fn, batches, seed=run.seed)
         vectors = [top.vectors[:, i] for i in range(len(top.values))]
         result.gauss_newton_fraction = [float(v @ gn(v)) / float(value) for v, value in zip(vectors, top.values, strict=True)]
     if cfg.layerwise:
-        result.layerwise_lambda_max = hs.layerwise_top_eigenvalues(run.model, run.loss_fn, [(x, y)], tol=cfg.tol, mode=cfg.mode)
+        result.layerwise_lambda_max = hs.layerwise_top_eigenvalues(run.model, run.loss_fn, batches, tol=cfg.tol, mode=cfg.mode)
     result.hvps = op.hvps
     artifacts = {}
     if cfg.save_eigenvectors:

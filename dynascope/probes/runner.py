@@ -8,10 +8,16 @@ order) and subtracts `seconds` from its own clock.
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+import torch
 from pydantic import BaseModel
 
+from dynascope.memory import Peak
 from dynascope.probes.base import Batch, Calls, Output, Probe, Recorder, Run
 from dynascope.results import Timed
+
+
+def _device(run: Run) -> torch.device:
+    return next((p.device for p in run.model.parameters()), torch.device("cpu"))
 
 
 class ProbeSet:
@@ -65,8 +71,9 @@ class ProbeSet:
                 self._emit(probe, batch.step, output)
 
     def _measure(self, probe: Probe, step: int, hook: Callable[[int, Calls], Output | None]) -> None:
-        """A whole measurement at one step (a spectrum, a surface): with progress, cancellation, partial results
-        and its own time, which is a series (`time/<probe>_seconds`) and part of each document."""
+        """A whole measurement at one step (a spectrum, a surface): with progress, cancellation, partial results,
+        its own time and its peak memory, each a series (`time/<probe>_seconds`, `memory/<probe>_bytes`) and part of
+        each document."""
         stage = f"probe {probe.name} at step {step}"
         calls = Calls(
             report=lambda text: self.recorder.progress(step, self.total, f"{stage}: {text}"),
@@ -75,12 +82,15 @@ class ProbeSet:
         )
         self.recorder.progress(step, self.total, stage)
         started = time.perf_counter()
-        with self._clock(probe):
+        with self._clock(probe), Peak(_device(probe.run)) as peak:
             output = hook(step, calls)
         if output is not None:
             seconds = time.perf_counter() - started
+            facts: dict[str, float | int | None] = {"seconds": seconds, "peak_bytes": peak.bytes}
             output.metrics[f"time/{probe.name}_seconds"] = seconds
-            output.results = [(at, d.model_copy(update={"seconds": seconds}) if isinstance(d, Timed) else d) for at, d in output.results]
+            if peak.bytes is not None:
+                output.metrics[f"memory/{probe.name}_bytes"] = float(peak.bytes)
+            output.results = [(at, d.model_copy(update=facts) if isinstance(d, Timed) else d) for at, d in output.results]
             self._emit(probe, step, output)
 
     @contextmanager

@@ -129,12 +129,12 @@ def test_a_tracked_loop_is_a_job_with_the_runners_numbers_and_close_to_a_server_
     reference = _reference(job)
     expected: dict[str, tuple[list[int], list]] = {}
     for step, name, value in reference.points:
-        if not name.startswith("time/"):
+        if not name.startswith(("time/", "memory/")):
             expected.setdefault(name, ([], []))[0].append(step)
             expected[name][1].append(value if np.isfinite(value) else None)
-    assert {k: v for k, v in got.items() if not k.startswith("time/")} == expected
+    assert {k: v for k, v in got.items() if not k.startswith(("time/", "memory/"))} == expected
     served_docs = served.client.get(f"/jobs/{run.id}/results/hessian").json()
-    timing = ("seconds",)
+    timing = ("seconds", "peak_bytes")
     assert [{k: v for k, v in r["data"].items() if k not in timing} for r in served_docs] == [
         {k: v for k, v in d.items() if k not in timing} for kind, _, d in reference.results if kind == "hessian"
     ]

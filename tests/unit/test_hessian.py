@@ -256,3 +256,29 @@ def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(case):
     fraction = float(u @ gn(u)) / float(top.values[0])
     assert fraction == pytest.approx(float(u @ dense @ u) / float(u @ case["H"] @ u), rel=1e-8)
     assert 0.5 < fraction < 1.5
+
+
+def test_graphs_recomputed_per_product_give_the_kept_graphs_products():
+    """Bounded memory: batches and graphs rebuilt per product are the same operator (float64: to 1e-12)."""
+    from dynascope.analysis.hvp import HessianOperator
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3)).double()
+    x, y = torch.randn(90, 6, dtype=torch.float64), torch.randint(0, 3, (90,))
+    loss = torch.nn.functional.cross_entropy
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 90, 32)]
+    kept = HessianOperator(model, loss, batches, mode="train", seed=4, graphs="keep")
+    rebuilt = HessianOperator(model, loss, batches, mode="train", seed=4, graphs="recompute")
+    chosen = HessianOperator(model, loss, batches, mode="train", seed=4, graphs="auto", budget=1000)
+    assert (kept.graphs, rebuilt.graphs, chosen.graphs) == ("keep", "recompute", "recompute")
+    assert "recomputed per product" in chosen.describe() and "graphs kept (3 batches" in kept.describe()
+    for _ in range(3):
+        v = torch.randn(kept.n, dtype=torch.float64)
+        torch.testing.assert_close(rebuilt(v), kept(v), rtol=0, atol=1e-12)  # the same dropout masks, rebuilt
+        torch.testing.assert_close(chosen(v), kept(v), rtol=0, atol=1e-12)
+    torch.testing.assert_close(rebuilt.gradient(), kept.gradient(), rtol=0, atol=1e-14)
+    assert rebuilt.loss == pytest.approx(kept.loss, abs=1e-14)
+    model.eval()
+    torch.testing.assert_close(
+        HessianOperator(model, loss, batches, graphs="recompute")(v), HessianOperator(model, loss, [(x, y)])(v), rtol=0, atol=1e-12
+    )  # (in eval mode, batches change nothing)

@@ -73,6 +73,10 @@ def test_hessian_probe_runs_on_schedule_and_matches_the_dense_hessian():
     assert rec.series("hessian/threshold") == [2 / 0.3] * 4
     assert rec.series("hessian/lambda_1") == [r["eigenvalues"][0] for _, r in results]
     assert len(rec.series("time/hessian_seconds")) == 4
+    assert rec.series("memory/hessian_bytes") == [float(r["peak_bytes"]) for _, r in results] and all(
+        r["peak_bytes"] > 0 for _, r in results
+    )
+    assert "graphs kept (1 batch" in final["products"]
     summary = [p for k, s, p in rec.results if k == "summary"][-1]
     assert summary["probe_seconds"]["hessian"] > 0
 
@@ -132,3 +136,15 @@ def test_a_long_probe_reports_progress_and_stops_when_asked():
     assert any(s.startswith("probe hessian at step 10: hessian") for s in rec.stages)
     assert [r for r in rec.results if r[0] == "hessian"] == [], "a stopped probe records nothing half-done"
     assert len(rec.series("train/loss")) == 10
+
+
+def test_peak_memory_measures_what_a_block_allocates():
+    from dynascope.memory import Peak
+
+    with Peak(torch.device("cpu")) as small:
+        torch.zeros(1000).add_(1)
+    with Peak(torch.device("cpu")) as large:
+        block = torch.ones(50_000_000)  # 200 MB, touched
+        del block
+    assert large.bytes is not None and small.bytes is not None
+    assert 190e6 < large.bytes < 260e6 and small.bytes < 20e6
