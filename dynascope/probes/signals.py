@@ -18,6 +18,7 @@ from dynascope.settings import SignalsProbe
 
 EXAMPLES_SHOWN = 8
 SAMPLE_SEED = 4  # the probe set's rows: run seed + this
+CHUNK = 1024  # probe-set examples per forward pass
 
 
 @dataclass
@@ -62,8 +63,11 @@ class Signals(Probe):
         training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                return self.run.example_loss(model(self.x).float(), self.y).cpu().numpy()
+            with torch.no_grad():  # in chunks: the probe set's activations never all at once
+                parts = [
+                    self.run.example_loss(model(self.x[i : i + CHUNK]).float(), self.y[i : i + CHUNK]) for i in range(0, len(self.y), CHUNK)
+                ]
+                return torch.cat(parts).cpu().numpy()
         finally:
             model.train(training)
 
