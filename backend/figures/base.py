@@ -104,6 +104,20 @@ def line(series: Series | None, name: str, key: str, **style: Any) -> dict[str, 
     return {"name": name, "x": steps, "y": values, "mode": "lines", "connectgaps": False, "meta": {"series": key}, **style}
 
 
+def marked_charts(source: Source, charts: dict[str, tuple[str, bool, dict[str, str]]]) -> list[Figure]:
+    """One chart per entry, element id → (title, log y, {series name: label}): each series as lines with markers
+    (a probe's measurements, sparse in steps)."""
+    found = source.series([name for _, _, labels in charts.values() for name in labels])
+    return [
+        Figure(
+            id=element,
+            data=[line(found.get(name), label, name, mode="lines+markers", marker={"size": 4}) for name, label in labels.items()],
+            layout=layout(title, ylog),
+        )
+        for element, (title, ylog, labels) in charts.items()
+    ]
+
+
 def vline(x: float, dash: str = "dot", color: str = "#888") -> dict[str, Any]:
     return {"type": "line", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1, "line": {"dash": dash, "color": color}}
 

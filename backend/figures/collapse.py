@@ -1,7 +1,7 @@
 """The neural-collapse view: NC1–NC4 over training (training and validation samples), and the latest cosines
 between the centred class means against the simplex ETF's −1/(C−1)."""
 
-from backend.figures.base import Figure, Options, Source, View, latest, layout, line
+from backend.figures.base import Figure, Options, Source, View, latest, layout, marked_charts
 
 TITLE = "Neural collapse"
 PROBES = ["collapse"]
@@ -30,11 +30,7 @@ CHARTS = {
 
 
 def figures(source: Source, options: Options) -> View:
-    found = source.series([n for _, _, labels in CHARTS.values() for n in labels])
-    out = []
-    for element, (title, ylog, labels) in CHARTS.items():
-        traces = [line(found.get(n), label, n, mode="lines+markers", marker={"size": 4}) for n, label in labels.items()]
-        out.append(Figure(id=element, data=traces, layout=layout(title, ylog)))
+    out = marked_charts(source, CHARTS)
     row = latest(source, "collapse")
     if row is None:
         return View(figures=out)

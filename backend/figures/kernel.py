@@ -2,7 +2,7 @@
 successive probes) beside how far the weights have, its alignment with the labels, its scale, and the latest
 kernel of the sample's first examples, ordered by label."""
 
-from backend.figures.base import Figure, Options, Source, View, latest, layout, line
+from backend.figures.base import Figure, Options, Source, View, latest, layout, marked_charts
 
 TITLE = "Neural tangent kernel"
 PROBES = ["kernel"]
@@ -24,12 +24,9 @@ CHARTS = {
 
 def figures(source: Source, options: Options) -> View:
     per_output = sorted(source.names("kernel/alignment_output/"), key=lambda n: int(n.rsplit("/", 1)[1]))
-    found = source.series([n for _, _, labels in CHARTS.values() for n in labels] + per_output)
-    out = []
-    for element, (title, ylog, labels) in CHARTS.items():
-        named = labels | ({n: f"output {n.rsplit('/', 1)[1]}" for n in per_output} if element == "kernel-alignment" else {})
-        traces = [line(found.get(n), label, n, mode="lines+markers", marker={"size": 4}) for n, label in named.items()]
-        out.append(Figure(id=element, data=traces, layout=layout(title, ylog)))
+    title, ylog, labels = CHARTS["kernel-alignment"]
+    charts = CHARTS | {"kernel-alignment": (title, ylog, labels | {n: f"output {n.rsplit('/', 1)[1]}" for n in per_output})}
+    out = marked_charts(source, charts)
     row = latest(source, "kernel")
     if row is None:
         return View(figures=out)

@@ -111,3 +111,16 @@ export function serverView(container, ctx, { name, query = () => "", place, tran
   };
   return { refresh, onEvent, stop: () => { stopped = true; clearTimeout(timer); settle(); } };
 }
+
+// A view that is a heading, a line of facts (#<name>-info, the server's note) and the server's figures.
+export function sectionView(name, title) {
+  return (container, ctx) => {
+    container.innerHTML = `
+      <section aria-labelledby="${name}-heading">
+        <h2 id="${name}-heading">${esc(title)}</h2>
+        <p class="muted" id="${name}-info"></p>
+        <div class="plots"></div>
+      </section>`;
+    return serverView(container, ctx, { name });
+  };
+}

@@ -68,6 +68,7 @@ HOLDS = {
     r"^[^\x00-\x1f]*$": "cuda:0",
     r"^[A-Za-z0-9_.]+$": "layers.3",
     r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$": "grad/noise_scale",
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$": "mylab.models:build_vit",
 }
 
 
