@@ -1,13 +1,16 @@
-"""The REST client: jobs and sweeps, and the ingest API of tracked runs. The CLI and the tracker both use it.
+"""The REST client: jobs and sweeps, what a job recorded (as NumPy arrays, for a notebook), and the ingest API of
+tracked runs. The CLI and the tracker both use it.
 
 `Client()` reads DYNASCOPE_URL (default http://127.0.0.1:8000) and DYNASCOPE_TOKEN (an API token: the
 dashboard's account page makes one). A refused request raises ApiError with the server's message; a server
 that cannot be reached raises httpx.TransportError (the tracker spills to disk then)."""
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 from pydantic import BaseModel
 
 from dynascope.tracking import Ack, Beat, BeatAck, Finish, Points, ResultIn, Resumed, RunCreate
@@ -23,6 +26,36 @@ class ApiError(Exception):
         if isinstance(detail, list):
             detail = "\n".join(f"  {'.'.join(map(str, e.get('loc', [])[1:])) or 'body'}: {e.get('msg')}" for e in detail)
         super().__init__(f"error {status}\n{detail}")
+
+
+MAX_POINTS = 100_000  # the API's most points per series in one answer
+
+
+@dataclass
+class Series:
+    """One recorded series: steps (int64) and values (float64; NaN where the value was not finite)."""
+
+    name: str
+    steps: np.ndarray
+    values: np.ndarray
+    total_points: int  # as recorded: more than len(steps) when the server downsampled (keeping each bucket's min and max)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.steps) == self.total_points
+
+
+class Metrics(dict[str, Series]):
+    """A job's series by name."""
+
+    def to_pandas(self) -> Any:
+        """One long DataFrame (series, step, value); needs pandas (pip install pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("Metrics.to_pandas needs pandas: pip install pandas") from exc
+        frames = [pd.DataFrame({"series": s.name, "step": s.steps, "value": s.values}) for s in self.values()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["series", "step", "value"])
 
 
 class Client:
@@ -68,6 +101,50 @@ class Client:
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self.call("POST", f"/jobs/{job_id}/cancel")
+
+    # what a job recorded, for a notebook
+
+    def metrics(self, job_id: int, names: list[str] | None = None, *, prefix: str | None = None, max_points: int | None = None) -> Metrics:
+        """The job's series (all, or `names`, or those under `prefix`) as arrays: every point up to MAX_POINTS per
+        series (`max_points=None`), fewer when asked; a longer series comes downsampled (see Series.complete)."""
+        params: dict[str, Any] = {"max_points": max_points or MAX_POINTS}
+        if names is not None:
+            params["names"] = ",".join(names)
+        if prefix is not None:
+            params["prefix"] = prefix
+        body = self.call("GET", f"/jobs/{job_id}/metrics", params=params)
+        return Metrics(
+            (
+                s["name"],
+                Series(
+                    s["name"],
+                    np.asarray(s["steps"], dtype=np.int64),
+                    np.array([np.nan if v is None else v for v in s["values"]], dtype=np.float64),
+                    s["total_points"],
+                ),
+            )
+            for s in body["series"]
+        )
+
+    def results(self, job_id: int, kind: str, last: int | None = None) -> list[dict[str, Any]]:
+        """The job's result documents of one kind (a probe's name, `<analysis>_analysis`, `summary`), in step order."""
+        return self.call("GET", f"/jobs/{job_id}/results/{kind}", params={"last": last} if last else None)
+
+    def artifacts(self, job_id: int) -> list[dict[str, Any]]:
+        """The tensors the job kept (checkpoints, eigenvectors, directions): id, kind, step, size."""
+        return self.call("GET", f"/jobs/{job_id}/artifacts")
+
+    def artifact(self, job_id: int, artifact_id: str, framework: str = "numpy") -> dict[str, Any]:
+        """A kept artifact's tensors, read from its safetensors file (never unpickled): NumPy arrays, or torch
+        tensors with framework="pt"."""
+        response = self.http.get(f"/jobs/{job_id}/artifacts/{artifact_id}")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text)
+        if framework == "pt":
+            from safetensors.torch import load
+        else:
+            from safetensors.numpy import load
+        return load(response.content)
 
     # tracked runs
 

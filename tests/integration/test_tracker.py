@@ -354,3 +354,33 @@ def test_the_readmes_transformers_example_runs(served: Stack, tmp_path: Path):
     assert len(got["train/loss"][0]) == 60
     views = [v["name"] for v in served.client.get(f"/jobs/{run_id}/figures").json()]
     assert views == ["training", "hessian", "gradstats"]
+
+
+def test_the_notebook_client_reads_a_jobs_series_results_and_tensors(served: Stack):
+    """dynascope.Client as a notebook uses it, against the real server: arrays equal to the API's numbers."""
+    raw = spec(steps=120, name="notebook", checkpoint_every=60) | {"probes": {"hessian": {"every": 60, "top_k": 2, "examples": 200}}}
+    job = served.submit(raw)
+    served.wait_job(job["id"], lambda j: j["status"] == "succeeded", 120)
+    with dynascope.Client(served.url, _token(served)) as client:
+        metrics = client.metrics(job["id"])
+        raw_api = _series(served, job["id"])
+        assert set(metrics) == set(raw_api) and {"train/loss", "hessian/lambda_1", "val/accuracy"} <= set(metrics)
+        loss = metrics["train/loss"]
+        assert loss.steps.dtype == np.int64 and loss.complete and loss.total_points == 120
+        np.testing.assert_array_equal(loss.steps, raw_api["train/loss"][0])
+        np.testing.assert_array_equal(loss.values, np.array(raw_api["train/loss"][1], dtype=np.float64))
+        few = client.metrics(job["id"], ["train/loss"], max_points=20)
+        assert list(few) == ["train/loss"] and len(few["train/loss"].steps) <= 20 and not few["train/loss"].complete
+        assert set(client.metrics(job["id"], prefix="hessian/")) == {n for n in raw_api if n.startswith("hessian/")}
+        frame = metrics.to_pandas()
+        assert len(frame) == sum(s.total_points for s in metrics.values()) and list(frame.columns) == ["series", "step", "value"]
+        [last] = client.results(job["id"], "hessian", last=1)
+        assert last["step"] == 120 and last["data"]["eigenvalues"][0] == metrics["hessian/lambda_1"].values[-1]
+        checkpoints = [a for a in client.artifacts(job["id"]) if a["kind"] == "checkpoint"]
+        assert [a["step"] for a in checkpoints] == [60, 120]
+        arrays = client.artifact(job["id"], checkpoints[-1]["id"])
+        tensors = client.artifact(job["id"], checkpoints[-1]["id"], framework="pt")
+        assert arrays["1.weight"].shape == (64, 64) and torch.equal(tensors["1.weight"], torch.from_numpy(arrays["1.weight"]))
+        with pytest.raises(dynascope.ApiError) as missing:
+            client.results(999_999, "hessian")
+        assert missing.value.status == 404
