@@ -7,6 +7,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from dynascope import entrypoints
+
 DATA_DIR = Path(".dynascope")
 
 
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     # Worker: torch threads per process (0: let torch decide); device "auto" takes the GPU when there is one.
     torch_threads: int = 0
     device: str = "auto"
+
+    @property
+    def entrypoint_prefixes(self) -> list[str]:
+        return entrypoints.prefixes(self.entrypoints)
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> "Settings":

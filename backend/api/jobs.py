@@ -75,7 +75,7 @@ _SPEC_BODY = {
 def check_entrypoints(spec: JobSpec, settings: Settings) -> None:
     """A spec's entry points, against the operator's allow-list (422 naming the field and the setting); nothing is
     imported here."""
-    allow = entrypoints.prefixes(settings.entrypoints)
+    allow = settings.entrypoint_prefixes
     for section in ("model", "data"):
         part = getattr(spec, section)
         if part.kind == "python" and (reason := entrypoints.refusal(part.entrypoint, allow)) is not None:

@@ -5,6 +5,7 @@ each computes at a checkpoint, and for a grid its plan (any worker can compute a
 artifact kind of its directions. The backend's table of kinds (backend.spec.ANALYSIS_KINDS) holds the same
 names; a test checks that they agree."""
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,10 +60,11 @@ class Site:
         assert to_step is not None  # (the API fills it in)
         return self.job_id, to_step
 
-    def model_at(self, at: tuple[int | None, int], device: torch.device) -> nn.Module:
-        """The model of a kept checkpoint, built from its job's spec."""
+    def model_at(self, at: tuple[int | None, int], device: torch.device, like: nn.Module) -> nn.Module:
+        """The model of a kept checkpoint: a copy of `like` (this job's model) for this job's, else built from its
+        job's spec (its data loaded for the shapes)."""
         tensors, _ = read(self.kept[at])
-        model = prepare(self.specs[at[0]], device, self.uploads).model
+        model = copy.deepcopy(like) if at[0] == self.job_id else prepare(self.specs[at[0]], device, self.uploads).model
         model.load_state_dict({k: v for k, v in tensors.items() if "/" not in k})
         return model
 
@@ -96,7 +98,7 @@ def _representations(request: RepresentationsAnalysis, run: Run, site: Site, cal
     parts = cka.batches(len(x), request.batch)
     calls.report(f"CKA of job {site.job_id} step {site.step} against job {to[0]} step {to[1]}")
     mine, widths = layer_grams(run.model, chosen_layers(run.model, request.layers, "layers"), x, parts, "layers")
-    other = site.model_at(to, x.device)
+    other = site.model_at(to, x.device, like=run.model)
     try:
         theirs, to_widths = layer_grams(other, chosen_layers(other, request.to_layers, "to_layers"), x, parts, "to_layers")
     except RuntimeError as exc:  # (a shape mismatch inside the other model's forward)

@@ -12,6 +12,7 @@ from sklearn import datasets as sk
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from backend.config import get_settings
 from dynascope import entrypoints
 
 from backend.spec import (
@@ -256,12 +257,8 @@ def load(cfg: Data, seed: int, context: int | None = None, uploads: Callable[[st
         case TextData():
             return text(cfg, seed, context or 64)
         case PythonData():
-            from backend.config import get_settings
-
-            return python_data(cfg, seed, entrypoints.prefixes(get_settings().entrypoints))
+            return python_data(cfg, seed, get_settings().entrypoint_prefixes)
         case ImageFolderData() | NpyData() | IdxData() | TextFileData():
-            from backend.config import get_settings
-
             root = get_settings().data_dir
             return from_disk(cfg, seed, context, under_root(root, cfg.path), root)  # type: ignore[arg-type]
         case UploadedData():

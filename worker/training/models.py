@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from backend.config import get_settings
 from backend.spec import CNNModel, LinearModel, MLPModel, Model, PythonModel, ResNetModel, TransformerModel
 from dynascope import entrypoints
 from dynascope.analysis import deep_linear
@@ -155,10 +156,8 @@ def linear(cfg: LinearModel, split: Split) -> nn.Sequential:
 
 def python_model(cfg: PythonModel, split: Split) -> nn.Module:
     """The team's model from its entry point, told what the data is."""
-    from backend.config import get_settings
-
     described = entrypoints.DataDescription(split.input_shape, split.outputs, split.n_classes, split.modality, split.vocab)
-    model = entrypoints.call(cfg.entrypoint, entrypoints.prefixes(get_settings().entrypoints), described, **cfg.kwargs)
+    model = entrypoints.call(cfg.entrypoint, get_settings().entrypoint_prefixes, described, **cfg.kwargs)
     if not isinstance(model, nn.Module):
         raise entrypoints.EntryPointError(f"{cfg.entrypoint} returned {type(model).__name__}, not a torch.nn.Module")
     return model
