@@ -326,8 +326,21 @@ class AdamOptimizer(StrictModel):
     kind: Literal["adam", "adamw"]
     lr: float = Field(gt=0.0, le=1e3)
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
+    eps: float = Field(
+        1e-8, gt=0.0, description="added to √v̂ in the update's denominator (a gradient whose RMS is below it gets a smaller update)"
+    )
     weight_decay: float = Field(0.0, ge=0.0)
+    independent_weight_decay: bool = Field(
+        False,
+        description="adamw: each step shrinks the weights by weight_decay × the schedule's factor, independent of the peak lr "
+        "(Wortsman et al. 2023; torch's AdamW with weight_decay / lr), instead of by lr × weight_decay",
+    )
+
+    @model_validator(mode="after")
+    def _independent_is_decoupled(self) -> "AdamOptimizer":
+        if self.independent_weight_decay and self.kind != "adamw":
+            raise ValueError("independent_weight_decay needs kind adamw (adam's weight decay is an L2 term in the gradient)")
+        return self
 
 
 class SAMOptimizer(StrictModel):

@@ -3,6 +3,7 @@ dynascope.tracker); `dynascope.Client` talks to the server's REST API; the numer
 and the probes in dynascope.probes."""
 
 from dynascope.client import ApiError, Client
+from dynascope.hookpoints import AttentionLogits
 from dynascope.tracker import Run, init
 
-__all__ = ["ApiError", "Client", "Run", "init"]
+__all__ = ["ApiError", "AttentionLogits", "Client", "Run", "init"]

@@ -235,6 +235,23 @@ class ModesResult(Timed):
     examples: int
 
 
+# --- transformer instabilities ---
+
+
+class InstabilityResult(Document):
+    """The instability probe at one step: where its numbers were read, and what it could not read (and why)."""
+
+    attention: list[str] = Field(
+        description="the attention sites read (module names; sdpa.<n>: the n-th scaled_dot_product_attention call)"
+    )
+    attention_source: Literal["step", "probe batch"] | None = Field(description="the step's own forward, or the fixed probe batch")
+    output_source: Literal["step", "probe batch"] | None = None
+    groups: list[str]
+    eps: float | None = Field(None, description="the optimizer's ε (Adam-like optimizers)")
+    onehot: float
+    skipped: list[str] = Field([], description="what was not measured, and why")
+
+
 # --- loss landscapes (probe and checkpoint analyses) ---
 
 
@@ -315,4 +332,5 @@ RESULTS: dict[str, type[Document]] = {
     "representations": RepresentationsResult,
     "kernel": KernelResult,
     "modes": ModesResult,
+    "instability": InstabilityResult,
 }

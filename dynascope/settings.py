@@ -266,6 +266,26 @@ class ModesProbe(Schedule):
     modes: int = Field(8, ge=1, le=64, description="the largest modes followed")
 
 
+class InstabilityProbe(Schedule):
+    """What Wortsman et al. (2023) watch in a transformer trained at a high learning rate: each attention layer's
+    pre-softmax logits (their growth collapses attention to one-hot), the output's log-normalizer log Z (its drift
+    from 0), and per parameter group the gradient's RMS against Adam's ε and the update's RMS; from the step's own
+    forward and backward where the hooks see them, else on a fixed probe batch. Every step it also watches the loss
+    for spikes (above the median of the previous `spike_window` steps by `spike_factor`)."""
+
+    groups: Literal["kind", "tensor", "optimizer", "all"] = Field(
+        "kind",
+        description="parameter groups of the update statistics: kind (the parameter's name with layer indices as *), tensor "
+        "(each parameter), optimizer (its param groups), all (the whole model); `all` is always recorded too",
+    )
+    onehot: float = Field(0.9, gt=0.0, lt=1.0, description="a head is near one-hot when its mean largest attention weight exceeds this")
+    examples: int = Field(32, ge=1, le=4096, description="size of the fixed probe batch (used only where the step's own pass is not seen)")
+    spike_window: int = Field(50, ge=3, le=10_000, description="steps of the running median a loss spike is measured against")
+    spike_factor: float = Field(
+        1.5, gt=1.0, le=100.0, description="a spike begins where the loss exceeds the running median by this factor"
+    )
+
+
 class Probes(StrictModel):
     """Analyses run during training, each on its own schedule."""
 
@@ -277,3 +297,4 @@ class Probes(StrictModel):
     representations: RepresentationsProbe | None = None
     kernel: KernelProbe | None = None
     modes: ModesProbe | None = None
+    instability: InstabilityProbe | None = None

@@ -105,6 +105,7 @@ class Stepper:
             threshold=lambda: stability_threshold(optimizer),
             preconditioner=lambda: adam_preconditioner(optimizer, params),
             adaptive="betas" in optimizer.param_groups[0],
+            optimizer=optimizer,
             distributed=distributed,
         )
         self.probes = ProbeSet.build(settings, run, Recording(tracker))

@@ -4,7 +4,7 @@ HTML report embeds them; frontend/views/index.js has one module per name here.""
 
 from types import ModuleType
 
-from backend.figures import collapse, gradstats, hessian, kernel, landscape, modes, representations, signals, training
+from backend.figures import collapse, gradstats, hessian, instability, kernel, landscape, modes, representations, signals, training
 from backend.figures.base import Figure, Source, View
 
 FIGURES: dict[str, ModuleType] = {
@@ -17,6 +17,7 @@ FIGURES: dict[str, ModuleType] = {
     "representations": representations,
     "kernel": kernel,
     "modes": modes,
+    "instability": instability,
 }
 
 

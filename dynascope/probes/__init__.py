@@ -8,6 +8,7 @@ from dynascope.probes.base import Batch, Blackboard, Calls, Output, Probe, Probe
 from dynascope.probes.collapse import Collapse
 from dynascope.probes.gradstats import GradStats
 from dynascope.probes.hessian import HessianTracker
+from dynascope.probes.instability import Instability
 from dynascope.probes.kernel import Kernel
 from dynascope.probes.landscape import Landscape
 from dynascope.probes.modes import Modes
@@ -16,7 +17,7 @@ from dynascope.probes.runner import ProbeSet
 from dynascope.probes.signals import Signals
 
 PROBES: dict[str, type[Probe]] = {
-    probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse, Representations, Kernel, Modes)
+    probe.name: probe for probe in (HessianTracker, Landscape, GradStats, Signals, Collapse, Representations, Kernel, Modes, Instability)
 }
 
 __all__ = ["PROBES", "Batch", "Blackboard", "Calls", "Output", "Probe", "ProbeSet", "ProbeStopped", "Recorder", "Run"]

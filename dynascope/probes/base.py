@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
@@ -70,6 +71,7 @@ class Run:
     vocab: str | None = None  # text data: token id → character
     x_val: Tensor | None = None  # the validation set, for probes that read it
     y_val: Tensor | None = None
+    optimizer: torch.optim.Optimizer | None = None  # the loop's own (probes read its state and hyperparameters, never step it)
     distributed: bool = False  # torch.distributed: each rank sees its share of the batch (gradient statistics join them)
     board: Blackboard = field(default_factory=Blackboard)
 

@@ -4,6 +4,7 @@
 import { collapseView } from "./collapse.js";
 import { gradstatsView } from "./gradstats.js";
 import { hessianView } from "./hessian.js";
+import { instabilityView } from "./instability.js";
 import { kernelView } from "./kernel.js";
 import { landscapeView } from "./landscape.js";
 import { modesView } from "./modes.js";
@@ -21,4 +22,5 @@ export const VIEWS = {
   representations: representationsView,
   kernel: kernelView,
   modes: modesView,
+  instability: instabilityView,
 };

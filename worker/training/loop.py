@@ -87,6 +87,7 @@ def probe_run(spec: JobSpec, prepared: Prepared) -> Run:
         adaptive=isinstance(base_config(spec.optimizer), AdamOptimizer),
         full_batch=spec.train.batch_size >= len(split.y_train),
         vocab=split.vocab,
+        optimizer=optimizer,
         x_val=split.x_val,
         y_val=split.y_val,
     )

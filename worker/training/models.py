@@ -11,6 +11,7 @@ from backend.spec import CNNModel, LinearModel, MLPModel, Model, PythonModel, Re
 from dynascope import entrypoints
 from dynascope.analysis import deep_linear
 from dynascope.analysis.hvp import module_mode
+from dynascope.hookpoints import AttentionLogits
 from worker.training.data import Split
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -77,13 +78,14 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_layernorm else nn.Identity()
         self.register_buffer("mask", torch.ones(context, context, dtype=torch.bool).tril(), persistent=False)
+        self.logits = AttentionLogits()  # where the instability probe reads them
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~self.mask[:t, :t], float("-inf"))
+        scores = self.logits(scores.masked_fill(~self.mask[:t, :t], float("-inf")))
         y = scores.softmax(-1) @ v
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 

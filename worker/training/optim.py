@@ -65,7 +65,9 @@ def make_optimizer(cfg: Optimizer, params) -> torch.optim.Optimizer:  # type: ig
     if isinstance(base, SGDOptimizer):
         return torch.optim.SGD(params, lr=base.lr, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay)
     cls = torch.optim.AdamW if base.kind == "adamw" else torch.optim.Adam
-    return cls(params, lr=base.lr, betas=base.betas, eps=base.eps, weight_decay=base.weight_decay)
+    # AdamW shrinks by lr_t·wd each step, lr_t = lr·factor(t): wd/lr makes it wd·factor(t), whatever the peak lr.
+    decay = base.weight_decay / base.lr if base.independent_weight_decay else base.weight_decay
+    return cls(params, lr=base.lr, betas=base.betas, eps=base.eps, weight_decay=decay)
 
 
 def lr_factor(schedule: LRSchedule, step: int, total: int) -> float:

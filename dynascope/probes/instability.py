@@ -1,0 +1,271 @@
+"""The instability probe (dynascope.analysis.instability): at a due step, the attention logits of each layer and
+the output's log Z from the step's own forward (hooks, read under no_grad), the gradient's RMS from its
+backward and the update's RMS and Adam's ε share from its optimizer step; where the step's forward is not seen
+(a loop whose model is not the one called), the same on a fixed probe batch in eval mode. Every step it watches
+the loss for the start of a spike."""
+
+import statistics
+from collections import deque
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from dynascope.analysis import instability as ins
+from dynascope.analysis.hvp import module_mode
+from dynascope.hookpoints import AttentionLogits
+from dynascope.probes.base import Batch, Calls, Output, Probe, Run
+from dynascope.results import InstabilityResult
+from dynascope.settings import InstabilityProbe
+
+SAMPLE_SEED = 13  # the probe batch's rows: run seed + this
+NO_ATTENTION = "attention: the model has no attention the probe can read (nn.MultiheadAttention, F.scaled_dot_product_attention, dynascope.AttentionLogits)"
+NOT_CLASSES = "log Z: the outputs are not class scores (a regression)"
+
+
+def _stacks(model: nn.Module) -> set[str]:
+    """Modules that are a stack of like layers (a Sequential or ModuleList of one class): their index is a layer's."""
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 1 and len({type(m) for m in module}) == 1
+    }
+
+
+def group_of(name: str, stacks: set[str]) -> str:
+    """A parameter's kind: its module's name, with the index into a stack of like layers as N (blocks.N.attn.qkv)."""
+    parts = name.split(".")[:-1] or name.split(".")
+    return ".".join("N" if part.isdigit() and ".".join(parts[:i]) in stacks else part for i, part in enumerate(parts))
+
+
+def parameter_groups(model: nn.Module, by: str, optimizer: torch.optim.Optimizer | None) -> dict[str, list[Tensor]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if by == "optimizer" and optimizer is not None:
+        ids = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+        keys = [f"group{ids.get(id(p), 'other')}" for _, p in named]
+    elif by == "tensor":
+        keys = [n for n, _ in named]
+    else:
+        stacks = _stacks(model)
+        keys = [group_of(n, stacks) if by == "kind" else "all" for n, _ in named]
+    groups: dict[str, list[Tensor]] = {}
+    for key, (_, p) in zip(keys, named, strict=True):
+        groups.setdefault(key, []).append(p)
+    return groups
+
+
+class _Calls(TorchFunctionMode):
+    """Reads each F.scaled_dot_product_attention call (outside an nn.MultiheadAttention, read on its own)."""
+
+    def __init__(self, seen: "Seen") -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and not self.seen.inside_mha:
+            self.seen.add(f"sdpa.{self.seen.sdpa_calls}", ins.sdpa_logits(**ins.sdpa_arguments(args, kwargs)))
+            self.seen.sdpa_calls += 1
+        return func(*args, **kwargs)
+
+
+class Seen:
+    """What the hooks read during one forward pass."""
+
+    def __init__(self) -> None:
+        self.attention: dict[str, ins.AttentionStats] = {}
+        self.outputs: Tensor | None = None
+        self.sdpa_calls = 0
+        self.inside_mha = 0
+
+    def add(self, site: str, logits: Tensor) -> None:
+        stats = ins.attention_stats(logits)
+        self.attention[site] = self.attention[site] + stats if site in self.attention else stats
+
+
+def _outputs(output: Any) -> Tensor | None:
+    found = output if isinstance(output, Tensor) else getattr(output, "logits", None)
+    return found if isinstance(found, Tensor) and found.is_floating_point() else None
+
+
+@contextmanager
+def reading(model: nn.Module, seen: Seen, sdpa: bool) -> Iterator[None]:
+    """Hooks that read a forward pass of `model` into `seen`: its hook points, its nn.MultiheadAttention modules,
+    its scaled_dot_product_attention calls (`sdpa`) and its outputs."""
+    names = {m: n.removesuffix(".logits") or "logits" for n, m in model.named_modules()}
+
+    def mha_in(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.inside_mha += 1
+        given = dict(zip(("query", "key", "value", "key_padding_mask"), args, strict=False)) | kwargs
+        masks = {k: given.get(k) for k in ("key_padding_mask", "attn_mask")}
+        seen.add(names[module], ins.mha_logits(module, given["query"], given["key"], **masks))  # type: ignore[arg-type]
+
+    def mha_out(module: nn.Module, args: tuple, output: Any) -> None:
+        seen.inside_mha -= 1
+
+    def out(module: nn.Module, args: tuple, output: Any) -> None:
+        if seen.outputs is None:
+            seen.outputs = _outputs(output)
+
+    with ExitStack() as stack:
+        for module in model.modules():
+            if isinstance(module, AttentionLogits):
+                handle = module.register_forward_hook(lambda m, args, _: seen.add(names[m], args[0]))
+                stack.callback(handle.remove)
+            elif isinstance(module, nn.MultiheadAttention):
+                for handle in (module.register_forward_pre_hook(mha_in, with_kwargs=True), module.register_forward_hook(mha_out)):
+                    stack.callback(handle.remove)
+        stack.callback(model.register_forward_hook(out).remove)
+        if sdpa:
+            stack.enter_context(_Calls(seen))
+        yield
+
+
+class Instability(Probe):
+    name = "instability"
+    Settings = InstabilityProbe
+
+    def __init__(self, cfg: InstabilityProbe, run: Run) -> None:
+        super().__init__(cfg, run)
+        generator = torch.Generator().manual_seed(run.seed + SAMPLE_SEED)
+        rows = torch.randperm(len(run.x_train), generator=generator)[: cfg.examples].to(run.x_train.device)
+        self.x = run.x_train[rows]
+        self.groups = parameter_groups(run.model, cfg.groups, run.optimizer)
+        if cfg.groups != "all":
+            self.groups["all"] = [p for ps in self.groups.values() for p in ps]
+        self.group_of = {id(p): g for g in run.optimizer.param_groups for p in g["params"]} if run.optimizer is not None else {}
+        self.hooked = any(isinstance(m, (AttentionLogits, nn.MultiheadAttention)) for m in run.model.modules())
+        self.sdpa, self.unreadable = self._find_sdpa()
+        self.losses: deque[float] = deque(maxlen=cfg.spike_window)
+        self.spiking = False
+        self.active: int | None = None  # the due step whose pass is being read
+        self.seen = Seen()
+        self.before: list[Tensor] = []
+        self.grads: dict[str, tuple[float, int]] = {}
+        self.sources: dict[str, str | None] = {"attention": None, "output": None}
+
+    def _find_sdpa(self) -> tuple[bool, str | None]:
+        """Whether the model calls scaled_dot_product_attention (one forward of two probe examples, eval mode)."""
+        seen = Seen()
+        try:
+            with torch.no_grad(), module_mode(self.run.model, "eval"), _Calls(seen):
+                self.run.model(self.x[:2])
+        except Exception as exc:  # (a module whose forward is not the model: read from the step alone)
+            return False, f"the model's forward on the probe batch failed ({type(exc).__name__}: {exc})"
+        return seen.sdpa_calls > 0, None
+
+    @property
+    def has_attention(self) -> bool:
+        return self.hooked or self.sdpa
+
+    def before_step(self, step: int, calls: Calls) -> None:
+        self.active, self.seen = step, Seen()
+        self.sources: dict[str, str | None] = {"attention": None, "output": None}
+        self.before = [p.detach().clone() for p in self.groups["all"]]
+
+    def finish(self, total: int, calls: Calls) -> None:
+        """Nothing: the probe reads a step, and there is none after the last update."""
+
+    def capture(self, step: int) -> Any:
+        return reading(self.run.model, self.seen, self.sdpa) if step == self.active else nullcontext()
+
+    def after_forward(self, batch: Batch) -> Output | None:
+        return self._spike(batch)
+
+    def after_backward(self, batch: Batch) -> None:
+        if batch.step != self.active:
+            return
+        for name, params in self.groups.items():
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            total = sum(int(p.numel()) for p in params)
+            self.grads[name] = (float(sum(g.double().pow(2).sum() for g in grads)) if grads else 0.0, total)
+        self._read_probe_batch()
+
+    def _read_probe_batch(self) -> None:
+        """What the step's own forward did not show (its attention, its outputs), on the fixed probe batch."""
+        self.sources = {"attention": "step" if self.seen.attention else None, "output": "step" if self.seen.outputs is not None else None}
+        wants_attention = self.has_attention and not self.seen.attention
+        wants_output = self.run.n_classes is not None and self.seen.outputs is None
+        if not (wants_attention or wants_output) or self.unreadable:
+            return
+        seen = Seen()
+        with torch.no_grad(), module_mode(self.run.model, "eval"), reading(self.run.model, seen, self.sdpa):
+            self.run.model(self.x)
+        if wants_attention and seen.attention:
+            self.seen.attention, self.sources["attention"] = seen.attention, "probe batch"
+        if wants_output and seen.outputs is not None:
+            self.seen.outputs, self.sources["output"] = seen.outputs, "probe batch"
+
+    def after_step(self, batch: Batch) -> Output | None:
+        if batch.step != self.active:
+            return None
+        self.active = None
+        metrics: dict[str, float] = {}
+        for site, stats in self.seen.attention.items():
+            metrics |= {f"instability/attn_{k}/{site}": v for k, v in stats.summary(self.cfg.onehot).items()}
+        if self.seen.outputs is not None and self.run.n_classes is not None:
+            metrics |= {f"instability/{k}": v for k, v in ins.log_normalizer(self.seen.outputs).items()}
+        metrics |= self._updates(batch.lr)
+        document = InstabilityResult(
+            attention=list(self.seen.attention),
+            attention_source=self.sources["attention"],
+            output_source=self.sources["output"] if self.run.n_classes is not None else None,
+            groups=list(self.groups),
+            eps=self._eps(),
+            onehot=self.cfg.onehot,
+            skipped=self._skipped(),
+        )
+        self.seen, self.before, self.grads = Seen(), [], {}
+        return Output(metrics, [(batch.step, document)])
+
+    def _updates(self, lr: float) -> dict[str, float]:
+        """Per group: the gradient's RMS, the update's RMS per unit learning rate (each parameter's own group's lr),
+        and the share of coordinates whose √v̂ is below ε."""
+        moved = {id(p): (p.detach() - old).double() for p, old in zip(self.groups["all"], self.before, strict=True)}
+        metrics: dict[str, float] = {}
+        for name, params in self.groups.items():
+            squares, total = self.grads.get(name, (0.0, 0))
+            metrics[f"instability/grad_rms/{name}"] = ins.rms(squares, total)
+            if all(self._lr(p, lr) for p in params):
+                step_squares = sum(float(moved[id(p)].pow(2).sum()) / self._lr(p, lr) ** 2 for p in params)
+                metrics[f"instability/update_rms/{name}"] = ins.rms(step_squares, total)
+            below = [b for p in params if (b := self._below(p)) is not None]
+            if below:
+                metrics[f"instability/eps_share/{name}"] = float(sum(int(b.sum()) for b in below)) / sum(int(b.numel()) for b in below)
+        return metrics
+
+    def _lr(self, param: Tensor, fallback: float) -> float:
+        group = self.group_of.get(id(param))
+        return float(group["lr"]) if group is not None and group["lr"] else fallback
+
+    def _below(self, param: Tensor) -> Tensor | None:
+        group, optimizer = self.group_of.get(id(param)), self.run.optimizer
+        return ins.second_moment_below(optimizer.state.get(param, {}), group) if group is not None and optimizer is not None else None
+
+    def _eps(self) -> float | None:
+        optimizer = self.run.optimizer
+        return float(optimizer.param_groups[0]["eps"]) if optimizer is not None and "eps" in optimizer.param_groups[0] else None
+
+    def _skipped(self) -> list[str]:
+        skipped = [] if self.has_attention else [NO_ATTENTION]
+        if self.run.n_classes is None:
+            skipped.append(NOT_CLASSES)
+        if self.unreadable and not self.seen.attention and self.has_attention:
+            skipped.append(f"attention: not seen in the step's forward, and {self.unreadable}")
+        if self._eps() is None:
+            skipped.append("ε share: the optimizer keeps no second moment (not Adam-like)")
+        return skipped
+
+    def _spike(self, batch: Batch) -> Output | None:
+        """The start of a loss spike: the loss above the median of the previous `spike_window` steps by `spike_factor`."""
+        window = self.losses
+        median = statistics.median(window) if len(window) == window.maxlen else 0.0
+        ratio = batch.loss / median if median > 0 else 0.0
+        window.append(batch.loss)
+        spiking = ratio > self.cfg.spike_factor
+        begins, self.spiking = spiking and not self.spiking, spiking
+        return Output({"instability/spike": ratio}) if begins else None
