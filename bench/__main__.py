@@ -21,6 +21,7 @@ from bench import (
     hessian_topk,
     hessian_trace_density,
     hessian_tracking,
+    instability_overhead,
     landscape_surface,
     probe_costs,
     signals_overhead,
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "gradstats": gradstats_overhead.run,
     "signals": signals_overhead.run,
     "probe_costs": probe_costs.run,
+    "instability": instability_overhead.run,
     "dashboard": dashboard_first_chart.run,
     "job_history": job_history.run,
 }

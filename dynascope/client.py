@@ -130,6 +130,12 @@ class Client:
         """The job's result documents of one kind (a probe's name, `<analysis>_analysis`, `summary`), in step order."""
         return self.call("GET", f"/jobs/{job_id}/results/{kind}", params={"last": last} if last else None)
 
+    def lr_sensitivity(self, sweep_id: int, by: str | None = None, series: str = "val/loss") -> dict[str, Any]:
+        """A learning-rate sweep's curves of final loss against lr (one per value of `by`; "" for one curve), each with
+        its LR sensitivity and the largest attention logit at the end (GET /sweeps/{id}/sensitivity)."""
+        params = {"series": series} | ({"by": by} if by is not None else {})
+        return self.call("GET", f"/sweeps/{sweep_id}/sensitivity", params=params)
+
     def artifacts(self, job_id: int) -> list[dict[str, Any]]:
         """The tensors the job kept (checkpoints, eigenvectors, directions): id, kind, step, size."""
         return self.call("GET", f"/jobs/{job_id}/artifacts")

@@ -279,6 +279,13 @@ class InstabilityProbe(Schedule):
         "(each parameter), optimizer (its param groups), all (the whole model); `all` is always recorded too",
     )
     onehot: float = Field(0.9, gt=0.0, lt=1.0, description="a head is near one-hot when its mean largest attention weight exceeds this")
+    attention_examples: int | None = Field(
+        8,
+        gt=0,
+        le=1_000_000,
+        description="examples of the step's batch whose attention logits are read (null: all; each layer's statistics pass over "
+        "examples × heads × queries × keys numbers about ten times, inside the step)",
+    )
     examples: int = Field(32, ge=1, le=4096, description="size of the fixed probe batch (used only where the step's own pass is not seen)")
     spike_window: int = Field(50, ge=3, le=10_000, description="steps of the running median a loss spike is measured against")
     spike_factor: float = Field(

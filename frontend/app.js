@@ -4,6 +4,7 @@ import { analysesSection } from "./analyses.js";
 import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout } from "./common.js";
 import { VIEWS } from "./views/index.js";
 import { phaseView } from "./views/phase.js";
+import { sensitivityView } from "./views/sensitivity.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged", "lost"];
 const view = document.getElementById("view");
@@ -396,9 +397,10 @@ function renderCompare(params) {
     </div>
     <div class="chart">
       <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>
-    <div id="phase-view"></div>`;
+    <div id="phase-view"></div>
+    <div id="sensitivity-view"></div>`;
   const el = view.querySelector("#compare-plot");
-  const phaseState = Object.fromEntries(["metric", "px", "py"].map((k) => [k, params.get(k) || ""]));
+  const phaseState = Object.fromEntries(["metric", "px", "py", "sby"].map((k) => [k, params.get(k) || ""]));
   let phaseShown = null;
   const read = () => {
     state.jobs = view.querySelector("#compare-jobs").value.replace(/\s/g, "");
@@ -417,7 +419,9 @@ function renderCompare(params) {
     let jobs = [];
     if (state.sweep && phaseShown !== state.sweep) {
       phaseShown = state.sweep;
-      phaseView(view.querySelector("#phase-view"), state.sweep, params, (changed) => { Object.assign(phaseState, changed); read(); });
+      const remember = (changed) => { Object.assign(phaseState, changed); read(); };
+      phaseView(view.querySelector("#phase-view"), state.sweep, params, remember);
+      sensitivityView(view.querySelector("#sensitivity-view"), state.sweep, params, remember);
     }
     if (state.sweep) {
       const sweep = await api(`/sweeps/${state.sweep}`);

@@ -12,6 +12,7 @@ from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
 from backend.services.phase import phase_diagram
+from backend.services.sensitivity import NoLearningRate, SensitivityOut, default_by, learning_rate_field, sensitivity
 from backend.sweeps import SweepError, expand
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -100,3 +101,42 @@ def get_phase_diagram(
             )
     jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
     return phase_diagram(session, jobs, x, y, metric)
+
+
+def _query_error(name: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ["query", name], "msg": message, "type": "value_error"}])
+
+
+@router.get("/{sweep_id}/sensitivity", response_model=SensitivityOut)
+def get_lr_sensitivity(
+    sweep_id: RowId,
+    session: SessionDep,
+    who: Viewer,
+    lr: Annotated[
+        str | None, Query(max_length=200, description="the swept learning rate (default: the first swept field named lr)")
+    ] = None,
+    by: Annotated[
+        str | None,
+        Query(max_length=200, description="the swept field of the curves (default: the first other than the lr and seeds; '' for none)"),
+    ] = None,
+    series: Annotated[
+        str, Query(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$", description="the loss read: its final value, and ℓ₀ at step 0")
+    ] = "val/loss",
+) -> SensitivityOut:
+    """Final loss against learning rate, a curve per value of `by` (other swept fields, seeds among them, averaged),
+    each with its LR sensitivity (Wortsman et al. 2023), and the largest attention logit at the end (the instability
+    probe's) beside it. A 422 says why where the sweep does not vary a learning rate."""
+    sweep = _sweep_or_404(session, sweep_id, who.team_id)
+    fields = list(sweep.spec["sweep"])
+    try:
+        lr = lr or learning_rate_field(fields)
+    except NoLearningRate as exc:
+        raise _query_error("lr", str(exc)) from None
+    for name, value in (("lr", lr), ("by", by)):
+        if value and value not in fields:
+            raise _query_error(name, f"not a swept field; the sweep has {fields}")
+    if by == lr:
+        raise _query_error("by", "the curves are drawn by a field other than the learning rate")
+    by = default_by(fields, lr) if by is None else (by or None)
+    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
+    return sensitivity(session, jobs, lr, by, series)

@@ -69,23 +69,26 @@ class AttentionStats:
 
 
 @torch.no_grad()
-def attention_stats(logits: Tensor) -> AttentionStats:
-    """Statistics of pre-softmax logits (..., heads, queries, keys), -inf where a key is masked; a 2- or 3-D tensor
-    is one head."""
+def attention_stats(logits: Tensor, examples: int | None = None) -> AttentionStats:
+    """Statistics of pre-softmax logits (batch, heads, queries, keys), -inf where a key is masked, over the first
+    `examples` of the batch (None: all); a 2- or 3-D tensor is one head. About ten passes over those logits, with
+    two exponentials (it runs inside a training step): the entropy is log Σ e^s − Σ p·s."""
     s = logits.detach()
     s = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
-    s = s.reshape(-1, 1, *s.shape[-2:]) if s.ndim < 4 else s.reshape(-1, *s.shape[-3:])  # (batch, heads, queries, keys)
-    visible = s != -math.inf
-    magnitude = s.abs().masked_fill(~visible, 0)
+    s = s.reshape(-1, 1, *s.shape[-2:]) if s.ndim < 4 else s.reshape(-1, *s.shape[-3:])
+    s = s[:examples]
+    masked = s == -math.inf
+    filled = s.masked_fill(masked, 0)
+    magnitude = filled.abs()
+    rows = (s.shape[-1] - masked.sum(-1)) >= 2  # (a query that sees one key is one-hot by construction)
     weights = s.softmax(-1)
-    rows = visible.sum(-1) >= 2  # (a query that sees one key is one-hot by construction)
-    entropy = -torch.special.xlogy(weights, weights).sum(-1)
-    top = weights.amax(-1).masked_fill(~rows, 0)
+    entropy = torch.logsumexp(s, -1) - (weights * filled).sum(-1)
+    top = weights.amax(-1).masked_fill_(~rows, 0)
     return AttentionStats(
         magnitude.amax(),
         magnitude.sum(),
-        visible.sum(),
-        entropy.masked_fill(~rows, 0).sum(),
+        masked.numel() - masked.sum(),
+        entropy.masked_fill_(~rows, 0).sum(),
         rows.sum(),
         top.sum((0, 2)),
         rows.sum((0, 2)),
@@ -99,10 +102,16 @@ def sdpa_logits(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
+    examples: int | None = None,
 ) -> Tensor:
     """The pre-softmax logits of `F.scaled_dot_product_attention(query, key, value, ...)` (its documented reference
-    computation): -inf where a boolean mask is False or a causal query may not look; a float mask is added."""
+    computation) for the first `examples` of the batch: -inf where a boolean mask is False or a causal query may not
+    look; a float mask is added."""
     q, k = query.detach(), key.detach()
+    if q.ndim >= 3:
+        if attn_mask is not None and attn_mask.ndim == q.ndim and len(attn_mask) == len(q):
+            attn_mask = attn_mask[:examples]
+        q, k = q[:examples], k[:examples]
     if enable_gqa and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
     s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
@@ -127,16 +136,22 @@ def mha_logits(
     key: Tensor,
     key_padding_mask: Tensor | None = None,
     attn_mask: Tensor | None = None,
+    examples: int | None = None,
 ) -> Tensor:
     """The pre-softmax logits (batch, heads, queries, keys) of an nn.MultiheadAttention's forward on these inputs,
-    from its weights (its in-projection, bias_k and zero attention included); -inf where a boolean mask masks."""
+    for the first `examples` of the batch, from its weights (its in-projection, bias_k and zero attention
+    included); -inf where a boolean mask masks."""
     if not module.batch_first and query.ndim == 3:
         query, key = query.transpose(0, 1), key.transpose(0, 1)
     query, key = query.detach(), key.detach()
-    unbatched = query.ndim == 2
-    if unbatched:
+    if query.ndim == 2:  # unbatched
         query, key = query[None], key[None]
     e, h = module.embed_dim, module.num_heads
+    query, key = query[:examples], key[:examples]
+    if key_padding_mask is not None and key_padding_mask.ndim == 2:
+        key_padding_mask = key_padding_mask[:examples]
+    if attn_mask is not None and attn_mask.ndim == 3 and examples is not None:
+        attn_mask = attn_mask[: examples * h]
     bias = module.in_proj_bias.detach() if module.in_proj_bias is not None else None
     if module._qkv_same_embed_dim:
         w_q, w_k = module.in_proj_weight.detach()[:e], module.in_proj_weight.detach()[e : 2 * e]
@@ -169,7 +184,7 @@ def log_normalizer(outputs: Tensor) -> dict[str, float]:
     """log Z = logsumexp of each prediction's output logits: mean and max |log Z|, and the z-loss mean(log² Z)
     (before its weight)."""
     out = outputs.detach()
-    log_z = torch.logsumexp(out.double() if out.dtype != torch.float64 else out, -1).flatten()
+    log_z = torch.logsumexp(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out, -1).flatten().double()
     values = torch.stack([log_z.abs().mean(), log_z.abs().amax(), log_z.pow(2).mean()]).tolist()
     return dict(zip(("logz_mean_abs", "logz_max_abs", "z_loss"), values, strict=True))
 
@@ -186,3 +201,27 @@ def second_moment_below(state: dict[str, Any], group: dict[str, Any]) -> Tensor 
         return None
     v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** float(state["step"]))
     return v_hat.sqrt() < group["eps"]
+
+
+@dataclass
+class Sensitivity:
+    """One curve of final loss against learning rate, and its LR sensitivity (Wortsman et al. 2023, §2.2)."""
+
+    lrs: list[float]
+    capped: list[float]  # per learning rate, the mean over its runs of min(ℓ, ℓ₀) (a diverged run counts as ℓ₀)
+    initial: float  # ℓ₀, the loss at initialization (the mean over the runs)
+    best: float  # min over the learning rates of `capped`
+    sensitivity: float  # E_η[min(ℓ(η), ℓ₀) − min_η ℓ(η)], uniform over the learning rates given
+
+
+def lr_sensitivity(runs: list[tuple[float, float, float]]) -> Sensitivity:
+    """From each run's (learning rate, final loss — inf or NaN when it diverged —, loss at initialization): the
+    expected deviation from the best loss over the learning rates, each run's loss capped at its ℓ₀."""
+    by_lr: dict[float, list[float]] = {}
+    for lr, final, initial in runs:
+        by_lr.setdefault(lr, []).append(initial if not math.isfinite(final) else min(final, initial))
+    lrs = sorted(by_lr)
+    capped = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
+    best = min(capped)
+    initial = sum(r[2] for r in runs) / len(runs)
+    return Sensitivity(lrs, capped, initial, best, sum(c - best for c in capped) / len(capped))

@@ -59,16 +59,30 @@ def parameter_groups(model: nn.Module, by: str, optimizer: torch.optim.Optimizer
 
 
 class _Calls(TorchFunctionMode):
-    """Reads each F.scaled_dot_product_attention call (outside an nn.MultiheadAttention, read on its own)."""
+    """Reads each F.scaled_dot_product_attention call (outside an nn.MultiheadAttention, read on its own).
+
+    Ended by `stop()` at the end of the model's forward: a mode still on the stack when the backward begins would
+    be out of it (torch pops a mode while its handler runs `Tensor.backward`) when a loop's capture ends inside
+    that backward."""
 
     def __init__(self, seen: "Seen") -> None:
         super().__init__()
-        self.seen = seen
+        self.seen, self.active = seen, False
+
+    def start(self) -> None:
+        self.__enter__()
+        self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            self.__exit__(None, None, None)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and not self.seen.inside_mha:
-            self.seen.add(f"sdpa.{self.seen.sdpa_calls}", ins.sdpa_logits(**ins.sdpa_arguments(args, kwargs)))
+            logits = ins.sdpa_logits(**ins.sdpa_arguments(args, kwargs), examples=self.seen.examples)
+            self.seen.add(f"sdpa.{self.seen.sdpa_calls}", logits)
             self.seen.sdpa_calls += 1
         return func(*args, **kwargs)
 
@@ -76,14 +90,15 @@ class _Calls(TorchFunctionMode):
 class Seen:
     """What the hooks read during one forward pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, examples: int | None = None) -> None:
+        self.examples = examples  # of the batch, whose attention is read
         self.attention: dict[str, ins.AttentionStats] = {}
         self.outputs: Tensor | None = None
         self.sdpa_calls = 0
         self.inside_mha = 0
 
     def add(self, site: str, logits: Tensor) -> None:
-        stats = ins.attention_stats(logits)
+        stats = ins.attention_stats(logits, self.examples)
         self.attention[site] = self.attention[site] + stats if site in self.attention else stats
 
 
@@ -102,12 +117,16 @@ def reading(model: nn.Module, seen: Seen, sdpa: bool) -> Iterator[None]:
         seen.inside_mha += 1
         given = dict(zip(("query", "key", "value", "key_padding_mask"), args, strict=False)) | kwargs
         masks = {k: given.get(k) for k in ("key_padding_mask", "attn_mask")}
-        seen.add(names[module], ins.mha_logits(module, given["query"], given["key"], **masks))  # type: ignore[arg-type]
+        logits = ins.mha_logits(module, given["query"], given["key"], **masks, examples=seen.examples)  # type: ignore[arg-type]
+        seen.add(names[module], logits)
 
     def mha_out(module: nn.Module, args: tuple, output: Any) -> None:
         seen.inside_mha -= 1
 
+    calls = _Calls(seen)
+
     def out(module: nn.Module, args: tuple, output: Any) -> None:
+        calls.stop()
         if seen.outputs is None:
             seen.outputs = _outputs(output)
 
@@ -121,8 +140,16 @@ def reading(model: nn.Module, seen: Seen, sdpa: bool) -> Iterator[None]:
                     stack.callback(handle.remove)
         stack.callback(model.register_forward_hook(out).remove)
         if sdpa:
-            stack.enter_context(_Calls(seen))
+            calls.start()
+            stack.callback(calls.stop)
         yield
+
+
+def _to_host(values: list[Tensor | None]) -> list[float | None]:
+    """Scalars moved to the host at once (one synchronization on a GPU)."""
+    present = [v for v in values if v is not None]
+    numbers = iter(torch.stack([v.double() for v in present]).tolist() if present else [])
+    return [next(numbers) if v is not None else None for v in values]
 
 
 class Instability(Probe):
@@ -145,7 +172,7 @@ class Instability(Probe):
         self.active: int | None = None  # the due step whose pass is being read
         self.seen = Seen()
         self.before: list[Tensor] = []
-        self.grads: dict[str, tuple[float, int]] = {}
+        self.grads: dict[int, float | None] = {}  # each parameter's Σ g² at the due step (by id)
         self.sources: dict[str, str | None] = {"attention": None, "output": None}
 
     def _find_sdpa(self) -> tuple[bool, str | None]:
@@ -163,8 +190,8 @@ class Instability(Probe):
         return self.hooked or self.sdpa
 
     def before_step(self, step: int, calls: Calls) -> None:
-        self.active, self.seen = step, Seen()
-        self.sources: dict[str, str | None] = {"attention": None, "output": None}
+        self.active, self.seen = step, Seen(self.cfg.attention_examples)
+        self.sources = {"attention": None, "output": None}
         self.before = [p.detach().clone() for p in self.groups["all"]]
 
     def finish(self, total: int, calls: Calls) -> None:
@@ -179,10 +206,8 @@ class Instability(Probe):
     def after_backward(self, batch: Batch) -> None:
         if batch.step != self.active:
             return
-        for name, params in self.groups.items():
-            grads = [p.grad.detach() for p in params if p.grad is not None]
-            total = sum(int(p.numel()) for p in params)
-            self.grads[name] = (float(sum(g.double().pow(2).sum() for g in grads)) if grads else 0.0, total)
+        squares = [p.grad.detach().double().pow(2).sum() if p.grad is not None else None for p in self.groups["all"]]
+        self.grads = dict(zip(map(id, self.groups["all"]), _to_host(squares), strict=True))
         self._read_probe_batch()
 
     def _read_probe_batch(self) -> None:
@@ -225,17 +250,22 @@ class Instability(Probe):
     def _updates(self, lr: float) -> dict[str, float]:
         """Per group: the gradient's RMS, the update's RMS per unit learning rate (each parameter's own group's lr),
         and the share of coordinates whose √v̂ is below ε."""
-        moved = {id(p): (p.detach() - old).double() for p, old in zip(self.groups["all"], self.before, strict=True)}
+        params = self.groups["all"]
+        moved = _to_host([(p.detach() - old).double().pow(2).sum() for p, old in zip(params, self.before, strict=True)])
+        below = _to_host([b.sum() if (b := self._below(p)) is not None else None for p in params])
+        per = {
+            id(p): (self.grads.get(id(p)), m / self._lr(p, lr) ** 2 if self._lr(p, lr) else None, b)
+            for p, m, b in zip(params, moved, below, strict=True)
+        }
         metrics: dict[str, float] = {}
-        for name, params in self.groups.items():
-            squares, total = self.grads.get(name, (0.0, 0))
-            metrics[f"instability/grad_rms/{name}"] = ins.rms(squares, total)
-            if all(self._lr(p, lr) for p in params):
-                step_squares = sum(float(moved[id(p)].pow(2).sum()) / self._lr(p, lr) ** 2 for p in params)
-                metrics[f"instability/update_rms/{name}"] = ins.rms(step_squares, total)
-            below = [b for p in params if (b := self._below(p)) is not None]
-            if below:
-                metrics[f"instability/eps_share/{name}"] = float(sum(int(b.sum()) for b in below)) / sum(int(b.numel()) for b in below)
+        for name, members in self.groups.items():
+            rows, total = [per[id(p)] for p in members], sum(p.numel() for p in members)
+            metrics[f"instability/grad_rms/{name}"] = ins.rms(sum(g for g, _, _ in rows if g is not None), total)
+            if all(u is not None for _, u, _ in rows):
+                metrics[f"instability/update_rms/{name}"] = ins.rms(sum(u for _, u, _ in rows), total)  # type: ignore[misc]
+            counted = [(b, p.numel()) for (_, _, b), p in zip(rows, members, strict=True) if b is not None]
+            if counted:
+                metrics[f"instability/eps_share/{name}"] = sum(b for b, _ in counted) / sum(n for _, n in counted)
         return metrics
 
     def _lr(self, param: Tensor, fallback: float) -> float:

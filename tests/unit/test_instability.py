@@ -176,6 +176,9 @@ def test_multihead_attention_logits_give_its_own_weights(batch_first):
         _, weights = mha(q, k, v, key_padding_mask=padding, attn_mask=causal, average_attn_weights=False)
         logits = ins.mha_logits(mha, q, k, key_padding_mask=padding, attn_mask=causal)
         np.testing.assert_allclose(logits.softmax(-1).numpy(), weights.detach().numpy(), atol=1e-12, err_msg=str(options))
+        per_head = causal.expand(n * 3, t, s) | padding.repeat_interleave(3, 0)[:, None, :]  # a 3-D mask, a row per (example, head)
+        last = ins.mha_logits(mha, q, k, attn_mask=per_head, examples=1)
+        assert torch.allclose(last, logits[:1], rtol=0, atol=1e-12), "the first example alone"
 
 
 def test_sdpa_logits_give_its_output():
@@ -188,6 +191,7 @@ def test_sdpa_logits_give_its_output():
         expected = F.scaled_dot_product_attention(q, k, v, **case)
         logits = ins.sdpa_logits(q, k, **{key: val for key, val in case.items()})
         np.testing.assert_allclose((logits.softmax(-1) @ v).numpy(), expected.numpy(), atol=1e-12, err_msg=str(case))
+        assert torch.allclose(ins.sdpa_logits(q, k, **case, examples=1), logits[:1], rtol=0, atol=1e-12)
     k2, v2 = k[:, :2], v[:, :2]  # grouped-query attention: 4 query heads share 2 key heads
     expected = F.scaled_dot_product_attention(q, k2, v2, enable_gqa=True)
     np.testing.assert_allclose(
@@ -241,6 +245,15 @@ def test_a_users_sdpa_attention_is_read_from_the_step_or_else_from_the_probe_bat
     assert document["attention_source"] == "step" and document["output_source"] == "probe batch"
 
 
+def test_statistics_of_the_first_examples():
+    torch.manual_seed(7)
+    logits = torch.randn(5, 3, 6, 6, dtype=torch.float64).masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), -math.inf)
+    some, alone = ins.attention_stats(logits, 2).summary(0.5), ins.attention_stats(logits[:2]).summary(0.5)
+    assert some == alone and some != ins.attention_stats(logits).summary(0.5)
+    both = ins.attention_stats(logits[:2]) + ins.attention_stats(logits[2:])
+    assert both.summary(0.5) == pytest.approx(ins.attention_stats(logits).summary(0.5), rel=1e-12), "calls of a site add up"
+
+
 def test_a_planted_loss_spike_is_found_where_it_begins():
     from dynascope.probes.instability import Instability
     from dynascope.settings import InstabilityProbe
@@ -284,7 +297,7 @@ def test_a_jobs_recorded_logits_equal_its_checkpoints_recomputation():
         "data": {"kind": "text", "max_chars": 1000},
         "optimizer": {"kind": "adam", "lr": 0.03},
         "train": {"steps": 6, "batch_size": 100000, "eval_every": 6, "checkpoint_every": 3},
-        "probes": {"instability": {"at": [3]}},
+        "probes": {"instability": {"at": [3], "attention_examples": None}},
     }
     job = JobSpec.model_validate(raw)
     _, recorder = run(raw)

@@ -105,4 +105,8 @@ def test_probe_steps_after_the_end_are_refused():
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_specs_are_valid(path):
-    JobSpec.model_validate(parse_spec_text(path.read_text()))
+    from backend.sweeps import expand
+
+    raw = parse_spec_text(path.read_text())
+    for _, child in expand(raw, 100) if "sweep" in raw else [(None, JobSpec.model_validate(raw))]:
+        assert isinstance(child, JobSpec)

@@ -131,3 +131,46 @@ def test_the_default_loss_is_the_models_own():
     assert float(loss_fn(out, masked)) == pytest.approx(float(out.loss), rel=1e-6)
     expected = F.cross_entropy(out.logits[0, :4], rows[0, 1:5])
     assert float(each(out, masked)[0]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_the_instability_probe_reads_gpt2s_sdpa_attention_in_the_trainers_own_step(tmp_path: Path):
+    """GPT-2 with attn_implementation="sdpa": each layer's scaled_dot_product_attention call is read from the
+    Trainer's own forward, and its largest logit equals one recomputed from the weights and the step's batch."""
+    rows = _data()
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    config._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(config)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = DynascopeCallback(
+        "hf-sdpa",
+        probes={"instability": {"every": 2}},
+        probe_batch=(torch.stack(rows[:4]), torch.stack(rows[:4])),
+        mode="offline",
+        dir=tmp_path / "hf",
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=BATCH,
+        learning_rate=3e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    InOrder(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows], callbacks=[callback]).train()
+    kept = kept_series(tmp_path / "hf")
+    check = GPT2LMHeadModel(config)
+    check.load_state_dict(initial)
+    x = torch.stack(rows[:BATCH])
+    with torch.no_grad():
+        inputs = check(x, output_hidden_states=True).hidden_states
+        for i, block in enumerate(check.transformer.h):
+            q, k, _ = block.attn.c_attn(block.ln_1(inputs[i])).split(16, dim=2)
+            q, k = (t.view(BATCH, LENGTH, 2, 8).transpose(1, 2) for t in (q, k))
+            logits = q @ k.transpose(-2, -1) / 8**0.5
+            expected = float(logits[:, :, torch.ones(LENGTH, LENGTH, dtype=torch.bool).tril()].abs().max())
+            assert kept[f"instability/attn_logit_max/sdpa.{i}"][0] == pytest.approx(expected, rel=1e-5), i
+    assert sorted(kept["instability/attn_logit_max/sdpa.1"]) == [0, 2]
+    assert sorted(kept["instability/logz_max_abs"]) == [0, 2] and sorted(kept["instability/update_rms/all"]) == [0, 2]
