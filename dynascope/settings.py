@@ -280,7 +280,7 @@ class InstabilityProbe(Schedule):
     )
     onehot: float = Field(0.9, gt=0.0, lt=1.0, description="a head is near one-hot when its mean largest attention weight exceeds this")
     attention_examples: int | None = Field(
-        8,
+        4,
         gt=0,
         le=1_000_000,
         description="examples of the step's batch whose attention logits are read (null: all; each layer's statistics pass over "

@@ -81,8 +81,11 @@ def attention_stats(logits: Tensor, examples: int | None = None) -> AttentionSta
     filled = s.masked_fill(masked, 0)
     magnitude = filled.abs()
     rows = (s.shape[-1] - masked.sum(-1)) >= 2  # (a query that sees one key is one-hot by construction)
-    weights = s.softmax(-1)
-    entropy = torch.logsumexp(s, -1) - (weights * filled).sum(-1)
+    peak = s.amax(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).min)  # (a row with no visible key stays finite)
+    weights = (s - peak).exp_()
+    total = weights.sum(-1, keepdim=True)
+    weights /= total
+    entropy = (total.log_() + peak).squeeze(-1) - (weights * filled).sum(-1)
     top = weights.amax(-1).masked_fill_(~rows, 0)
     return AttentionStats(
         magnitude.amax(),
@@ -194,13 +197,13 @@ def rms(sum_of_squares: float, count: int) -> float:
 
 
 def second_moment_below(state: dict[str, Any], group: dict[str, Any]) -> Tensor | None:
-    """The coordinates of a parameter (its optimizer `state`, in param `group`) whose bias-corrected second-moment
-    root √v̂ is below the optimizer's ε, where the update of a coordinate shrinks with its gradient (Wortsman et al.
-    §3.4); None before Adam's first step, or for an optimizer without a second moment."""
+    """How many coordinates of a parameter (its optimizer `state`, in param `group`) have a bias-corrected
+    second-moment root √v̂ below the optimizer's ε, where the update of a coordinate shrinks with its gradient
+    (Wortsman et al. §3.4): v < ε²(1 − β₂ᵗ), one comparison. None before Adam's first step, or for an optimizer
+    without a second moment."""
     if "exp_avg_sq" not in state or "eps" not in group:
         return None
-    v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** float(state["step"]))
-    return v_hat.sqrt() < group["eps"]
+    return (state["exp_avg_sq"] < group["eps"] ** 2 * (1 - group["betas"][1] ** float(state["step"]))).sum()
 
 
 @dataclass

@@ -107,18 +107,22 @@ def _outputs(output: Any) -> Tensor | None:
     return found if isinstance(found, Tensor) and found.is_floating_point() else None
 
 
+def attention_sites(model: nn.Module) -> dict[nn.Module, str]:
+    """The model's hook points and nn.MultiheadAttention modules, by their names (a hook point's, less `.logits`)."""
+    return {m: n.removesuffix(".logits") or n for n, m in model.named_modules() if isinstance(m, (AttentionLogits, nn.MultiheadAttention))}
+
+
 @contextmanager
-def reading(model: nn.Module, seen: Seen, sdpa: bool) -> Iterator[None]:
-    """Hooks that read a forward pass of `model` into `seen`: its hook points, its nn.MultiheadAttention modules,
-    its scaled_dot_product_attention calls (`sdpa`) and its outputs."""
-    names = {m: n.removesuffix(".logits") or "logits" for n, m in model.named_modules()}
+def reading(model: nn.Module, sites: dict[nn.Module, str], seen: Seen, sdpa: bool) -> Iterator[None]:
+    """Hooks that read a forward pass of `model` into `seen`: its attention `sites`, its scaled_dot_product_attention
+    calls (`sdpa`) and its outputs."""
 
     def mha_in(module: nn.Module, args: tuple, kwargs: dict) -> None:
         seen.inside_mha += 1
         given = dict(zip(("query", "key", "value", "key_padding_mask"), args, strict=False)) | kwargs
         masks = {k: given.get(k) for k in ("key_padding_mask", "attn_mask")}
         logits = ins.mha_logits(module, given["query"], given["key"], **masks, examples=seen.examples)  # type: ignore[arg-type]
-        seen.add(names[module], logits)
+        seen.add(sites[module], logits)
 
     def mha_out(module: nn.Module, args: tuple, output: Any) -> None:
         seen.inside_mha -= 1
@@ -131,9 +135,9 @@ def reading(model: nn.Module, seen: Seen, sdpa: bool) -> Iterator[None]:
             seen.outputs = _outputs(output)
 
     with ExitStack() as stack:
-        for module in model.modules():
+        for module in sites:
             if isinstance(module, AttentionLogits):
-                handle = module.register_forward_hook(lambda m, args, _: seen.add(names[m], args[0]))
+                handle = module.register_forward_hook(lambda m, args, _: seen.add(sites[m], args[0]))
                 stack.callback(handle.remove)
             elif isinstance(module, nn.MultiheadAttention):
                 for handle in (module.register_forward_pre_hook(mha_in, with_kwargs=True), module.register_forward_hook(mha_out)):
@@ -165,7 +169,7 @@ class Instability(Probe):
         if cfg.groups != "all":
             self.groups["all"] = [p for ps in self.groups.values() for p in ps]
         self.group_of = {id(p): g for g in run.optimizer.param_groups for p in g["params"]} if run.optimizer is not None else {}
-        self.hooked = any(isinstance(m, (AttentionLogits, nn.MultiheadAttention)) for m in run.model.modules())
+        self.sites = attention_sites(run.model)
         self.sdpa, self.unreadable = self._find_sdpa()
         self.losses: deque[float] = deque(maxlen=cfg.spike_window)
         self.spiking = False
@@ -187,7 +191,7 @@ class Instability(Probe):
 
     @property
     def has_attention(self) -> bool:
-        return self.hooked or self.sdpa
+        return bool(self.sites) or self.sdpa
 
     def before_step(self, step: int, calls: Calls) -> None:
         self.active, self.seen = step, Seen(self.cfg.attention_examples)
@@ -198,7 +202,7 @@ class Instability(Probe):
         """Nothing: the probe reads a step, and there is none after the last update."""
 
     def capture(self, step: int) -> Any:
-        return reading(self.run.model, self.seen, self.sdpa) if step == self.active else nullcontext()
+        return reading(self.run.model, self.sites, self.seen, self.sdpa) if step == self.active else nullcontext()
 
     def after_forward(self, batch: Batch) -> Output | None:
         return self._spike(batch)
@@ -206,8 +210,9 @@ class Instability(Probe):
     def after_backward(self, batch: Batch) -> None:
         if batch.step != self.active:
             return
-        squares = [p.grad.detach().double().pow(2).sum() if p.grad is not None else None for p in self.groups["all"]]
-        self.grads = dict(zip(map(id, self.groups["all"]), _to_host(squares), strict=True))
+        present = [p for p in self.groups["all"] if p.grad is not None]
+        norms = torch._foreach_norm([p.grad.detach() for p in present]) if present else []  # (clip_grad_norm_'s: one call)
+        self.grads = {id(p): n**2 for p, n in zip(present, _to_host(list(norms)), strict=True)}
         self._read_probe_batch()
 
     def _read_probe_batch(self) -> None:
@@ -218,7 +223,7 @@ class Instability(Probe):
         if not (wants_attention or wants_output) or self.unreadable:
             return
         seen = Seen()
-        with torch.no_grad(), module_mode(self.run.model, "eval"), reading(self.run.model, seen, self.sdpa):
+        with torch.no_grad(), module_mode(self.run.model, "eval"), reading(self.run.model, self.sites, seen, self.sdpa):
             self.run.model(self.x)
         if wants_attention and seen.attention:
             self.seen.attention, self.sources["attention"] = seen.attention, "probe batch"
@@ -251,8 +256,8 @@ class Instability(Probe):
         """Per group: the gradient's RMS, the update's RMS per unit learning rate (each parameter's own group's lr),
         and the share of coordinates whose √v̂ is below ε."""
         params = self.groups["all"]
-        moved = _to_host([(p.detach() - old).double().pow(2).sum() for p, old in zip(params, self.before, strict=True)])
-        below = _to_host([b.sum() if (b := self._below(p)) is not None else None for p in params])
+        moved = [n**2 for n in _to_host(list(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], self.before))))]
+        below = _to_host([self._below(p) for p in params])
         per = {
             id(p): (self.grads.get(id(p)), m / self._lr(p, lr) ** 2 if self._lr(p, lr) else None, b)
             for p, m, b in zip(params, moved, below, strict=True)

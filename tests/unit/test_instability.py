@@ -109,7 +109,8 @@ def test_the_zoo_transformers_logits_and_log_z_equal_a_recomputation(qk):
         check = transformer(qk)
         check.load_state_dict(weights[step])
         with torch.no_grad():
-            layers, outputs = by_hand(check, batches[step][0])
+            layers, _ = by_hand(check, batches[step][0][:4])  # attention: the batch's first attention_examples
+            _, outputs = by_hand(check, batches[step][0])
         for i, expected in enumerate(layers):
             for stat, value in expected.items():
                 got = [v for s, k, v in recorder.points if s == step and k == f"instability/attn_{stat}/blocks.{i}.attn"]
@@ -252,6 +253,42 @@ def test_statistics_of_the_first_examples():
     assert some == alone and some != ins.attention_stats(logits).summary(0.5)
     both = ins.attention_stats(logits[:2]) + ins.attention_stats(logits[2:])
     assert both.summary(0.5) == pytest.approx(ins.attention_stats(logits).summary(0.5), rel=1e-12), "calls of a site add up"
+
+
+class MhaModel(nn.Module):
+    """A user's model with nn.MultiheadAttention (whose fast path calls scaled_dot_product_attention inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Embedding(9, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 9)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).triu(1)
+        return self.head(self.attn(x, x, x, attn_mask=causal, need_weights=False)[0])
+
+
+def test_a_users_multihead_attention_is_read_once_from_the_step():
+    torch.manual_seed(8)
+    model = MhaModel().double()
+    g = torch.Generator().manual_seed(8)
+    batches = [(torch.randint(0, 9, (3, 6), generator=g), torch.randint(0, 9, (3, 6), generator=g)) for _ in range(2)]
+    recorder, weights = probed_loop(model, batches, torch.optim.Adam(model.parameters(), lr=0.01), {"instability": {"every": 1}}, 9)
+    [document, _] = [d for kind, _, d in recorder.results if kind == "instability"]
+    assert document["attention"] == ["attn"], "its inner scaled_dot_product_attention is not counted again"
+    check = MhaModel().double().requires_grad_(False)
+    for step in range(2):
+        check.load_state_dict(weights[step])
+        x = check.embed(batches[step][0])
+        w = check.attn.in_proj_weight
+        q, k = (
+            F.linear(x, w[i * 8 : (i + 1) * 8], check.attn.in_proj_bias[i * 8 : (i + 1) * 8]).view(3, 6, 2, 4).transpose(1, 2)
+            for i in (0, 1)
+        )
+        s = q @ k.transpose(-2, -1) / 2.0
+        expected = float(s[:, :, torch.ones(6, 6, dtype=torch.bool).tril()].abs().max())
+        [got] = [v for st, name, v in recorder.points if st == step and name == "instability/attn_logit_max/attn"]
+        assert got == pytest.approx(expected, rel=1e-9)
 
 
 def test_a_planted_loss_spike_is_found_where_it_begins():

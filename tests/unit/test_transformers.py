@@ -144,7 +144,7 @@ def test_the_instability_probe_reads_gpt2s_sdpa_attention_in_the_trainers_own_st
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     callback = DynascopeCallback(
         "hf-sdpa",
-        probes={"instability": {"every": 2}},
+        probes={"instability": {"every": 2, "attention_examples": None}},
         probe_batch=(torch.stack(rows[:4]), torch.stack(rows[:4])),
         mode="offline",
         dir=tmp_path / "hf",
