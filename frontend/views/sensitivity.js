@@ -26,8 +26,7 @@ export function sensitivityView(container, sweepId, params, onState) {
     try {
       data = await api(`/sweeps/${sweepId}/sensitivity?${p}`);
     } catch (err) {
-      container.querySelector(".plots").hidden = true;
-      container.querySelector(".toolbar").hidden = true;
+      for (const el of container.querySelectorAll(".plots, .toolbar")) el.style.display = "none";
       info.textContent = `No learning-rate sensitivity: ${err.body?.detail?.[0]?.msg ?? String(err)}`;
       return;
     }
