@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_steps: int = 10_000_000
     max_attempts: int = 3
     max_sweep_jobs: int = 1000
+    max_export_jobs: int = Field(1000, ge=1, description="jobs one export may hold (GET /export)")
     # An analysis grid with more points is split into chunk tasks of this many points, which any idle worker
     # takes (a lost worker costs one chunk).
     grid_chunk_points: int = Field(2048, ge=1)

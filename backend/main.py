@@ -28,6 +28,7 @@ from backend.api import (
     artifacts,
     datasets,
     events,
+    exports,
     figures,
     health,
     jobs,
@@ -226,6 +227,7 @@ def create_app() -> FastAPI:
         artifacts,
         analyses,
         events,
+        exports,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
 

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
 from dynascope.client import DEFAULT_URL, ApiError, Client
@@ -422,6 +422,56 @@ def cancel(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -
         except ApiError as error:
             _fail(error)
     console.print(f"job {job_id}: {job['status']}" + (" (stopping)" if job["cancel_requested"] else ""))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(dir_okay=False, help="the file to write (.parquet or .csv: the format, unless --format)")],
+    ids: Annotated[str | None, typer.Option(help="comma-separated job ids")] = None,
+    sweep: Annotated[int | None, typer.Option(help="the jobs of this sweep")] = None,
+    status: Annotated[list[str] | None, typer.Option(help="only these states")] = None,
+    search: Annotated[str | None, typer.Option("--search", "-q", help="in the name")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="only jobs with every one of these tags")] = None,
+    names: Annotated[str | None, typer.Option(help="comma-separated series names (default: all)")] = None,
+    prefix: Annotated[str | None, typer.Option(help="only series whose names start so")] = None,
+    fields: Annotated[str | None, typer.Option(help="spec fields as columns (default: those that differ)")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="parquet or csv (default: by the file's suffix)")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = "",
+) -> None:
+    """Many jobs' series as one long table (job_id, job_name, spec fields, series, step, value), streamed to a file."""
+    chosen = format or ("csv" if out.suffix == ".csv" else "parquet")
+    selection = {
+        "ids": ids,
+        "sweep_id": sweep,
+        "status": status,
+        "q": search,
+        "tag": tag,
+        "names": names,
+        "prefix": prefix,
+        "fields": fields,
+    }
+    partial = out.with_name(out.name + ".part")
+    with (
+        Client(url, token) as client,
+        Progress(
+            TextColumn(f"export to {escape(out.name)}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar,
+    ):
+        task = bar.add_task("", total=None)
+        try:
+            with partial.open("wb") as into:
+                rows, jobs = client.export(into, format=chosen, on_bytes=lambda n: bar.advance(task, n), **selection)
+        except ApiError as error:
+            partial.unlink(missing_ok=True)
+            _fail(error)
+        partial.replace(out)
+    console.print(f"{escape(str(out))}: {rows:,} rows of {jobs} job{'s' if jobs != 1 else ''} ({chosen})")
 
 
 @app.command()

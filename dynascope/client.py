@@ -7,7 +7,8 @@ that cannot be reached raises httpx.TransportError (the tracker spills to disk t
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import httpx
 import numpy as np
@@ -58,6 +59,17 @@ class Metrics(dict[str, Series]):
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["series", "step", "value"])
 
 
+def _raise_for(response: httpx.Response) -> None:
+    """An ApiError with the server's `detail`, for an answer of 400 or more."""
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    raise ApiError(response.status_code, detail)
+
+
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
         self.url = (url or os.environ.get("DYNASCOPE_URL") or DEFAULT_URL).rstrip("/")
@@ -79,12 +91,7 @@ class Client:
             kw["content"] = body.model_dump_json()
             kw["headers"] = {"content-type": "application/json", **kw.get("headers", {})}
         response = self.http.request(method, path, **kw)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+        _raise_for(response)
         return response.json() if response.content else None
 
     # jobs and sweeps
@@ -135,6 +142,22 @@ class Client:
         its LR sensitivity and the largest attention logit at the end (GET /sweeps/{id}/sensitivity)."""
         params = {"series": series} | ({"by": by} if by is not None else {})
         return self.call("GET", f"/sweeps/{sweep_id}/sensitivity", params=params)
+
+    def export(
+        self, into: BinaryIO, *, format: str = "parquet", on_bytes: Callable[[int], None] = lambda _: None, **selection: Any
+    ) -> tuple[int, int]:
+        """Stream an export of many jobs' series into a binary file: `ids` (comma-separated), `sweep_id` or the job
+        list's filters, `names`, `prefix`, `fields` (GET /export). Returns (rows, jobs) as the server counted them;
+        `on_bytes` hears of each piece written."""
+        params = {"format": format, **{k: v for k, v in selection.items() if v is not None}}
+        with self.http.stream("GET", "/export", params=params, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            for piece in response.iter_bytes():
+                into.write(piece)
+                on_bytes(len(piece))
+            return int(response.headers["x-dynascope-rows"]), int(response.headers["x-dynascope-jobs"])
 
     def artifacts(self, job_id: int) -> list[dict[str, Any]]:
         """The tensors the job kept (checkpoints, eigenvectors, directions): id, kind, step, size."""

@@ -46,6 +46,8 @@ function renderJobs(params) {
       <button id="bulk-delete" class="danger writes" disabled>Delete selected</button>
       <span id="bulk-state" class="muted" aria-live="polite"></span>
       ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
+      <label>Export as <select id="export-format"><option>parquet</option><option>csv</option></select></label>
+      <a id="export-link" download>Export series</a>
     </div>
     <table id="jobs-table"><thead><tr><th><input type="checkbox" id="select-all" aria-label="select all on this page"></th><th>ID</th><th>Name</th><th>Status</th><th>Progress</th><th>Duration</th><th>Created</th><th>Creator</th><th>Model</th><th>Data</th><th>Tags</th><th>Sweep</th></tr></thead>
     <tbody></tbody></table>`;
@@ -56,16 +58,34 @@ function renderJobs(params) {
     for (const k of LIST_KEYS) if (state[k] && !(k === "sort" && state[k] === "-created")) p.set(k, state[k]);
     history.replaceState(null, "", `#/jobs${p.size ? "?" + p : ""}`);
   };
-  const showSelection = () => {
-    view.querySelector("#bulk-cancel").disabled = view.querySelector("#bulk-delete").disabled = selected.size === 0;
-    view.querySelector("#bulk-state").textContent = selected.size ? `${selected.size} selected` : "";
-  };
-  let timer;
-  const load = async () => {
-    const p = new URLSearchParams({ limit, offset: state.offset, sort: state.sort });
+  // The list's filters as the API takes them (the list and the export alike).
+  const filters = () => {
+    const p = new URLSearchParams();
     for (const [k, name] of [["status", "status"], ["q", "q"], ["sweep", "sweep_id"], ["tag", "tag"], ["creator", "creator"], ["model", "model"], ["data", "data"], ["source", "source"]]) if (state[k]) p.set(name, state[k]);
     if (state.after) p.set("created_after", `${state.after}T00:00:00Z`);
     if (state.before) p.set("created_before", `${state.before}T23:59:59.999Z`);
+    return p;
+  };
+  // Every series of the jobs the filters select (or of the selected ones), as one long table (GET /export).
+  const showExport = () => {
+    const p = filters();
+    p.set("format", view.querySelector("#export-format").value);
+    if (selected.size) p.set("ids", [...selected].join(","));
+    const link = view.querySelector("#export-link");
+    link.href = `${API}/export?${p}`;
+    link.textContent = selected.size ? `Export the ${selected.size} selected` : "Export series";
+  };
+  const showSelection = () => {
+    view.querySelector("#bulk-cancel").disabled = view.querySelector("#bulk-delete").disabled = selected.size === 0;
+    view.querySelector("#bulk-state").textContent = selected.size ? `${selected.size} selected` : "";
+    showExport();
+  };
+  view.querySelector("#export-format").addEventListener("change", showExport);
+  let timer;
+  const load = async () => {
+    const p = filters();
+    for (const [k, v] of Object.entries({ limit, offset: state.offset, sort: state.sort })) p.set(k, v);
+    showExport();
     const page = await api(`/jobs?${p}`);
     if (!alive) return;  // the user has moved on to another page meanwhile
     view.querySelector("#jobs-count").textContent = `${page.total} job${page.total === 1 ? "" : "s"}` +

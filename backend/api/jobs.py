@@ -135,9 +135,7 @@ def queue_jobs(jobs: list[Job]) -> None:
         job.celery_task_id = queue.enqueue_job(job.id)
 
 
-@router.get("", response_model=JobPage)
-def list_jobs(
-    session: SessionDep,
+def job_filter(
     who: Viewer,
     status: Annotated[list[JobStatus] | None, Query(description="keep only these states")] = None,
     q: Annotated[str | None, Query(max_length=200, description="search in the job name")] = None,
@@ -149,12 +147,10 @@ def list_jobs(
     source: Annotated[Literal["server", "tracked"] | None, Query(description="trained by a worker, or tracked in its own loop")] = None,
     created_after: Annotated[Moment | None, Query()] = None,
     created_before: Annotated[Moment | None, Query()] = None,
-    sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> JobPage:
+) -> job_service.JobFilter:
+    """The job list's filters, in the caller's team (the list and the export take them alike)."""
     assert who.team_id is not None
-    filters = job_service.JobFilter(
+    return job_service.JobFilter(
         team_id=who.team_id,
         creator=creator,
         status=[s.value for s in status] if status else None,
@@ -167,6 +163,19 @@ def list_jobs(
         created_after=_naive_utc(created_after),
         created_before=_naive_utc(created_before),
     )
+
+
+JobFilterDep = Annotated[job_service.JobFilter, Depends(job_filter)]
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    filters: JobFilterDep,
+    sort: Annotated[str, Query(pattern=r"^-?(created|name|status)$", description="field, - for descending")] = "-created",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> JobPage:
     rows, total = job_service.list_jobs(session, filters, limit=limit, offset=offset, sort=sort)
     return JobPage(items=[JobOut.model_validate(j) for j in rows], total=total, limit=limit, offset=offset)
 

@@ -4,7 +4,7 @@ history's queries."""
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, Team, User, utcnow
@@ -81,7 +81,8 @@ class JobFilter:
     created_before: datetime | None = None
 
 
-def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, sort: str = "-created") -> tuple[list[Job], int]:
+def filtered(filters: JobFilter) -> Select[tuple[Job]]:
+    """The team's jobs that pass the filters (the job list's, the export's)."""
     query = select(Job).where(Job.team_id == filters.team_id)
     if filters.creator:
         query = query.where(Job.creator_id.in_(select(User.id).where(func.lower(User.username) == filters.creator.lower())))
@@ -103,6 +104,11 @@ def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, 
         query = query.where(Job.created_at >= filters.created_after)
     if filters.created_before is not None:
         query = query.where(Job.created_at < filters.created_before)
+    return query
+
+
+def list_jobs(session: Session, filters: JobFilter, *, limit: int, offset: int, sort: str = "-created") -> tuple[list[Job], int]:
+    query = filtered(filters)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     key, tie = SORTS[sort.lstrip("-")]
     order = (key.desc(), tie.desc()) if sort.startswith("-") else (key.asc(), tie.asc())

@@ -217,6 +217,34 @@ def test_submit_a_sweep_from_the_form(page, served: Serve):
     assert drawn == phase["z"] and len(drawn) == 3 and len(drawn[0]) == 2 and all(0.5 < v <= 1 for row in drawn for v in row)
     assert "metric=final%3Aval%2Faccuracy" in page.url
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "phase-diagram.png"), full_page=True)
+    # the sweep's series as one long table: from the job list, and from the CLI
+    recorded = sum(
+        s["total_points"]
+        for j in served.client.get("/jobs", params={"sweep_id": sweep_id}).json()["items"]
+        for s in served.client.get(f"/jobs/{j['id']}/metrics", params={"max_points": 10}).json()["series"]
+    )
+    page.goto(f"/#/jobs?sweep={sweep_id}")
+    page.wait_for_function("document.querySelectorAll('tr.job-row').length === 6")
+    page.select_option("#export-format", "csv")
+    with page.expect_download() as download:
+        page.click("#export-link")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == '"job_id","job_name","optimizer.lr","train.seed","series","step","value"' and len(lines) - 1 == recorded
+    token = served.client.headers["authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "DYNASCOPE_URL": f"http://127.0.0.1:{served.port}", "DYNASCOPE_TOKEN": token, "COLUMNS": "150"}
+    out = OUTPUT_DIR / "e2e" / "sweep-export.parquet"
+    done = subprocess.run(
+        [sys.executable, "-m", "dynascope.cli", "export", str(out), "--sweep", sweep_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{recorded:,} rows of 6 jobs (parquet)" in done.stdout
+    import pyarrow.parquet as pq
+
+    assert pq.read_metadata(out).num_rows == recorded
 
 
 def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve, tmp_path):

@@ -352,6 +352,58 @@ def test_a_sweep_as_a_phase_diagram(client):
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
 
 
+def test_an_export_of_many_jobs_is_one_long_table(client, monkeypatch):
+    import io
+
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    made = client.post("/api/v1/sweeps", json={**spec(name="exported"), "sweep": {"optimizer.lr": [0.1, 0.2], "train.seed": [0, 1]}}).json()
+    other = client.post("/api/v1/jobs", json=spec(name="left out")).json()
+    recorded = {}
+    rng = np.random.default_rng(1)
+    with session_scope() as session:
+        for job in [*made["jobs"], other]:
+            for name, n in (("train/loss", CHUNK_POINTS + 300), ("val/loss", 7)):
+                steps, values = np.arange(n) * 2, rng.normal(size=n)
+                values[3] = np.nan
+                append_points(session, job["id"], name, steps, values)
+                recorded[(job["id"], name)] = (steps, values)
+    response = client.get("/api/v1/export", params={"sweep_id": made["id"]})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/vnd.apache.parquet"
+    assert response.headers["x-dynascope-jobs"] == "4" and int(response.headers["x-dynascope-rows"]) == 4 * (CHUNK_POINTS + 307)
+    table = pq.read_table(io.BytesIO(response.content))
+    assert table.column_names == ["job_id", "job_name", "optimizer.lr", "train.seed", "series", "step", "value"]
+    assert table.num_rows == 4 * (CHUNK_POINTS + 307)
+    rows = table.to_pydict()
+    for job in made["jobs"]:
+        for name in ("train/loss", "val/loss"):
+            keep = [i for i, (j, s) in enumerate(zip(rows["job_id"], rows["series"], strict=True)) if j == job["id"] and s == name]
+            steps, values = recorded[(job["id"], name)]
+            assert [rows["step"][i] for i in keep] == steps.tolist()
+            np.testing.assert_array_equal([rows["value"][i] for i in keep], values)  # (NaN where NaN was recorded)
+            assert {rows["optimizer.lr"][i] for i in keep} == {job["sweep_params"]["optimizer.lr"]}
+    csv = client.get(
+        "/api/v1/export",
+        params={"ids": f"{made['jobs'][0]['id']},{other['id']}", "format": "csv", "names": "val/loss", "fields": "train.seed"},
+    )
+    assert csv.headers["content-type"].startswith("text/csv") and csv.headers["x-dynascope-rows"] == "14"
+    parsed = pa_csv.read_csv(io.BytesIO(csv.content)).to_pydict()
+    assert list(parsed) == ["job_id", "job_name", "train.seed", "series", "step", "value"] and len(parsed["step"]) == 14
+    assert set(parsed["job_name"]) == {made["jobs"][0]["name"], "left out"}
+    prefixed = client.get("/api/v1/export", params={"prefix": "val/", "q": "left", "format": "csv"})
+    assert prefixed.headers["x-dynascope-rows"] == "7" and prefixed.headers["x-dynascope-jobs"] == "1"
+    monkeypatch.setenv("DYNASCOPE_MAX_EXPORT_JOBS", "3")
+    from backend.config import get_settings
+
+    get_settings.cache_clear()
+    refused = client.get("/api/v1/export", params={"sweep_id": made["id"]})
+    assert refused.status_code == 413 and "at most 3 go in one (max_export_jobs)" in refused.json()["detail"]
+    assert client.get("/api/v1/export", params={"ids": "1,,2"}).status_code == 422
+    assert client.get("/api/v1/export", params={"format": "xlsx"}).status_code == 422
+    get_settings.cache_clear()
+
+
 def test_learning_rate_sensitivity_of_a_sweep(client):
     grid = {"optimizer.lr": [0.1, 0.001, 0.01], "train.seed": [0, 1], "optimizer.momentum": [0.0, 0.9]}
     made = client.post("/api/v1/sweeps", json={**spec(name="lr grid"), "sweep": grid}).json()
