@@ -26,6 +26,7 @@ from backend.api import (
     account,
     analyses,
     artifacts,
+    compare,
     datasets,
     events,
     exports,
@@ -228,6 +229,7 @@ def create_app() -> FastAPI:
         analyses,
         events,
         exports,
+        compare,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
 

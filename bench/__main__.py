@@ -15,6 +15,7 @@ from rich.table import Table
 
 from bench import (
     dashboard_first_chart,
+    export_throughput,
     gradstats_overhead,
     job_history,
     hessian_memory,
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "instability": instability_overhead.run,
     "dashboard": dashboard_first_chart.run,
     "job_history": job_history.run,
+    "export": export_throughput.run,
 }
 
 

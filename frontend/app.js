@@ -402,9 +402,49 @@ function renderJob(id, params) {
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const dig = (obj, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
 
+// Seed groups: the band around each group's mean (GET /compare/groups computes every number).
+const BANDS = {
+  std: { label: "± σ", lower: (g, i) => g.mean[i] - g.std[i], upper: (g, i) => g.mean[i] + g.std[i], ok: (g, i) => g.std[i] != null },
+  sem: { label: "± standard error", lower: (g, i) => g.mean[i] - g.sem[i], upper: (g, i) => g.mean[i] + g.sem[i], ok: (g, i) => g.sem[i] != null },
+  minmax: { label: "min – max", lower: (g, i) => g.min[i], upper: (g, i) => g.max[i], ok: (g, i) => g.count[i] > 1 },
+};
+const translucent = (hex) => `rgba(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(",")},0.2)`;
+
+async function drawGroups(el, state, jobs) {
+  const p = new URLSearchParams({ by: state.group, series: state.series, max_points: 2000 });
+  if (state.sweep && !state.jobs) p.set("sweep_id", state.sweep);
+  else p.set("ids", jobs.map((j) => j.id).join(","));
+  const band = BANDS[state.band] ?? BANDS.std;
+  const sets = [[state.series, await api(`/compare/groups?${p}`)]];
+  if (state.series === "hessian/sharpness") {  // each group against its own stability threshold
+    p.set("series", "hessian/threshold");
+    sets.push(["hessian/threshold", await api(`/compare/groups?${p}`)]);
+  }
+  const traces = [];
+  sets[0][1].groups.forEach((g, k) => {
+    const color = PALETTE[k % PALETTE.length], runs = Math.max(0, ...g.count);
+    const name = `${g.label} (n = ${runs})`;
+    if (runs > 1) {
+      const y = (f) => g.steps.map((_, i) => (band.ok(g, i) ? f(g, i) : null));
+      traces.push({ name: `${name} lower`, x: g.steps, y: y(band.lower), mode: "lines", line: { width: 0, color }, showlegend: false, hoverinfo: "skip", legendgroup: name, meta: { band: "lower", group: g.label } });
+      traces.push({ name: `${name} ${band.label}`, x: g.steps, y: y(band.upper), mode: "lines", line: { width: 0, color }, fill: "tonexty", fillcolor: translucent(color), showlegend: false, hoverinfo: "skip", legendgroup: name, meta: { band: "upper", group: g.label } });
+    }
+    traces.push({ name, x: g.steps, y: g.mean, mode: "lines", line: { color }, customdata: g.count, legendgroup: name, meta: { band: "mean", group: g.label },
+      hovertemplate: `${esc(g.label)}, step %{x}: mean %{y:.4g} over %{customdata} run(s)<extra></extra>` });
+    const threshold = sets[1]?.[1].groups.find((t) => t.label === g.label);
+    if (threshold) traces.push({ name: `threshold (${g.label})`, x: threshold.steps, y: threshold.mean, mode: "lines", line: { dash: "dash", color }, legendgroup: name });
+  });
+  const layout = plotLayout(`${state.series}: mean ${runsText(sets[0][1])} by ${state.group}, band ${band.label}`, state.logy);
+  await Plotly.newPlot(el, traces, layout, PLOT_CONFIG);
+  el.dataset.band = state.band;
+  el.dataset.groups = String(sets[0][1].groups.length);
+}
+
+const runsText = (body) => `of ${body.groups.reduce((n, g) => n + g.jobs.length, 0)} runs`;
+
 function renderCompare(params) {
   const state = { jobs: params.get("jobs") || "", sweep: params.get("sweep") || "", series: params.get("series") || "train/loss",
-    legend: params.get("legend") || "", logy: params.get("logy") === "1" };
+    legend: params.get("legend") || "", logy: params.get("logy") === "1", group: params.get("group") || "", band: params.get("band") || "std" };
   view.innerHTML = `
     <h1>Compare runs</h1>
     <div class="toolbar">
@@ -412,6 +452,8 @@ function renderCompare(params) {
       <label>Sweep <input id="compare-sweep" size="5" value="${esc(state.sweep)}"></label>
       <label>Series <select id="compare-series"></select></label>
       <label>Legend by <input id="compare-legend" placeholder="optimizer.lr" value="${esc(state.legend)}"></label>
+      <label>Group by <input id="compare-group" placeholder="optimizer.lr (the rest averaged)" value="${esc(state.group)}"></label>
+      <label>Band <select id="compare-band">${Object.entries(BANDS).map(([v, b]) => `<option value="${v}" ${v === state.band ? "selected" : ""}>${b.label}</option>`).join("")}</select></label>
       <label><input id="compare-logy" type="checkbox" ${state.logy ? "checked" : ""}> log y</label>
       <button id="compare-draw">Draw</button>
     </div>
@@ -428,8 +470,11 @@ function renderCompare(params) {
     state.series = view.querySelector("#compare-series").value || state.series;
     state.legend = view.querySelector("#compare-legend").value.trim();
     state.logy = view.querySelector("#compare-logy").checked;
+    state.group = view.querySelector("#compare-group").value.replace(/\s/g, "");
+    state.band = view.querySelector("#compare-band").value;
     const p = new URLSearchParams();
-    for (const k of ["jobs", "sweep", "series", "legend"]) if (state[k]) p.set(k, state[k]);
+    for (const k of ["jobs", "sweep", "series", "legend", "group"]) if (state[k]) p.set(k, state[k]);
+    if (state.group) p.set("band", state.band);
     if (state.logy) p.set("logy", "1");
     for (const [k, v] of Object.entries(phaseState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/compare?${p}`);
@@ -455,6 +500,11 @@ function renderCompare(params) {
     series.forEach((m) => m.series.forEach((s) => names.add(s.name)));
     const select = view.querySelector("#compare-series");
     select.innerHTML = [...names].sort().map((n) => `<option ${n === state.series ? "selected" : ""}>${esc(n)}</option>`).join("");
+    if (state.group) {
+      await drawGroups(el, state, jobs);
+      addExports(view, "comparison");
+      return;
+    }
     const label = (j) => state.legend ? state.legend.split(",").map((f) => `${f}=${dig(j.spec, f)}`).join(", ") : `${j.id}: ${j.name}`;
     const traces = [];
     jobs.forEach((j, i) => {
@@ -470,6 +520,7 @@ function renderCompare(params) {
     addExports(view, "comparison");
   };
   view.querySelector("#compare-draw").addEventListener("click", () => draw().catch(console.error));
+  view.querySelector("#compare-band").addEventListener("change", () => draw().catch(console.error));
   view.querySelector("#compare-series").addEventListener("change", () => draw().catch(console.error));
   if (state.jobs || state.sweep) draw().catch(console.error);
   return () => {};

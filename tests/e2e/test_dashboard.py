@@ -300,6 +300,34 @@ def test_smoothing_log_axis_url_state_and_csv_export(page, served: Serve, tmp_pa
     offline.close()
 
 
+def test_seed_groups_draw_a_band_per_learning_rate(page, served: Serve):
+    raw = {**spec(steps=40, name="e2e-seeds"), "sweep": {"optimizer.lr": [0.05, 0.2, 0.5], "train.seed": [0, 1, 2]}}
+    made = served.client.post("/sweeps", json=raw).json()
+    for job in made["jobs"]:
+        served.job_when(job["id"], lambda j: j["status"] == "succeeded", 180)
+    page.goto(f"/#/compare?sweep={made['id']}&series=train%2Floss&group=optimizer.lr&band=std")
+    page.wait_for_function("document.getElementById('compare-plot')?.dataset.groups === '3'", timeout=30_000)
+    api = served.client.get("/compare/groups", params={"sweep_id": made["id"], "by": "optimizer.lr", "series": "train/loss"}).json()
+    drawn = page.evaluate(
+        "document.getElementById('compare-plot').data.map((t) => ({name: t.name, y: Array.from(t.y), x: Array.from(t.x), band: t.meta?.band}))"
+    )
+    assert [t["band"] for t in drawn] == ["lower", "upper", "mean"] * 3, "three lines, each with its band"
+    for k, group in enumerate(api["groups"]):
+        lower, upper, mean = drawn[3 * k : 3 * k + 3]
+        assert mean["name"] == f"optimizer.lr={group['key']['optimizer.lr']} (n = 3)" and mean["x"] == group["steps"]
+        assert mean["y"] == group["mean"]
+        assert lower["y"] == pytest.approx([m - s for m, s in zip(group["mean"], group["std"], strict=True)], rel=1e-12)
+        assert upper["y"] == pytest.approx([m + s for m, s in zip(group["mean"], group["std"], strict=True)], rel=1e-12)
+    page.select_option("#compare-band", "minmax")
+    page.wait_for_function("document.getElementById('compare-plot')?.dataset.band === 'minmax'")
+    lower = page.evaluate("Array.from(document.getElementById('compare-plot').data[0].y)")
+    assert lower == api["groups"][0]["min"] and "band=minmax" in page.url
+    page.reload()
+    page.wait_for_function("document.getElementById('compare-plot')?.dataset.band === 'minmax'", timeout=30_000)
+    assert page.input_value("#compare-group") == "optimizer.lr", "the grouping came back from the URL"
+    page.screenshot(path=str(OUTPUT_DIR / "e2e" / "seed-groups.png"), full_page=True)
+
+
 def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
     raw = {**spec(steps=200, name="e2e-eos"), "sweep": {"optimizer.lr": [0.2, 0.5]}}
     raw["probes"] = {"hessian": {"every": 50, "top_k": 1, "examples": 300}}

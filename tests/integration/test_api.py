@@ -404,6 +404,60 @@ def test_an_export_of_many_jobs_is_one_long_table(client, monkeypatch):
     get_settings.cache_clear()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # (numpy's own, on the steps only one run has)
+def test_seed_groups_aggregate_full_resolution_series(client):
+    grid = {"optimizer.lr": [0.1, 0.2, 0.3], "train.seed": [0, 1, 2]}
+    made = client.post("/api/v1/sweeps", json={**spec(name="seeds"), "sweep": grid}).json()
+    rng = np.random.default_rng(2)
+    raw: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}
+    with session_scope() as session:
+        for job in made["jobs"]:
+            lr, seed = job["sweep_params"]["optimizer.lr"], job["sweep_params"]["train.seed"]
+            n = 3000 + 500 * seed  # runs of different lengths: the union of their steps
+            steps, values = np.arange(n) * (1 + seed % 2), rng.normal(lr, 0.1, n)
+            values[[5, 17]] = [np.nan, np.inf]
+            if lr == 0.3 and seed > 0:
+                continue  # lr 0.3 has one run with points: a line, n = 1
+            append_points(session, job["id"], "train/loss", steps, values)
+            raw.setdefault(lr, []).append((steps, values))
+    body = client.get(
+        "/api/v1/compare/groups", params={"sweep_id": made["id"], "by": "optimizer.lr", "series": "train/loss", "max_points": 100000}
+    ).json()
+    assert [g["key"] for g in body["groups"]] == [{"optimizer.lr": 0.1}, {"optimizer.lr": 0.2}, {"optimizer.lr": 0.3}]
+    for group in body["groups"]:
+        runs = raw[group["key"]["optimizer.lr"]]
+        union = np.unique(np.concatenate([s for s, _ in runs]))
+        table = np.full((len(runs), len(union)), np.nan)
+        for r, (s, v) in enumerate(runs):
+            table[r, np.searchsorted(union, s)] = np.where(np.isfinite(v), v, np.nan)
+        count = np.sum(~np.isnan(table), 0)
+        assert group["steps"] == union.tolist() and group["count"] == count.tolist() and group["excluded"] == 2 * len(runs)
+        np.testing.assert_allclose(np.array(group["mean"], float), np.nanmean(table, 0), rtol=1e-12)
+        if len(runs) > 1:
+            expected_std = np.where(count > 1, np.nanstd(table, 0, ddof=1), np.nan)
+            np.testing.assert_allclose(np.array(group["std"], float), expected_std, rtol=1e-10)
+            np.testing.assert_allclose(np.array(group["sem"], float), expected_std / np.sqrt(count), rtol=1e-10)
+        else:
+            assert all(v is None for v in group["std"]) and group["jobs"] == [
+                made["jobs"][6]["id"],
+                made["jobs"][7]["id"],
+                made["jobs"][8]["id"],
+            ]
+        np.testing.assert_array_equal(np.array(group["min"], float), np.nanmin(table, 0))
+        np.testing.assert_array_equal(np.array(group["max"], float), np.nanmax(table, 0))
+    thin = client.get(
+        "/api/v1/compare/groups", params={"sweep_id": made["id"], "by": "optimizer.lr", "series": "train/loss", "max_points": 50}
+    ).json()
+    first = thin["groups"][0]
+    assert (
+        first["thinned"] and len(first["steps"]) == 50 and first["steps"][0] == 0 and first["steps"][-1] == body["groups"][0]["steps"][-1]
+    )
+    at = body["groups"][0]["steps"].index(first["steps"][7])
+    assert first["mean"][7] == body["groups"][0]["mean"][at], "thinned after aggregating: the same numbers at the steps kept"
+    one = client.get("/api/v1/compare/groups", params={"ids": f"{made['jobs'][0]['id']}", "series": "train/loss"}).json()
+    assert one["by"] == [] and one["groups"][0]["label"] == "all runs" and one["groups"][0]["jobs"] == [made["jobs"][0]["id"]]
+
+
 def test_learning_rate_sensitivity_of_a_sweep(client):
     grid = {"optimizer.lr": [0.1, 0.001, 0.01], "train.seed": [0, 1], "optimizer.momentum": [0.0, 0.9]}
     made = client.post("/api/v1/sweeps", json={**spec(name="lr grid"), "sweep": grid}).json()
