@@ -40,6 +40,7 @@ from backend.api import (
     runs,
     specs,
     sweeps,
+    table,
     teams,
     tokens,
 )
@@ -230,6 +231,7 @@ def create_app() -> FastAPI:
         events,
         exports,
         compare,
+        table,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
 

@@ -225,6 +225,10 @@ class MetricChunk(Base):
     count: Mapped[int] = mapped_column(Integer)
     steps: Mapped[bytes] = mapped_column(LargeBinary)
     values: Mapped[bytes] = mapped_column(LargeBinary)
+    # Over the chunk's finite values (null: none): what the runs table sorts and filters on.
+    vmin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    vmax: Mapped[float | None] = mapped_column(Float, nullable=True)
+    vlast: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Analysis(Base):

@@ -13,6 +13,15 @@ _STEP_DTYPE = np.dtype("<i8")
 _VALUE_DTYPE = np.dtype("<f8")
 
 
+def summarize(chunk: MetricChunk) -> None:
+    """The chunk's smallest, largest and last finite value (null where it has none)."""
+    values = np.frombuffer(chunk.values, _VALUE_DTYPE)
+    finite = values[np.isfinite(values)]
+    chunk.vmin, chunk.vmax, chunk.vlast = (
+        (float(finite.min()), float(finite.max()), float(finite[-1])) if len(finite) else (None, None, None)
+    )
+
+
 def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, values: np.ndarray) -> None:
     """Append points (steps increasing) to a series, filling the last chunk before opening a new one."""
     steps = np.asarray(steps, dtype=_STEP_DTYPE)
@@ -27,22 +36,23 @@ def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, v
         last.values = last.values + values[:take].tobytes()
         last.count += take
         last.last_step = int(steps[take - 1])
+        summarize(last)
         pos = take
     seq = last.seq + 1 if last is not None else 0
     while pos < len(steps):
         s, v = steps[pos : pos + CHUNK_POINTS], values[pos : pos + CHUNK_POINTS]
-        session.add(
-            MetricChunk(
-                job_id=job_id,
-                name=name,
-                seq=seq,
-                first_step=int(s[0]),
-                last_step=int(s[-1]),
-                count=len(s),
-                steps=s.tobytes(),
-                values=v.tobytes(),
-            )
+        chunk = MetricChunk(
+            job_id=job_id,
+            name=name,
+            seq=seq,
+            first_step=int(s[0]),
+            last_step=int(s[-1]),
+            count=len(s),
+            steps=s.tobytes(),
+            values=v.tobytes(),
         )
+        summarize(chunk)
+        session.add(chunk)
         seq += 1
         pos += len(s)
 
@@ -88,3 +98,4 @@ def truncate_series(session: Session, job_id: int, from_step: int, name: str | N
         chunk.steps = steps[:keep].tobytes()
         chunk.values = np.frombuffer(chunk.values, _VALUE_DTYPE)[:keep].tobytes()
         chunk.count, chunk.last_step = keep, int(steps[keep - 1])
+        summarize(chunk)

@@ -11,7 +11,21 @@ from tests.conftest import bearer, provision, reset_caches
 
 @pytest.fixture
 def client(tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    url = f"sqlite:///{tmp_path / 'api.db'}"
+    yield from _client(f"sqlite:///{tmp_path / 'api.db'}", tmp_path, embedded_redis, monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_client(
+    request: pytest.FixtureRequest, tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """The API on SQLite, then on PostgreSQL (queries whose SQL differs between the two)."""
+    url = f"sqlite:///{tmp_path / 'api.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    if request.param == "postgresql":
+        monkeypatch.setenv("DYNASCOPE_SECRET_KEY", "a-test-secret-key-of-32-characters-or-more")
+    yield from _client(url, tmp_path, embedded_redis, monkeypatch)
+
+
+def _client(url: str, tmp_path: Path, embedded_redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("DYNASCOPE_DATABASE_URL", url)
     monkeypatch.setenv("DYNASCOPE_BROKER_URL", embedded_redis)
     monkeypatch.setenv("DYNASCOPE_ARTIFACT_DIR", str(tmp_path / "artifacts"))

@@ -352,7 +352,8 @@ def test_a_sweep_as_a_phase_diagram(client):
     assert client.get(f"/api/v1/sweeps/{made['id']}/phase", params={"metric": "mean:x; drop"}).status_code == 422
 
 
-def test_an_export_of_many_jobs_is_one_long_table(client, monkeypatch):
+def test_an_export_of_many_jobs_is_one_long_table(either_client, monkeypatch):
+    client = either_client
     import io
 
     import pyarrow.csv as pa_csv
@@ -456,6 +457,45 @@ def test_seed_groups_aggregate_full_resolution_series(client):
     assert first["mean"][7] == body["groups"][0]["mean"][at], "thinned after aggregating: the same numbers at the steps kept"
     one = client.get("/api/v1/compare/groups", params={"ids": f"{made['jobs'][0]['id']}", "series": "train/loss"}).json()
     assert one["by"] == [] and one["groups"][0]["label"] == "all runs" and one["groups"][0]["jobs"] == [made["jobs"][0]["id"]]
+
+
+def test_the_runs_table_sorts_filters_and_pages_in_the_database(either_client):
+    client = either_client
+    made = client.post(
+        "/api/v1/sweeps", json={**spec(name="tabled"), "sweep": {"optimizer.lr": [0.1, 0.2, 0.4], "train.seed": [0, 1]}}
+    ).json()
+    rng = np.random.default_rng(3)
+    final, smallest = {}, {}
+    with session_scope() as session:
+        for job in made["jobs"]:
+            val = rng.uniform(0.5, 2.0, 40)
+            val[-1] = np.nan  # the final value is the last finite one
+            loss = rng.uniform(0.1, 3.0, CHUNK_POINTS + 50)
+            append_points(session, job["id"], "val/loss", np.arange(40), val[:30])
+            append_points(session, job["id"], "val/loss", np.arange(30, 40), val[30:])  # (appended to a chunk: its summary follows)
+            append_points(session, job["id"], "train/loss", np.arange(CHUNK_POINTS + 50), loss)
+            final[job["id"]], smallest[job["id"]] = float(val[-2]), float(loss.min())
+    params = {"sweep_id": made["id"], "metrics": "final:val/loss,min:train/loss", "sort": "-final:val/loss"}
+    body = client.get("/api/v1/jobs-table", params=params).json()
+    assert body["fields"] == ["optimizer.lr", "train.seed"] and body["total"] == 6
+    assert [r["id"] for r in body["items"]] == sorted(final, key=lambda j: -final[j])
+    for row in body["items"]:
+        assert row["metrics"] == {"final:val/loss": final[row["id"]], "min:train/loss": smallest[row["id"]]}
+        assert row["fields"]["optimizer.lr"] in (0.1, 0.2, 0.4)
+    ranged = client.get("/api/v1/jobs-table", params={**params, "where": ["optimizer.lr>=0.2", "train.seed=1"]}).json()
+    assert {(r["fields"]["optimizer.lr"], r["fields"]["train.seed"]) for r in ranged["items"]} == {(0.2, 1), (0.4, 1)}
+    cut = sorted(final.values())[2]
+    below = client.get("/api/v1/jobs-table", params={**params, "where": [f"final:val/loss<{cut}"], "sort": "optimizer.lr"}).json()
+    assert below["total"] == 2 and all(r["metrics"]["final:val/loss"] < cut for r in below["items"])
+    paged = client.get("/api/v1/jobs-table", params={**params, "limit": 4, "offset": 4}).json()
+    assert paged["total"] == 6 and [r["id"] for r in paged["items"]] == [r["id"] for r in body["items"]][4:]
+    for bad, where in (
+        ({"where": "optimizer.lr>=fast"}, "where"),
+        ({"where": "nope<1"}, "where"),
+        ({"sort": "velocity"}, "sort"),
+        ({"metrics": "mean:val/loss"}, "metrics"),
+    ):
+        assert list(field_errors(client.get("/api/v1/jobs-table", params={**params, **bad}))) == [where], bad
 
 
 def test_learning_rate_sensitivity_of_a_sweep(client):

@@ -133,6 +133,7 @@ def test_a_member_of_another_team_gets_404_for_every_read_and_write_on_its_rows(
     assert stolen.status_code == 200 and stolen.headers["x-dynascope-rows"] == "0" and "bob-job" not in stolen.text
     assert client.get(f"{API}/export", params={"sweep_id": ids["sweep_id"]}).headers["x-dynascope-jobs"] == "0"
     assert client.get(f"{API}/compare/groups", params={"ids": str(ids["job_id"]), "series": "train/loss"}).json()["groups"] == []
+    assert client.get(f"{API}/jobs-table", params={"sweep_id": ids["sweep_id"]}).json()["total"] == 0
     assert bob.get(f"{API}/export", params={"ids": str(ids["job_id"]), "format": "csv"}).text.count("bob-job") == 2  # the control
     raw = spec() | {"data": {"kind": "upload", "dataset": ids["dataset_id"]}}
     refused = client.post(f"{API}/jobs", json=raw)
