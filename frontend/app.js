@@ -3,6 +3,7 @@ import { renderAccount, renderSignIn, loadMe, session, signInWithCode } from "./
 import { analysesSection } from "./analyses.js";
 import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout } from "./common.js";
 import { VIEWS } from "./views/index.js";
+import { renderRuns } from "./runs.js";
 import { phaseView } from "./views/phase.js";
 import { sensitivityView } from "./views/sensitivity.js";
 
@@ -45,7 +46,8 @@ function renderJobs(params) {
       <button id="bulk-cancel" class="danger writes" disabled>Cancel selected</button>
       <button id="bulk-delete" class="danger writes" disabled>Delete selected</button>
       <span id="bulk-state" class="muted" aria-live="polite"></span>
-      ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>` : ""}
+      ${state.sweep ? `<a id="compare-sweep-link" href="#/compare?sweep=${esc(state.sweep)}">Compare this sweep</a>
+        <a id="runs-sweep-link" href="#/runs?sweep=${esc(state.sweep)}">Table of this sweep</a>` : ""}
       <label>Export as <select id="export-format"><option>parquet</option><option>csv</option></select></label>
       <a id="export-link" download>Export series</a>
     </div>
@@ -544,6 +546,7 @@ function route() {
   else if (jobMatch) cleanup = renderJob(jobMatch[1], params);
   else if (path === "/new") cleanup = renderNew(params);
   else if (path === "/compare") cleanup = renderCompare(params);
+  else if (path === "/runs") cleanup = renderRuns(view, params);
   else cleanup = renderJobs(params);
   document.title = `Dynascope · ${path.slice(1) || "jobs"}`;
 }

@@ -326,6 +326,27 @@ def test_seed_groups_draw_a_band_per_learning_rate(page, served: Serve):
     page.wait_for_function("document.getElementById('compare-plot')?.dataset.band === 'minmax'", timeout=30_000)
     assert page.input_value("#compare-group") == "optimizer.lr", "the grouping came back from the URL"
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "seed-groups.png"), full_page=True)
+    # the same runs as a table: sorted by a header, filtered by a range, two of them into Compare
+    page.goto(f"/#/runs?sweep={made['id']}&metrics=final:train/loss")
+    page.wait_for_function("document.getElementById('runs-table')?.dataset.total === '9'")
+    page.click("button.sort[data-key='final:train/loss']")
+    page.wait_for_function("document.querySelector('button.sort[data-key=\"final:train/loss\"]').textContent.endsWith('▼')")
+    api = served.client.get(
+        "/jobs-table", params={"sweep_id": made["id"], "metrics": "final:train/loss", "sort": "-final:train/loss"}
+    ).json()
+    shown = page.eval_on_selector_all("tr.run-row", "rows => rows.map(r => Number(r.dataset.id))")
+    assert shown == [r["id"] for r in api["items"]] and "sort=-final%3Atrain%2Floss" in page.url
+    page.fill("#runs-where", "optimizer.lr>=0.2")
+    page.click("#runs-draw")
+    page.wait_for_function("document.getElementById('runs-table')?.dataset.total === '6'")
+    lrs = page.eval_on_selector_all("tr.run-row td:nth-child(5)", "cells => cells.map(c => Number(c.textContent))")
+    assert sorted(set(lrs)) == [0.2, 0.5]
+    picked = page.eval_on_selector_all("tr.run-row", "rows => rows.slice(0, 2).map(r => r.dataset.id)")
+    for job_id in picked:
+        page.check(f"input.select-run[data-id='{job_id}']")
+    page.click("#runs-compare")
+    page.wait_for_function("document.getElementById('compare-plot')?.data?.length === 2", timeout=30_000)
+    assert f"jobs={picked[0]}%2C{picked[1]}" in page.url or f"jobs={picked[0]},{picked[1]}" in page.url
 
 
 def test_compare_a_sweep_sharpness_against_each_threshold(page, served: Serve):
