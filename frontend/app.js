@@ -1,7 +1,7 @@
 // Dynascope dashboard: hash routes #/jobs, #/new, #/jobs/<id>. Talks to the backend only through /api/v1.
 import { renderAccount, renderSignIn, loadMe, session, signInWithCode } from "./account.js";
 import { analysesSection } from "./analyses.js";
-import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout } from "./common.js";
+import { API, PLOT_CONFIG, TERMINAL, addExports, api, esc, plotLayout, themed } from "./common.js";
 import { VIEWS } from "./views/index.js";
 import { renderRuns } from "./runs.js";
 import { phaseView } from "./views/phase.js";
@@ -404,45 +404,17 @@ function renderJob(id, params) {
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const dig = (obj, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
 
-// Seed groups: the band around each group's mean (GET /compare/groups computes every number).
-const BANDS = {
-  std: { label: "± σ", lower: (g, i) => g.mean[i] - g.std[i], upper: (g, i) => g.mean[i] + g.std[i], ok: (g, i) => g.std[i] != null },
-  sem: { label: "± standard error", lower: (g, i) => g.mean[i] - g.sem[i], upper: (g, i) => g.mean[i] + g.sem[i], ok: (g, i) => g.sem[i] != null },
-  minmax: { label: "min – max", lower: (g, i) => g.min[i], upper: (g, i) => g.max[i], ok: (g, i) => g.count[i] > 1 },
-};
-const translucent = (hex) => `rgba(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(",")},0.2)`;
+// Seed groups: each group's mean with its band, as the server describes the figure (GET /compare/groups).
+const BANDS = { std: "± σ", sem: "± standard error", minmax: "min – max" };
 
 async function drawGroups(el, state, jobs) {
-  const p = new URLSearchParams({ by: state.group, series: state.series, max_points: 2000 });
+  const p = new URLSearchParams({ by: state.group, series: state.series, max_points: 2000, band: state.band, logy: state.logy });
   if (state.sweep && !state.jobs) p.set("sweep_id", state.sweep);
   else p.set("ids", jobs.map((j) => j.id).join(","));
-  const band = BANDS[state.band] ?? BANDS.std;
-  const sets = [[state.series, await api(`/compare/groups?${p}`)]];
-  if (state.series === "hessian/sharpness") {  // each group against its own stability threshold
-    p.set("series", "hessian/threshold");
-    sets.push(["hessian/threshold", await api(`/compare/groups?${p}`)]);
-  }
-  const traces = [];
-  sets[0][1].groups.forEach((g, k) => {
-    const color = PALETTE[k % PALETTE.length], runs = Math.max(0, ...g.count);
-    const name = `${g.label} (n = ${runs})`;
-    if (runs > 1) {
-      const y = (f) => g.steps.map((_, i) => (band.ok(g, i) ? f(g, i) : null));
-      traces.push({ name: `${name} lower`, x: g.steps, y: y(band.lower), mode: "lines", line: { width: 0, color }, showlegend: false, hoverinfo: "skip", legendgroup: name, meta: { band: "lower", group: g.label } });
-      traces.push({ name: `${name} ${band.label}`, x: g.steps, y: y(band.upper), mode: "lines", line: { width: 0, color }, fill: "tonexty", fillcolor: translucent(color), showlegend: false, hoverinfo: "skip", legendgroup: name, meta: { band: "upper", group: g.label } });
-    }
-    traces.push({ name, x: g.steps, y: g.mean, mode: "lines", line: { color }, customdata: g.count, legendgroup: name, meta: { band: "mean", group: g.label },
-      hovertemplate: `${esc(g.label)}, step %{x}: mean %{y:.4g} over %{customdata} run(s)<extra></extra>` });
-    const threshold = sets[1]?.[1].groups.find((t) => t.label === g.label);
-    if (threshold) traces.push({ name: `threshold (${g.label})`, x: threshold.steps, y: threshold.mean, mode: "lines", line: { dash: "dash", color }, legendgroup: name });
-  });
-  const layout = plotLayout(`${state.series}: mean ${runsText(sets[0][1])} by ${state.group}, band ${band.label}`, state.logy);
-  await Plotly.newPlot(el, traces, layout, PLOT_CONFIG);
-  el.dataset.band = state.band;
-  el.dataset.groups = String(sets[0][1].groups.length);
+  const { figure } = await api(`/compare/groups?${p}`);
+  await Plotly.newPlot(el, figure.data, themed(figure.layout), PLOT_CONFIG);
+  for (const [k, v] of Object.entries(figure.meta)) el.dataset[k] = v;
 }
-
-const runsText = (body) => `of ${body.groups.reduce((n, g) => n + g.jobs.length, 0)} runs`;
 
 function renderCompare(params) {
   const state = { jobs: params.get("jobs") || "", sweep: params.get("sweep") || "", series: params.get("series") || "train/loss",
@@ -455,9 +427,10 @@ function renderCompare(params) {
       <label>Series <select id="compare-series"></select></label>
       <label>Legend by <input id="compare-legend" placeholder="optimizer.lr" value="${esc(state.legend)}"></label>
       <label>Group by <input id="compare-group" placeholder="optimizer.lr (the rest averaged)" value="${esc(state.group)}"></label>
-      <label>Band <select id="compare-band">${Object.entries(BANDS).map(([v, b]) => `<option value="${v}" ${v === state.band ? "selected" : ""}>${b.label}</option>`).join("")}</select></label>
+      <label>Band <select id="compare-band">${Object.entries(BANDS).map(([v, label]) => `<option value="${v}" ${v === state.band ? "selected" : ""}>${label}</option>`).join("")}</select></label>
       <label><input id="compare-logy" type="checkbox" ${state.logy ? "checked" : ""}> log y</label>
       <button id="compare-draw">Draw</button>
+      <a id="compare-report" download hidden>Report (HTML)</a>
     </div>
     <div class="chart">
       <div id="compare-plot" class="plot" role="img" aria-label="the chosen series of each job over steps"></div></div>
@@ -480,6 +453,14 @@ function renderCompare(params) {
     if (state.logy) p.set("logy", "1");
     for (const [k, v] of Object.entries(phaseState)) if (v) p.set(k, v);
     history.replaceState(null, "", `#/compare?${p}`);
+    // The sweep or the chosen runs as one HTML file: grouped charts, runs table, phase diagram, specs.
+    const report = new URLSearchParams({ band: state.band });
+    if (state.sweep && !state.jobs) report.set("sweep_id", state.sweep);
+    if (state.jobs) report.set("ids", state.jobs);
+    if (state.group) report.set("by", state.group);
+    const link = view.querySelector("#compare-report");
+    link.href = `${API}/compare/report.html?${report}`;
+    link.hidden = !(state.sweep || state.jobs);
   };
   const draw = async () => {
     read();

@@ -12,7 +12,7 @@ router = APIRouter(prefix="/jobs", tags=["results"])
 
 
 @lru_cache
-def _plotly_js() -> str:
+def plotly_js() -> str:
     return (files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
 
 
@@ -20,5 +20,5 @@ def _plotly_js() -> str:
 def job_report(job_id: RowId, session: SessionDep, who: Viewer) -> HTMLResponse:
     """One self-contained HTML file: the job's facts, spec and every chart, plotly.js inside (opens offline)."""
     job = get_job_or_404(session, job_id, who.team_id)
-    body = report.render(session, job, _plotly_js())
+    body = report.render(session, job, plotly_js())
     return HTMLResponse(body, headers={"content-disposition": f'attachment; filename="dynascope-job{job_id}-report.html"'})

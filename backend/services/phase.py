@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from backend.figures.sweep import phase_figure
 from backend.models import Job, JobStatus
 from backend.services.series import read_series
 
@@ -54,4 +55,5 @@ def phase_diagram(session: Session, jobs: list[Job], x: str, y: str | None, metr
         z.append(row)
         ids.append(row_ids)
         counts.append(row_counts)
-    return {"metric": metric, "x": x, "y": y, "xs": xs, "ys": ys, "z": z, "jobs": ids, "counts": counts}
+    phase = {"metric": metric, "x": x, "y": y, "xs": xs, "ys": ys, "z": z, "jobs": ids, "counts": counts}
+    return phase | {"figure": phase_figure(phase).model_dump()}

@@ -27,7 +27,7 @@ def _views(source: JobSource) -> list[tuple[str, View]]:
     return out
 
 
-def _figure(figure: Figure) -> str:
+def figure_html(figure: Figure) -> str:
     if figure.table is not None:
         t = figure.table
         head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
@@ -39,7 +39,7 @@ def _figure(figure: Figure) -> str:
 
 def _section(title: str, view: View) -> str:
     notes = "".join(f"<p>{html.escape(text)}</p>" for text in view.notes.values())
-    return f"<h2>{html.escape(title)}</h2>{notes}" + "\n".join(_figure(f) for f in view.figures if not f.empty)
+    return f"<h2>{html.escape(title)}</h2>{notes}" + "\n".join(figure_html(f) for f in view.figures if not f.empty)
 
 
 def render(session: Session, job: Job, plotly_js: str) -> str:

@@ -1,7 +1,7 @@
 // A sweep as a phase diagram: one number per job (final/max/min of a series, or diverged) on the grid of two
 // swept fields, as a heat map whose cells open their job. Data: /sweeps/<id>/phase. State in the URL:
 // metric, px, py.
-import { PLOT_CONFIG, addExports, api, esc, plotLayout } from "../common.js";
+import { PLOT_CONFIG, addExports, api, esc, themed } from "../common.js";
 
 const PRESETS = ["final:val/loss", "final:val/accuracy", "final:train/loss", "max:hessian/sharpness", "max:train/loss", "diverged"];
 
@@ -42,16 +42,7 @@ export function phaseView(container, sweepId, params, onState) {
     fill("#phase-x", phase.x, false);
     fill("#phase-y", phase.y ?? "", true);
     onState({ metric: state.metric, px: state.x, py: state.y });
-    const text = phase.z.map((row) => row.map((v) => (v == null ? "" : Number(v).toPrecision(3))));
-    const layout = plotLayout(`${phase.metric} over ${phase.x}${phase.y ? ` × ${phase.y}` : ""}`, false);
-    layout.xaxis = { title: { text: phase.x }, type: "category" };
-    layout.yaxis = { title: { text: phase.y ?? "" }, type: "category" };
-    const reversed = phase.metric.includes("accuracy");
-    await Plotly.react(el, [{
-      type: "heatmap", x: phase.xs.map(String), y: phase.ys.map((v) => (v == null ? "" : String(v))), z: phase.z, text, texttemplate: "%{text}",
-      colorscale: phase.metric === "diverged" ? [[0, "#2da44e"], [1, "#cf222e"]] : "Viridis", reversescale: reversed, hoverongaps: false,
-      customdata: phase.jobs, hovertemplate: "%{x}, %{y}: %{z}<br>jobs %{customdata}<extra></extra>",
-    }], layout, PLOT_CONFIG);
+    await Plotly.react(el, phase.figure.data, themed(phase.figure.layout), PLOT_CONFIG);
     el.dataset.metric = phase.metric;
     addExports(container, `sweep${sweepId}`);
     const missing = phase.z.flat().filter((v) => v == null).length;

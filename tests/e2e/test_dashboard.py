@@ -326,6 +326,21 @@ def test_seed_groups_draw_a_band_per_learning_rate(page, served: Serve):
     page.wait_for_function("document.getElementById('compare-plot')?.dataset.band === 'minmax'", timeout=30_000)
     assert page.input_value("#compare-group") == "optimizer.lr", "the grouping came back from the URL"
     page.screenshot(path=str(OUTPUT_DIR / "e2e" / "seed-groups.png"), full_page=True)
+    # the sweep as one HTML file, opened with no network at all
+    with page.expect_download() as download:
+        page.click("#compare-report")
+    report = OUTPUT_DIR / "e2e" / "sweep-report.html"
+    download.value.save_as(report)
+    offline = page.context.browser.new_context()
+    offline.set_offline(True)
+    viewer = offline.new_page()
+    viewer.goto(report.as_uri())
+    viewer.wait_for_function("document.querySelectorAll('.js-plotly-plot').length === 4", timeout=30_000)  # 3 series, the phase diagram
+    assert viewer.title() == f"Dynascope report: Sweep {made['id']}: e2e-seeds"
+    assert len(viewer.query_selector_all("table tbody tr")) == 9 + 1, "the runs, and the learning-rate sensitivity's one curve"
+    band = viewer.evaluate("document.getElementById('groups-0').data.map((t) => t.meta?.band)")
+    assert band == ["lower", "upper", "mean"] * 3 and "Learning-rate sensitivity" in viewer.inner_text("body")
+    offline.close()
     # the same runs as a table: sorted by a header, filtered by a range, two of them into Compare
     page.goto(f"/#/runs?sweep={made['id']}&metrics=final:train/loss")
     page.wait_for_function("document.getElementById('runs-table')?.dataset.total === '9'")
