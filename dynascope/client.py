@@ -137,6 +137,18 @@ class Client:
         """The job's result documents of one kind (a probe's name, `<analysis>_analysis`, `summary`), in step order."""
         return self.call("GET", f"/jobs/{job_id}/results/{kind}", params={"last": last} if last else None)
 
+    def groups(self, series: str, by: str = "", **selection: Any) -> dict[str, Any]:
+        """Runs (`ids`, `sweep_id` or the job list's filters) grouped by comma-separated spec fields, `series`
+        aggregated per group: steps, mean, std, sem, min, max and count (GET /compare/groups)."""
+        return self.call(
+            "GET", "/compare/groups", params={"series": series, "by": by, **{k: v for k, v in selection.items() if v is not None}}
+        )
+
+    def runs_table(self, **query: Any) -> dict[str, Any]:
+        """A page of the runs table: `fields`, `metrics` (final:/min:/max:<series>), `where` (a list of
+        conditions), `sort`, `limit`, `offset`, and `sweep_id` or the job list's filters (GET /jobs-table)."""
+        return self.call("GET", "/jobs-table", params={k: v for k, v in query.items() if v is not None})
+
     def lr_sensitivity(self, sweep_id: int, by: str | None = None, series: str = "val/loss") -> dict[str, Any]:
         """A learning-rate sweep's curves of final loss against lr (one per value of `by`; "" for one curve), each with
         its LR sensitivity and the largest attention logit at the end (GET /sweeps/{id}/sensitivity)."""

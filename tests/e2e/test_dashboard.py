@@ -341,6 +341,12 @@ def test_seed_groups_draw_a_band_per_learning_rate(page, served: Serve):
     band = viewer.evaluate("document.getElementById('groups-0').data.map((t) => t.meta?.band)")
     assert band == ["lower", "upper", "mean"] * 3 and "Learning-rate sensitivity" in viewer.inner_text("body")
     offline.close()
+    import dynascope
+
+    with dynascope.Client(f"http://127.0.0.1:{served.port}", served.client.headers["authorization"].removeprefix("Bearer ")) as notebook:
+        assert notebook.groups("train/loss", "optimizer.lr", sweep_id=made["id"])["groups"] == api["groups"]
+        table = notebook.runs_table(sweep_id=made["id"], metrics="final:train/loss", where=["optimizer.lr>=0.2"], sort="-final:train/loss")
+        assert table["total"] == 6
     # the same runs as a table: sorted by a header, filtered by a range, two of them into Compare
     page.goto(f"/#/runs?sweep={made['id']}&metrics=final:train/loss")
     page.wait_for_function("document.getElementById('runs-table')?.dataset.total === '9'")

@@ -134,6 +134,8 @@ def test_a_member_of_another_team_gets_404_for_every_read_and_write_on_its_rows(
     assert client.get(f"{API}/export", params={"sweep_id": ids["sweep_id"]}).headers["x-dynascope-jobs"] == "0"
     assert client.get(f"{API}/compare/groups", params={"ids": str(ids["job_id"]), "series": "train/loss"}).json()["groups"] == []
     assert client.get(f"{API}/jobs-table", params={"sweep_id": ids["sweep_id"]}).json()["total"] == 0
+    report = client.get(f"{API}/compare/report.html", params={"sweep_id": ids["sweep_id"]}).text
+    assert "<title>Dynascope report: 0 runs</title>" in report and "bob" not in report
     assert bob.get(f"{API}/export", params={"ids": str(ids["job_id"]), "format": "csv"}).text.count("bob-job") == 2  # the control
     raw = spec() | {"data": {"kind": "upload", "dataset": ids["dataset_id"]}}
     refused = client.post(f"{API}/jobs", json=raw)
