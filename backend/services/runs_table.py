@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from backend.models import Job, MetricChunk
@@ -60,10 +60,16 @@ def _metric(series: str, summary: str) -> Select[Any]:
         return chunks.add_columns(func.min(MetricChunk.vmin).label("value"))
     if summary == "max":
         return chunks.add_columns(func.max(MetricChunk.vmax).label("value"))
-    last = chunks.where(MetricChunk.vlast.is_not(None)).add_columns(func.max(MetricChunk.seq).label("seq")).subquery()
-    return select(MetricChunk.job_id, MetricChunk.vlast.label("value")).join(
-        last, and_(MetricChunk.job_id == last.c.job_id, MetricChunk.seq == last.c.seq, MetricChunk.name == series)
+    latest = (
+        select(
+            MetricChunk.job_id,
+            MetricChunk.vlast.label("value"),
+            func.row_number().over(partition_by=MetricChunk.job_id, order_by=MetricChunk.seq.desc()).label("rank"),
+        )
+        .where(MetricChunk.name == series, MetricChunk.vlast.is_not(None))
+        .subquery()
     )
+    return select(latest.c.job_id, latest.c.value).where(latest.c.rank == 1)
 
 
 def _field(path: str, sample: Any) -> tuple[ColumnElement[Any], bool]:
