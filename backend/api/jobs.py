@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from backend import queue
@@ -166,6 +167,28 @@ def job_filter(
 
 
 JobFilterDep = Annotated[job_service.JobFilter, Depends(job_filter)]
+JobIds = Annotated[
+    str | None,
+    Query(max_length=20_000, pattern=r"^([0-9]{1,10}(,[0-9]{1,10})*)?$", description="comma-separated job ids (with the filters: both)"),
+]
+
+
+def chosen_jobs(session: SessionDep, settings: SettingsDep, filters: JobFilterDep, ids: JobIds = None) -> Select[tuple[Job]]:
+    """The jobs a request about many runs names (the export, groups, the sweep report): by ids, by sweep or by
+    the job list's filters, in the caller's team; more than `max_export_jobs` answer 413 naming the limit."""
+    query = job_service.filtered(filters)
+    if ids:
+        query = query.where(Job.id.in_([int(i) for i in ids.split(",")]))
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if count > settings.max_export_jobs:
+        limit = settings.max_export_jobs
+        raise HTTPException(
+            413, detail=f"{count} jobs chosen; at most {limit} at once (max_export_jobs): choose fewer by ids, sweep or filters"
+        )
+    return query
+
+
+ChosenJobs = Annotated[Select[tuple[Job]], Depends(chosen_jobs)]
 
 
 @router.get("", response_model=JobPage)
