@@ -50,7 +50,10 @@ class Aggregate:
 
 def aggregate(runs: list[tuple[np.ndarray, np.ndarray]]) -> Aggregate:
     """Per step of the union of the runs' steps: statistics over the runs with a finite value there."""
-    steps = np.unique(np.concatenate([s for s, _ in runs])) if runs else np.empty(0, np.int64)
+    if not runs:
+        nothing = np.empty(0)
+        return Aggregate(np.empty(0, np.int64), nothing, nothing, nothing, nothing, np.empty(0, np.int64), 0)
+    steps = np.unique(np.concatenate([s for s, _ in runs]))
     grid = np.full((len(runs), len(steps)), np.nan)
     excluded = 0
     for row, (s, v) in enumerate(runs):

@@ -614,10 +614,10 @@ def test_job_report_is_one_self_contained_html_file(client):
         and heading in body
     )
     assert as_plotly_writes("sample: 8 examples × 100 of 1,000 coordinates") in body
-    from backend.api.reports import _plotly_js
+    from backend.api.reports import plotly_js
 
-    assert _plotly_js() in body  # plotly.js inside; nothing else is loaded from anywhere
-    rest = body.replace(_plotly_js(), "")
+    assert plotly_js() in body  # plotly.js inside; nothing else is loaded from anywhere
+    rest = body.replace(plotly_js(), "")
     assert "<script src=" not in rest and "http" not in rest.split("<h2>Spec</h2>")[0]
     assert client.get("/api/v1/jobs/99999/report.html").status_code == 404
 

@@ -69,6 +69,10 @@ HOLDS = {
     r"^[A-Za-z0-9_.]+$": "layers.3",
     r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$": "grad/noise_scale",
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$": "mylab.models:build_vit",
+    r"^([0-9]{1,10}(,[0-9]{1,10})*)?$": "3,14,15",
+    r"^[A-Za-z0-9_/.,\-]*$": "train/loss,val/loss",
+    r"^[A-Za-z0-9_/.\-]*$": "val/",
+    r"^[A-Za-z0-9_.,]*$": "optimizer.lr,train.seed",
 }
 
 
