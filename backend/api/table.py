@@ -21,15 +21,27 @@ def get_runs_table(
     session: SessionDep,
     filters: JobFilterDep,
     fields: Annotated[
-        str | None, Query(max_length=2000, description="comma-separated spec fields (default: a sweep's swept fields, else the usual ones)")
+        str | None,
+        Query(
+            max_length=2000,
+            pattern=r"^[A-Za-z0-9_.,]*$",
+            description="comma-separated spec fields (default: a sweep's swept fields, else the usual ones)",
+        ),
     ] = None,
     metrics: Annotated[
-        str | None, Query(max_length=2000, description="comma-separated final:/min:/max:<series> (default: final val/loss and train/loss)")
+        str | None,
+        Query(
+            max_length=2000,
+            pattern=r"^[A-Za-z0-9_/.,:\-]*$",
+            description="comma-separated final:/min:/max:<series> (default: final val/loss and train/loss)",
+        ),
     ] = None,
     where: Annotated[
         list[str], Query(max_length=300, description="conditions <column><op><value>, op one of >= <= > < = != (all must hold)")
     ] = [],
-    sort: Annotated[str, Query(max_length=300, description="a column, or created/name/status/id; - for descending")] = "-created",
+    sort: Annotated[
+        str, Query(max_length=300, pattern=r"^-?[A-Za-z0-9_/.:\-]+$", description="a column, or created/name/status/id; - for descending")
+    ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> runs_table.RunsTable:

@@ -73,6 +73,8 @@ HOLDS = {
     r"^[A-Za-z0-9_/.,\-]*$": "train/loss,val/loss",
     r"^[A-Za-z0-9_/.\-]*$": "val/",
     r"^[A-Za-z0-9_.,]*$": "optimizer.lr,train.seed",
+    r"^[A-Za-z0-9_/.,:\-]*$": "final:val/loss,min:train/loss",
+    r"^-?[A-Za-z0-9_/.:\-]+$": "-final:val/loss",
 }
 
 

@@ -33,6 +33,7 @@ RULES_BEYOND_SCHEMA = {
     "/api/v1/runs",
     "/api/v1/runs/{job_id}/results",  # a document must fit its kind's schema
     "/api/v1/runs/{job_id}/artifacts",  # the body must be a safetensors file
+    "/api/v1/jobs-table",  # a condition names a chosen column, a number for a numeric one; fields are spec paths
 }
 
 # An invalid request may also be refused for its size (413: the test client's body limit is 20 kB).
