@@ -748,6 +748,8 @@ def test_opposing_signals_view(page, served: Serve):
     assert pairs
     page.wait_for_function(f"document.getElementById('signals-loss')?.dataset.pairs === '{len(pairs)}'", timeout=30_000)
     page.wait_for_function("document.getElementById('pair-0-curves')?.data?.length >= 6", timeout=30_000)
+    last = raw["train"]["steps"] - 1  # (the view redraws once the job has ended: wait for that drawing, not an earlier one)
+    page.wait_for_function(f"document.getElementById('pair-0-curves').data[0].x.at(-1) === {last}", timeout=30_000)
     shapes = page.evaluate("document.getElementById('signals-loss').layout.shapes.map(s => s.x0)")
     assert shapes == [p["step"] for p in pairs]
     first = min(pairs, key=lambda p: p["data"]["cos"])  # the most opposed pair is shown first
