@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Job, JobStatus
 from backend.services.series import read_series, series_names
-from dynascope.analysis.instability import lr_sensitivity
+from dynascope.analysis.lr_sensitivity import lr_sensitivity
 
 DEFINITION = "LR sensitivity = E_η[min(ℓ(η), ℓ₀) − min_η ℓ(η)] over the swept learning rates, ℓ₀ the loss at initialization"
 LOGITS = "instability/attn_logit_max/"
