@@ -14,15 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import (
+    bounded_memory,
     dashboard_first_chart,
     export_throughput,
     gradstats_overhead,
-    job_history,
-    hessian_memory,
     hessian_topk,
     hessian_trace_density,
     hessian_tracking,
     instability_overhead,
+    job_history,
     landscape_surface,
     probe_costs,
     signals_overhead,
@@ -34,7 +34,7 @@ BENCHMARKS = {
     "train_loop": train_loop.run,
     "tracked_loop": tracked_loop.run,
     "hessian_topk": hessian_topk.run,
-    "hessian_memory": hessian_memory.run,
+    "bounded_memory": bounded_memory.run,
     "hessian_tracking": hessian_tracking.run,
     "hessian_trace_density": hessian_trace_density.run,
     "landscape": landscape_surface.run,

@@ -19,7 +19,7 @@ from dynascope.analysis.hvp import Batch, HessianOperator, LossFn, Mode, layer_b
 MatVec = Callable[[Tensor], Tensor]
 Which = Literal["LA", "SA"]
 Progress = Callable[[int, int], None]  # (products done, products budget)
-_BLOCK = 32
+_BLOCK = 16
 
 
 @dataclass
@@ -33,11 +33,16 @@ class Eigenpairs:
 
 @dataclass
 class Lanczos:
-    """A Lanczos run: the orthonormal basis Q (m × n) and the tridiagonal (alpha, beta)."""
+    """A Lanczos run: the orthonormal basis Q (m × n, held in blocks of rows) and the tridiagonal (alpha, beta)."""
 
-    basis: Tensor
+    blocks: list[Tensor]
     alpha: np.ndarray
     beta: np.ndarray  # beta[j] couples q_j and q_{j+1}; beta[-1] is the residual norm of the last step
+
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """Qᵀ C: the vectors whose coordinates in the basis are C's columns (m × k)."""
+        m = len(coefficients)
+        return sum(block[: m - i * _BLOCK].T @ coefficients[i * _BLOCK : (i + 1) * _BLOCK] for i, block in enumerate(self.blocks))
 
 
 def _tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,33 +69,48 @@ def lanczos(
     device: torch.device | str = "cpu",
     stop: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     progress: Progress | None = None,
+    basis: torch.dtype = torch.float64,
 ) -> Lanczos:
-    """Up to `steps` steps of full-re-orthogonalization Lanczos; `stop(alpha, beta)` may end it early."""
+    """Up to `steps` steps of full-re-orthogonalization Lanczos; `stop(alpha, beta)` may end it early.
+
+    The vectors are float64; the basis is kept in `basis`: float32 halves its memory (m × n) and is as precise
+    as the products of a float32 model, which round each vector to float32 before multiplying."""
     device = torch.device(device)
     steps = min(steps, n)
-    # The basis grows in blocks: a run that stops early never holds `steps` vectors of length n.
-    basis = torch.zeros(min(steps, _BLOCK), n, dtype=torch.float64, device=device)
+    # The basis grows a block at a time, each allocated but untouched until used, and never copied: a run that
+    # stops early holds about the vectors it made.
+    blocks: list[Tensor] = []
     alpha, beta = np.zeros(steps), np.zeros(steps)
     q = _start_vector(n, v0, seed, device)
+
+    def done(j: int) -> Lanczos:
+        return Lanczos(blocks, alpha[: j + 1], beta[: j + 1])
+
     for j in range(steps):
-        if j == len(basis):
-            basis = torch.cat([basis, torch.zeros(min(steps - j, len(basis)), n, dtype=basis.dtype, device=device)])
-        basis[j] = q
+        if j % _BLOCK == 0:
+            blocks.append(torch.empty(min(_BLOCK, steps - j), n, dtype=basis, device=device))
+        blocks[-1][j % _BLOCK] = q
         w = matvec(q)
         alpha[j] = float(w @ q)
-        w = w - alpha[j] * q - (beta[j - 1] * basis[j - 1] if j > 0 else 0.0)
+        w = w - alpha[j] * q - (beta[j - 1] * _row(blocks, j - 1).double() if j > 0 else 0.0)
         for _ in range(2):  # twice is enough (Kahan–Parlett)
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            for b, block in enumerate(blocks):
+                used = block[: j + 1 - b * _BLOCK]
+                w = w - (used.T @ (used @ w.to(basis))).double()
         beta[j] = float(w.norm())
         if progress is not None:
             progress(j + 1, steps)
         scale = max(abs(alpha[: j + 1]).max(), beta[: j + 1].max(), 1e-300)
         if beta[j] <= 1e-10 * scale:  # an invariant subspace: the Ritz values are exact
-            return Lanczos(basis[: j + 1], alpha[: j + 1], beta[: j + 1])
+            return done(j)
         if stop is not None and stop(alpha[: j + 1], beta[: j + 1]):
-            return Lanczos(basis[: j + 1], alpha[: j + 1], beta[: j + 1])
+            return done(j)
         q = w / beta[j]
-    return Lanczos(basis[:steps], alpha, beta)
+    return done(steps - 1)
+
+
+def _row(blocks: list[Tensor], j: int) -> Tensor:
+    return blocks[j // _BLOCK][j % _BLOCK]
 
 
 def _wanted(theta: np.ndarray, k: int, which: Which) -> np.ndarray:
@@ -110,6 +130,7 @@ def eigenpairs(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    basis: torch.dtype = torch.float64,
 ) -> Eigenpairs:
     """The k largest (LA) or smallest (SA) eigenpairs of a symmetric operator, each with ‖Hv−λv‖ ≤ tol·|λ|."""
     if not 1 <= k <= n:
@@ -131,11 +152,11 @@ def eigenpairs(
         residual = np.abs(beta[-1] * s[-1, sel])
         return bool(np.all(residual <= tol * np.maximum(np.abs(theta[sel]), 1e-30)))
 
-    run = lanczos(counting, n, max_steps, v0=v0, seed=seed, device=device, stop=converged, progress=progress)
+    run = lanczos(counting, n, max_steps, v0=v0, seed=seed, device=device, stop=converged, progress=progress, basis=basis)
     theta, s = _tridiagonal_eigh(run.alpha, run.beta)
     sel = _wanted(theta, min(k, len(theta)), which)
     residuals = np.abs(run.beta[-1] * s[-1, sel])
-    vectors = run.basis.T @ torch.from_numpy(s[:, sel]).to(run.basis)
+    vectors = run.combine(torch.from_numpy(s[:, sel]).to(run.blocks[0])).double()
     ok = len(sel) == k and bool(np.all(residuals <= tol * np.maximum(np.abs(theta[sel]), 1e-30)))
     exact = run.beta[-1] <= 1e-10 * max(np.abs(run.alpha).max(), 1e-300)
     return Eigenpairs(theta[sel], vectors, residuals, counted[0], ok or (exact and len(sel) == k))
@@ -274,7 +295,7 @@ def hessian_top_eigenpairs(
     progress: Progress | None = None,
 ) -> Eigenpairs:
     op = HessianOperator(model, loss_fn, batches, mode=mode, seed=seed)
-    return eigenpairs(op, op.n, k, which=which, tol=tol, v0=v0, seed=seed, device=op.device, progress=progress)
+    return eigenpairs(op, op.n, k, which=which, tol=tol, v0=v0, seed=seed, device=op.device, progress=progress, basis=op.dtype)
 
 
 def hessian_trace(

@@ -24,8 +24,11 @@ Weights = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Normalization = Literal["filter", "layer", "none"]
 
-# The precomputed outputs of the input layer (see PlaneEvaluator) may use at most this much memory.
-PRECOMPUTE_BYTES = 512 * 2**20
+# The precomputed outputs of the input layer (see PlaneEvaluator) may use at most this much memory: they grow with
+# the sample, and past this a point's forward in batches costs less memory than they would.
+PRECOMPUTE_BYTES = 128 * 2**20
+# A tuned batch holds at most this many examples, so a point's memory does not grow with the sample.
+MAX_BATCH = 1024
 
 
 def weights_of(model: nn.Module) -> Weights:
@@ -131,7 +134,7 @@ class PlaneEvaluator:
       output is linear in the coefficients: it can be computed once per direction and combined at each point
       (exact up to float rounding). That saves the layer's cost but adds passes over its output, so
       `precompute=None` times both and keeps the faster.
-    - `batch_size=None` times a few batch sizes at the centre and keeps the fastest.
+    - `batch_size=None` times a few batch sizes (≤ MAX_BATCH) at the centre and keeps the fastest.
     - On a CPU, convolutional models run channels-last (oneDNN's fast path); `compile` compiles forward, loss
       and accuracy into one graph (worth its compile time on large grids).
     - `accuracy` (classification targets only) is counted from the same forward.
@@ -182,7 +185,8 @@ class PlaneEvaluator:
         self._batch_sums: Callable[[Tensor, Tensor], Tensor] = torch.compile(self._sums) if compile else self._sums
         self.precomputed = bool(own)
         self._use(self.precomputed)
-        candidates = [batch_size] if batch_size else [len(y), *(b for b in (1024, 512, 256, 128) if b < len(y))]
+        largest = min(len(y), MAX_BATCH)
+        candidates = [batch_size] if batch_size else [largest, *(b for b in (512, 256, 128) if b < largest)]
         self.batch_size, self.seconds_per_point = self._tune(candidates)
         if self.precomputed and precompute is None and not self._precompute_clearly_cheaper():
             # a cheap input layer may be faster to run than to combine: time both

@@ -58,7 +58,7 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
     )
     v0 = previous.sum(dim=1) if previous is not None else None
     progress = ticker(calls, f"hessian top-{cfg.top_k}")
-    top = hs.eigenpairs(op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=run.seed + step, device=op.device, progress=progress)
+    top = hs.eigenpairs(op, op.n, cfg.top_k, tol=cfg.tol, v0=v0, seed=run.seed + step, device=op.device, progress=progress, basis=op.dtype)
     threshold, rule = run.threshold()
     metrics = {f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.values)}
     metrics |= {"hessian/threshold": threshold, "hessian/hvps": float(top.hvps)}
@@ -82,13 +82,13 @@ def measure(cfg: HessianSettings, run: Run, step: int, calls: Calls, previous: T
     if precond is not None:
         # λmax(P⁻¹H) = λmax(D H D) with D = P^(-1/2): a symmetric operator, so Lanczos applies.
         d = precond.rsqrt().to(op.device)
-        pre = hs.eigenpairs(lambda v: d * op(d * v), op.n, 1, tol=cfg.tol, seed=run.seed + step, device=op.device)
+        pre = hs.eigenpairs(lambda v: d * op(d * v), op.n, 1, tol=cfg.tol, seed=run.seed + step, device=op.device, basis=op.dtype)
         sharpness = result.preconditioned_sharpness = float(pre.values[0])
     if sharpness is not None:
         metrics["hessian/sharpness"] = sharpness
     run.board.publish(Sharpness(step, top.vectors[:, 0], sharpness, threshold))
     if cfg.negative:
-        bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=run.seed, device=op.device)
+        bottom = hs.eigenpairs(op, op.n, cfg.negative, which="SA", tol=cfg.tol, seed=run.seed, device=op.device, basis=op.dtype)
         result.negative_eigenvalues, result.negative_residuals = bottom.values.tolist(), bottom.residuals.tolist()
         metrics["hessian/lambda_min"] = float(bottom.values[0])
     if cfg.trace:

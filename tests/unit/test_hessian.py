@@ -282,3 +282,31 @@ def test_graphs_recomputed_per_product_give_the_kept_graphs_products():
     torch.testing.assert_close(
         HessianOperator(model, loss, batches, graphs="recompute")(v), HessianOperator(model, loss, [(x, y)])(v), rtol=0, atol=1e-12
     )  # (in eval mode, batches change nothing)
+
+
+def test_recomputed_products_in_eval_mode_take_batches_in_pieces_that_fit_the_budget():
+    """A memory budget smaller than one batch's graph splits each batch (eval mode: the loss is a sum over
+    examples), and the operator is unchanged (float64: to 1e-12); a larger budget takes whole batches."""
+    from dynascope.analysis.hvp import PRODUCT_PEAK, HessianOperator
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.BatchNorm1d(64), torch.nn.Tanh(), torch.nn.Linear(64, 3)).double()
+    model[1].running_mean.normal_()
+    model.eval()
+    x, y = torch.randn(90, 6, dtype=torch.float64), torch.randint(0, 3, (90,))
+    loss = torch.nn.functional.cross_entropy
+    batches = [(x[i : i + 40], y[i : i + 40]) for i in range(0, 90, 40)]
+    kept = HessianOperator(model, loss, batches, graphs="keep")
+    per_example = kept.graph_bytes / 2 / 90  # an upper bound: the estimate's shared part spread over the examples
+    small = HessianOperator(model, loss, batches, graphs="auto", budget=PRODUCT_PEAK * 7 * per_example)
+    whole = HessianOperator(model, loss, batches, graphs="recompute", budget=kept.graph_bytes)
+    assert 1 <= small.piece < 40 and len(small.pieces) > 3 and whole.piece == 40 and len(whole.pieces) == 3
+    assert f"{small.piece} example" in small.describe() and "a batch at a time" in whole.describe()
+    for _ in range(2):
+        v = torch.randn(kept.n, dtype=torch.float64)
+        torch.testing.assert_close(small(v), kept(v), rtol=0, atol=1e-12)
+        torch.testing.assert_close(whole(v), kept(v), rtol=0, atol=1e-12)
+    torch.testing.assert_close(small.gradient(), kept.gradient(), rtol=0, atol=1e-14)
+    assert small.loss == pytest.approx(kept.loss, abs=1e-14)
+    train = HessianOperator(model, loss, batches, mode="train", graphs="recompute", budget=1.0)
+    assert train.piece == 40 and len(train.pieces) == 3  # a batch's statistics define the train-mode operator

@@ -214,6 +214,27 @@ def test_one_dimensional_curve(digits, digits_mlp):
     assert np.argmin(curve.loss[:, 0]) in (3, 4, 5)
 
 
+def test_a_sample_larger_than_a_batch_streams_in_batches_with_the_same_values(digits, digits_mlp, monkeypatch):
+    """Bounded memory: a sample of more than MAX_BATCH examples is never evaluated in one forward, and the
+    streamed loss and accuracy are those of one forward over the whole sample (float64: to 1e-12)."""
+    x, y = digits
+    big_x, big_y = x.double().repeat(2, 1), y.repeat(2)  # 1,200 examples
+    model = copy.deepcopy(digits_mlp).double()
+    centre = ls.weights_of(model)
+    dirs = ls.random_directions(centre, 2, seed=5)
+    monkeypatch.setattr(ls, "MAX_BATCH", 500)
+    ev = ls.PlaneEvaluator(model, CE, big_x, big_y, centre, dirs, precompute=False)
+    assert ev.batch_size <= 500
+    streamed = ev((0.3, -0.2))
+    ev.restore()
+    with torch.no_grad():
+        for n, t in model.named_parameters():
+            t.copy_(centre[n] + 0.3 * dirs[0][n] - 0.2 * dirs[1][n])
+        out = model(big_x)
+    assert streamed.loss == pytest.approx(float(CE(out, big_y)), rel=0, abs=1e-12)
+    assert streamed.accuracy == pytest.approx(float((out.argmax(1) == big_y).double().mean()), abs=1e-12)
+
+
 def test_interpolation_hits_both_ends_and_interpolates_batch_norm_statistics(digits, digits_cnn):
     x, y = digits
     x = x.view(-1, 1, 8, 8)
