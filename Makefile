@@ -2,6 +2,7 @@
 # make test  — every test (unit, integration against PostgreSQL/Redis, e2e in Chromium)
 # make fuzz  — the long randomized schema fuzz (a new seed each run, printed; ten times make test's requests)
 # make bench — benchmarks against the public tools
+# make gallery — runs each reproduced phenomenon (examples/gallery/), draws docs/gallery/ and the README's gallery
 # make format — the formatter (ruff format; make test checks that it would change nothing)
 # Each target sets up what it needs: a virtualenv in .venv with torch (TORCH=... to choose another build).
 
@@ -11,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz bench format browser clean
+.PHONY: run test fuzz bench gallery format browser clean
 
 $(STAMP): pyproject.toml constraints.txt tests/labpkg/pyproject.toml examples/mylab/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ bench: $(STAMP)
 	  cockpit-for-pytorch==1.0.2 backpack-for-pytorch==1.7.1
 	$(BIN)/pip install -q h5py "einops<1" "unfoldNd<1" json-tricks matplotlib pandas seaborn "setuptools<81"
 	$(BIN)/python -m bench
+
+gallery: $(STAMP) browser
+	$(BIN)/python -m gallery
 
 format: $(STAMP)
 	$(BIN)/ruff format .

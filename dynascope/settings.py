@@ -55,9 +55,12 @@ class HessianSettings(StrictModel):
     graphs: Literal["auto", "keep", "recompute"] = Field(
         "auto",
         description="keep each batch's first-order graph between products (fast; memory grows with examples), recompute it "
-        "per product (memory of one batch, about twice the time), or auto: keep while they fit graph_budget_mb",
+        "per product (about 1.4 times the time; in eval mode a batch in pieces that fit graph_budget_mb), or auto: keep "
+        "while they fit graph_budget_mb",
     )
-    graph_budget_mb: float = Field(1024.0, gt=0.0, description="memory the kept graphs may take (auto)")
+    graph_budget_mb: float = Field(
+        1024.0, gt=0.0, description="memory the kept graphs may take (auto), or one recomputed product (in eval mode)"
+    )
     mode: Literal["eval", "train"] = "eval"
     trace: bool = False
     density: bool = False

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from backend.api.auth import Member, Viewer
 from backend.api.deps import RowId, SessionDep, SettingsDep, send_or_undo
 from backend.api.jobs import check_queue_quota, check_spec, owner, queue_jobs, raw_spec_from_body
+from backend.figures.sweep import sensitivity_figures
 from backend.models import Job, Sweep
 from backend.schemas import JobOut, SweepOut
 from backend.services import jobs as job_service
@@ -139,4 +140,5 @@ def get_lr_sensitivity(
         raise _query_error("by", "the curves are drawn by a field other than the learning rate")
     by = default_by(fields, lr) if by is None else (by or None)
     jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
-    return sensitivity(session, jobs, lr, by, series)
+    out = sensitivity(session, jobs, lr, by, series)
+    return out.model_copy(update={"figures": sensitivity_figures(out)})

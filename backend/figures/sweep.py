@@ -1,10 +1,11 @@
-"""The figures of many runs: groups of runs as a mean with a band (Compare's Group by, the sweep report), and a
-sweep's phase diagram. One description each, drawn by the dashboard and embedded by the sweep report."""
+"""The figures of many runs: groups of runs as a mean with a band (Compare's Group by, the sweep report), a
+sweep's phase diagram, and its learning-rate sensitivity. One description each, drawn by the dashboard and embedded by the sweep report."""
 
 from typing import Any, Literal
 
 from backend.figures.base import Figure, layout
 from backend.services.groups import Group, Groups
+from backend.services.sensitivity import SensitivityOut
 
 Band = Literal["std", "sem", "minmax"]
 BAND_LABELS = {"std": "± σ", "sem": "± standard error", "minmax": "min – max"}
@@ -66,7 +67,9 @@ def band_figure(groups: Groups, band: Band, ylog: bool = False, thresholds: Grou
     runs = sum(len(g.jobs) for g in groups.groups)
     by = ", ".join(groups.by) or "nothing (one group)"
     title = f"{groups.series}: mean of {runs} runs by {by}, band {BAND_LABELS[band]}"
-    return Figure(id=element, data=data, layout=layout(title, ylog), meta={"band": band, "groups": len(groups.groups)})
+    chart = layout(title, ylog)
+    chart["yaxis"]["title"] = {"text": groups.series}
+    return Figure(id=element, data=data, layout=chart, meta={"band": band, "groups": len(groups.groups)})
 
 
 def phase_figure(phase: dict[str, Any], element: str = "phase-plot") -> Figure:
@@ -92,3 +95,44 @@ def phase_figure(phase: dict[str, Any], element: str = "phase-plot") -> Figure:
     chart["xaxis"]["type"] = "category"
     chart["yaxis"] = {"title": {"text": phase["y"] or ""}, "type": "category"}
     return Figure(id=element, data=[trace], layout=chart, meta={"metric": metric})
+
+
+def sensitivity_figures(out: SensitivityOut) -> list[Figure]:
+    """Final loss against learning rate (log x), a curve per value of the `by` field with its LR sensitivity in
+    the legend and its ℓ₀ dotted; and the largest attention logit at the end beside it."""
+    name = (lambda c: f"{out.by} = {c.value}") if out.by else (lambda c: "all runs")
+    loss, logit = [], []
+    for i, c in enumerate(out.curves):
+        color = COLORS[i % len(COLORS)]
+        hover = [f"{c.runs[k]} run(s), {c.diverged[k]} diverged; jobs {', '.join(map(str, c.jobs[k]))}" for k in range(len(c.lrs))]
+        loss += [
+            {
+                "name": f"{name(c)}: LR sensitivity {c.sensitivity:.3g}",
+                "x": c.lrs,
+                "y": c.capped,
+                "mode": "lines+markers",
+                "line": {"color": color},
+                "customdata": hover,
+                "meta": {"sensitivity": c.sensitivity, "value": c.value},
+                "hovertemplate": "lr %{x:.3g}: min(ℓ, ℓ₀) %{y:.4g}<br>%{customdata}<extra></extra>",
+            },
+            {
+                "name": f"ℓ₀ ({name(c)})",
+                "x": [c.lrs[0], c.lrs[-1]],
+                "y": [c.initial, c.initial],
+                "mode": "lines",
+                "line": {"color": color, "dash": "dot"},
+                "hoverinfo": "skip",
+            },
+        ]
+        logit.append(
+            {"name": name(c), "x": c.lrs, "y": c.attention_logit, "mode": "lines+markers", "line": {"color": color}, "connectgaps": False}
+        )
+    figures = [
+        Figure(id="sensitivity-loss", data=loss, layout=layout(f"Final {out.series} against learning rate", xtitle=out.lr)),
+        Figure(id="sensitivity-logit", data=logit, layout=layout("Largest attention logit at the end", True, out.lr)),
+    ]
+    for figure, ytitle in zip(figures, [f"min({out.series}, ℓ₀) at the end", "max |pre-softmax logit|"], strict=True):
+        figure.layout["xaxis"]["type"] = "log"
+        figure.layout["yaxis"]["title"] = {"text": ytitle}
+    return figures

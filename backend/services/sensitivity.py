@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from backend.figures.base import Figure
 from backend.models import Job, JobStatus
 from backend.services.series import read_series, series_names
 from dynascope.analysis.lr_sensitivity import lr_sensitivity
@@ -44,6 +45,7 @@ class SensitivityOut(BaseModel):
     definition: str = DEFINITION
     curves: list[Curve]
     pending: int = Field(description="runs not ended yet (left out)")
+    figures: list[Figure] = Field([], description="what the dashboard draws: loss against lr, the attention logit beside it")
 
 
 def learning_rate_field(fields: list[str]) -> str:
