@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(1000, ge=1)  # per team
     token_rate_limit_per_minute: int = Field(1200, ge=1)  # per API token, unless the token sets its own
     login_attempts_per_minute: int = Field(10, ge=1)  # per username
+    login_attempts_per_minute_per_address: int = Field(100, ge=1)  # per client address, counted first
     max_body_bytes: int = 1_000_000
     max_steps: int = 10_000_000
     max_attempts: int = 3

@@ -1,6 +1,6 @@
 """Signing in and out of the dashboard, the signed-in account, and the team it acts in."""
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
@@ -11,10 +11,19 @@ from backend.config import Settings
 from backend.models import Team, User, WebSession
 from backend.schemas import CodeLogin, Me, PasswordChange, PasswordLogin, TeamChoice, TeamRole
 from backend.services import accounts
-from backend.services.ratelimit import MinuteWindow
+from backend.services.ratelimit import limiter, storage_uri
 
 router = APIRouter(prefix="/auth", tags=["account"])
-LOGIN_WINDOW = MinuteWindow()
+
+
+def check_sign_in_rate(settings: Settings, address: str, username: str) -> None:
+    """A 429 past the sign-in attempts a minute of the client's address, then of the username. The address is
+    counted first, so a spray of usernames makes at most that many username counters a minute."""
+    uri = storage_uri(settings.broker_url)
+    if (wait := limiter(uri, "sign-in-address").hit(address, settings.login_attempts_per_minute_per_address)) is not None:
+        raise HTTPException(429, detail=f"too many sign-in attempts from this address: retry in {wait:.0f} s")
+    if (wait := limiter(uri, "sign-in").hit(username.lower(), settings.login_attempts_per_minute)) is not None:
+        raise HTTPException(429, detail=f"too many sign-in attempts for this username: retry in {wait:.0f} s")
 
 
 def _me(session: Session, settings: Settings, user: User, team_id: int | None, session_secret: str | None) -> Me:
@@ -25,7 +34,7 @@ def _me(session: Session, settings: Settings, user: User, team_id: int | None, s
 
 
 @router.post("/login", response_model=Me, dependencies=[PUBLIC])
-def login(body: PasswordLogin | CodeLogin, response: Response, session: SessionDep, settings: SettingsDep) -> Me:
+def login(body: PasswordLogin | CodeLogin, request: Request, response: Response, session: SessionDep, settings: SettingsDep) -> Me:
     """Sign in with a username and password, or a one-time code; sets the session cookie (HttpOnly, SameSite=Strict)."""
     key = settings.secret_key.get_secret_value()
     if isinstance(body, CodeLogin):
@@ -34,8 +43,7 @@ def login(body: PasswordLogin | CodeLogin, response: Response, session: SessionD
         if user is None:
             raise HTTPException(401, detail="this sign-in code is unknown, used or expired")
     else:
-        if (wait := LOGIN_WINDOW.hit(body.username.lower(), settings.login_attempts_per_minute)) is not None:
-            raise HTTPException(429, detail=f"too many sign-in attempts for this username: retry in {wait:.0f} s")
+        check_sign_in_rate(settings, request.client.host if request.client else "", body.username)
         user = accounts.check_password(session, body.username, body.password)
         if user is None:
             raise HTTPException(401, detail="wrong username or password")

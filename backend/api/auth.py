@@ -17,12 +17,11 @@ from backend import security
 from backend.api.deps import SessionDep, SettingsDep
 from backend.models import Role, User
 from backend.services import accounts
-from backend.services.ratelimit import MinuteWindow
+from backend.services.ratelimit import limiter, storage_uri
 
 SESSION_COOKIE = "dynascope_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-TOKEN_WINDOW = MinuteWindow()
 
 _bearer = HTTPBearer(auto_error=False, description="an API token, dsk_…")
 _cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="the dashboard's session")
@@ -55,7 +54,7 @@ def authenticate(
         if token is None:
             raise _unauthorized("the API token is unknown or revoked")
         limit = token.rate_limit_per_minute or settings.token_rate_limit_per_minute
-        if (wait := TOKEN_WINDOW.hit(token.token_hash, limit)) is not None:
+        if (wait := limiter(storage_uri(settings.broker_url), "token").hit(token.token_hash, limit)) is not None:
             msg = f"rate limit of this token reached: {limit} requests per minute; retry in {wait:.0f} s"
             raise HTTPException(429, detail=msg, headers={"Retry-After": str(max(1, round(wait)))})
         accounts.touch_token(session, token)

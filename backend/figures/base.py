@@ -87,13 +87,13 @@ class Source(Protocol):
         ...
 
 
-def layout(title: str, ylog: bool = False, xtitle: str | None = "step") -> dict[str, Any]:
+def layout(title: str, ylog: bool = False, xtitle: str | None = "step", ytitle: str | None = None) -> dict[str, Any]:
     """The house layout (the dashboard adds its colour theme)."""
     return {
         "title": {"text": title},
         "margin": {"t": 40, "r": 10, "b": 40, "l": 55},
         "xaxis": {"title": {"text": xtitle}} if xtitle else {},
-        "yaxis": {"type": "log" if ylog else "linear"},
+        "yaxis": {"type": "log" if ylog else "linear"} | ({"title": {"text": ytitle}} if ytitle else {}),
         "legend": {"orientation": "h", "y": -0.28},
     }
 
@@ -104,15 +104,17 @@ def line(series: Series | None, name: str, key: str, **style: Any) -> dict[str, 
     return {"name": name, "x": steps, "y": values, "mode": "lines", "connectgaps": False, "meta": {"series": key}, **style}
 
 
-def marked_charts(source: Source, charts: dict[str, tuple[str, bool, dict[str, str]]]) -> list[Figure]:
+def marked_charts(
+    source: Source, charts: dict[str, tuple[str, bool, dict[str, str]]], ytitles: dict[str, str] | None = None
+) -> list[Figure]:
     """One chart per entry, element id → (title, log y, {series name: label}): each series as lines with markers
-    (a probe's measurements, sparse in steps)."""
+    (a probe's measurements, sparse in steps); `ytitles` by element id."""
     found = source.series([name for _, _, labels in charts.values() for name in labels])
     return [
         Figure(
             id=element,
             data=[line(found.get(name), label, name, mode="lines+markers", marker={"size": 4}) for name, label in labels.items()],
-            layout=layout(title, ylog),
+            layout=layout(title, ylog, ytitle=(ytitles or {}).get(element)),
         )
         for element, (title, ylog, labels) in charts.items()
     ]

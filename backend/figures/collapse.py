@@ -29,8 +29,11 @@ CHARTS = {
 }
 
 
+YTITLES = {"collapse-nc1": "NC1", "collapse-nc23": "distance from the simplex ETF", "collapse-nc4": "share of examples"}
+
+
 def figures(source: Source, options: Options) -> View:
-    out = marked_charts(source, CHARTS)
+    out = marked_charts(source, CHARTS, YTITLES)
     row = latest(source, "collapse")
     if row is None:
         return View(figures=out)

@@ -34,6 +34,9 @@ CHARTS = {
 }
 
 
+YTITLES = {"gradstats-noise": "examples", "gradstats-coherence": "ratio", "gradstats-steps": "ratio, cosine"}
+
+
 def heat(series: dict[str, Series]) -> tuple[list[int], list[str], list[list[float | None]]] | None:
     """Each layer's series on common columns: its steps, or bins of steps (the largest value in each) when many;
     log10 of the norms."""
@@ -94,7 +97,7 @@ def figures(source: Source, options: Options) -> View:
         meta = (
             {"points": len(found["grad/noise_scale"].steps) if "grad/noise_scale" in found else 0} if element == "gradstats-noise" else {}
         )
-        out.append(Figure(id=element, data=traces, layout=layout(title, ylog), meta=meta))
+        out.append(Figure(id=element, data=traces, layout=layout(title, ylog, ytitle=YTITLES[element]), meta=meta))
     if (h := heat(source.series(source.names("grad/norm/"), max_points=1000))) is not None:
         chart = layout("Per-layer gradient norm (log₁₀) over steps")
         chart["margin"]["l"] = 90

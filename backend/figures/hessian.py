@@ -35,7 +35,7 @@ def sharpness(source: Source) -> Figure:
         else line(found.get(name), labels[name], name, line={"dash": "dash", "color": THRESHOLD_COLOR})
         for name in names
     ]
-    chart = layout("Sharpness: top Hessian eigenvalues and the stability threshold")
+    chart = layout("Sharpness: top Hessian eigenvalues and the stability threshold", ytitle="eigenvalue")
     crossing = _crossing(found.get("hessian/sharpness"), found.get("hessian/threshold"))
     if crossing is not None:
         chart["shapes"] = [vline(crossing, color=THRESHOLD_COLOR)]
@@ -86,6 +86,7 @@ def density(source: Source) -> Figure | None:
         f"Spectral density at step {latest.step}: ≈{d['outliers']} outliers beyond the bulk edge · {r['n_classes']} classes",
         True,
         "eigenvalue",
+        "density",
     )
     chart["shapes"] = [vline(d["bulk_edge"], dash="dash", color="#444")]
     chart["annotations"] = [{"x": d["bulk_edge"], "yref": "paper", "y": 1, "text": "bulk edge", "showarrow": False, "yanchor": "bottom"}]

@@ -19,8 +19,7 @@ def _strengths(source: Source, singular_values: list[float]) -> Figure:
         measured, theory = f"modes/strength/{n}", f"modes/theory/{n}"
         traces.append(line(found.get(measured), f"mode {n} (s = {s:.3g})", measured, mode="markers", marker={"size": 5, "color": color}))
         traces.append(line(found.get(theory), f"mode {n}, closed form", theory, line={"dash": "dash", "color": color}))
-    chart = layout("Strength u_αᵀW v_α per mode, and its closed form")
-    chart["yaxis"]["title"] = {"text": "strength"}
+    chart = layout("Strength u_αᵀW v_α per mode, and its closed form", ytitle="strength u_αᵀW v_α")
     return Figure(id="modes-strength", data=traces, layout=chart)
 
 

@@ -102,7 +102,7 @@ def _pair(k: int, row: Row, tracked: dict[str, Series]) -> tuple[list[Figure], d
             {"name": f"{side} upper envelope", "x": steps, "y": upper, "mode": "lines", "line": {"color": color}},
             {"name": f"{side} lower envelope", "x": steps, "y": lower, "mode": "lines", "line": {"color": color, "dash": "dot"}},
         ]
-    curves = layout("Group losses around the search and after it (raw and even/odd envelopes)", True)
+    curves = layout("Group losses around the search and after it (raw and even/odd envelopes)", True, ytitle="group's mean loss")
     curves["shapes"] = [vline(row.step)]
     classes = layout("Classes in each group (expanded)", xtitle="class")
     bars = [
@@ -139,7 +139,7 @@ def _pair(k: int, row: Row, tracked: dict[str, Series]) -> tuple[list[Figure], d
 def figures(source: Source, options: Options) -> View:
     pairs = source.results("signals")
     found = source.series(["signals/probe_loss", "signals/heavy_tail"])
-    loss = layout("Probe-set loss; dotted: steps where a reported pair was found", True)
+    loss = layout("Probe-set loss; dotted: steps where a reported pair was found", True, ytitle="mean loss")
     loss["shapes"] = [vline(p.step, color="#cf222e") for p in pairs]
     out = [
         Figure(
