@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     # Keys the hashes of tokens, sessions and CSRF tokens. Required (32+ characters) unless the database is
     # SQLite (the embedded mode), where one is made on first start and kept beside the database.
     secret_key: SecretStr = SecretStr("")
+    metrics_token: SecretStr = SecretStr("")  # GET /api/v1/operator/metrics for Prometheus (empty: off)
     # Session cookies are Secure (sent over HTTPS only; browsers accept them from http://localhost too).
     cookie_secure: bool = True
     session_hours: float = Field(24 * 7, gt=0)

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
-from fastapi.openapi.utils import get_openapi
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import queue
 from backend.api import (
+    API_PREFIX,
     account,
     analyses,
     artifacts,
@@ -35,6 +36,7 @@ from backend.api import (
     jobs,
     landscapes,
     metrics,
+    operator,
     reports,
     results,
     runs,
@@ -44,16 +46,16 @@ from backend.api import (
     teams,
     tokens,
 )
+from backend.api.operator import RequestTimer
+from backend.api.results import DOCUMENTS
 from backend.config import get_settings
 from backend.db import session_scope
 from backend.schemas import ErrorOut
 from backend.services.analyses import reap_stale_analyses
 from backend.services.jobs import reap_stale_jobs
-from backend.api.results import DOCUMENTS
 from backend.spec import ANALYSIS_KINDS, JobSpec
 
 log = logging.getLogger(__name__)
-API_PREFIX = "/api/v1"
 # What any route may answer besides its own success and 422 (documented so that clients and fuzzers know).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text, "content": {"application/json": {}}}  # JSON, also on HTML and file routes
@@ -211,6 +213,7 @@ def create_app() -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(RequestTimer)
     for module in (
         health,
         account,
@@ -232,6 +235,7 @@ def create_app() -> FastAPI:
         exports,
         compare,
         table,
+        operator,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
 

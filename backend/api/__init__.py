@@ -1,0 +1,3 @@
+"""The HTTP API: one module of routes per resource, all served under API_PREFIX."""
+
+API_PREFIX = "/api/v1"
