@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import security
 from backend.api import API_PREFIX
-from backend.api.auth import PUBLIC
 from backend.api.deps import SessionDep, SettingsDep
 from backend.config import Settings
 from backend.models import Analysis, Job, JobStatus, utcnow
@@ -101,16 +100,26 @@ def _queue_depth(settings: Settings) -> int | None:
         return None
 
 
-@router.get("/metrics", dependencies=[PUBLIC], response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def operator_metrics(
-    session: SessionDep, settings: SettingsDep, authorization: Annotated[str, Header(description="Bearer <metrics token>")] = ""
-) -> Response:
-    """For Prometheus: jobs and analyses by state, queue depth, worker heartbeat ages, request latencies."""
+def _metrics_token(settings: SettingsDep, authorization: Annotated[str, Header(description="Bearer <metrics token>")] = "") -> None:
+    """The operator's metrics token, not an account's: Prometheus has none."""
     expected = settings.metrics_token.get_secret_value()
     if not expected:
         raise HTTPException(404, detail="operator metrics are off: set DYNASCOPE_METRICS_TOKEN to turn them on")
     if not security.same(authorization, f"Bearer {expected}"):
         raise HTTPException(401, detail="operator metrics need Authorization: Bearer <DYNASCOPE_METRICS_TOKEN>")
+
+
+_metrics_token.authorization = "operator metrics token"  # type: ignore[attr-defined]
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(_metrics_token)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def operator_metrics(session: SessionDep, settings: SettingsDep) -> Response:
+    """For Prometheus: jobs and analyses by state, queue depth, worker heartbeat ages, request latencies."""
     registry = CollectorRegistry()
     registry.register(_State(session, settings))
     body = generate_latest(REGISTRY) + generate_latest(registry)

@@ -67,6 +67,8 @@ def test_without_credentials_every_route_but_health_and_login_answers_401(client
         response = anonymous.request(method, url, json={} if method != "GET" else None)
         if (method, path) in PUBLIC:
             assert response.status_code != 401, (method, path)
+        elif (method, path) == ("GET", f"{API}/operator/metrics"):  # its own token, not an account's; off until set
+            assert response.status_code == 404 and "DYNASCOPE_METRICS_TOKEN" in response.json()["detail"]
         else:
             assert response.status_code == 401, (method, path, response.status_code, response.text)
             assert "sign in" in response.json()["detail"]
