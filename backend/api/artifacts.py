@@ -1,7 +1,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from backend.api.auth import Viewer
@@ -21,7 +21,7 @@ def list_artifacts(job_id: RowId, session: SessionDep, who: Viewer) -> list[Arti
 
 @router.get(
     "/{job_id}/artifacts/{artifact_id}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file (safetensors)"}},
 )
 def download_artifact(
@@ -30,16 +30,13 @@ def download_artifact(
     session: SessionDep,
     who: Viewer,
     store: StoreDep,
-) -> FileResponse:
+) -> StreamingResponse:
     get_job_or_404(session, job_id, who.team_id)
     artifact = session.get(Artifact, artifact_id)
     if artifact is None or artifact.job_id != job_id:
         raise HTTPException(404, detail=f"artifact {artifact_id} not found in job {job_id}")
-    path = store.path(artifact.id)
-    if not path.is_file():
+    if not store.exists(artifact.id):
         raise HTTPException(404, detail=f"artifact {artifact_id} is missing from the store")
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=f"job{job_id}-{artifact.kind}-step{artifact.step}.safetensors",  # kind and step are ours
-    )
+    name = f"job{job_id}-{artifact.kind}-step{artifact.step}.safetensors"  # kind and step are ours
+    headers = {"content-disposition": f'attachment; filename="{name}"', "content-length": str(artifact.size)}
+    return StreamingResponse(store.chunks(artifact.id), media_type="application/octet-stream", headers=headers)
