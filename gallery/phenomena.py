@@ -101,7 +101,8 @@ def opposing_signals(runs: Runs) -> Shot:
     pair = min(runs.client.results(runs.first, "signals"), key=lambda r: r["data"]["cos"])  # the most opposed
     d = pair["data"]
     measured = {"cos": round(d["cos"], 2), "antiphase": round(d["antiphase"], 2), "step": float(pair["step"])}
-    figures = [runs.figure(runs.first, "signals", f"pair-{d['pair']}-curves"), runs.figure(runs.first, "signals", "signals-loss")]
+    # (the view draws the most opposed pair first)
+    figures = [runs.figure(runs.first, "signals", "pair-0-curves"), runs.figure(runs.first, "signals", "signals-loss")]
     says = (
         f"the most opposed pair, found at step {pair['step']}: cos(ḡ_A, ḡ_B) = {measured['cos']:.2f}, "
         f"its groups' losses in anti-phase (correlation {measured['antiphase']:.2f})"
