@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Discriminator, Field, JsonValue, Tag, Valid
 
 from dynascope.entrypoints import PATTERN as ENTRYPOINT_PATTERN
 from dynascope.settings import (
+    Flag,
     HessianSettings,
     InterpolationSettings,
     LandscapeSettings,
@@ -41,7 +42,7 @@ class CNNModel(StrictModel):
 
     kind: Literal["cnn"]
     channels: Annotated[list[Annotated[int, Field(gt=0, le=4096)]], Field(min_length=1, max_length=16)] = [32, 32]
-    batch_norm: bool = False
+    batch_norm: Flag = False
     init_scale: float = Field(
         1.0, gt=0.0, le=100.0, description="multiplies every initial weight and bias (PyTorch's default init): large is lazy, small is rich"
     )
@@ -72,7 +73,7 @@ class TransformerModel(StrictModel):
     heads: int = Field(4, gt=0, le=64)
     width: int = Field(128, gt=0, le=8192)
     context: int = Field(64, gt=1, le=4096)
-    qk_layernorm: bool = Field(False, description="LayerNorm on queries and keys (a mitigation of logit growth)")
+    qk_layernorm: Flag = Field(False, description="LayerNorm on queries and keys (a mitigation of logit growth)")
     z_loss: float = Field(0.0, ge=0.0, description="weight of the output z-loss, mean of log² Σ exp(logits)")
 
     @model_validator(mode="after")
@@ -248,8 +249,8 @@ class ImageFolderData(DiskData):
 
     kind: Literal["image_folder"]
     size: tuple[Annotated[int, Field(gt=0, le=1024)], Annotated[int, Field(gt=0, le=1024)]] = Field((32, 32), description="height, width")
-    grayscale: bool = False
-    normalize: bool = True
+    grayscale: Flag = False
+    normalize: Flag = True
 
 
 class NpyData(DiskData):
@@ -310,7 +311,7 @@ class SGDOptimizer(StrictModel):
     kind: Literal["sgd"]
     lr: float = Field(gt=0.0, le=1e3)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    nesterov: Flag = False
     weight_decay: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -330,7 +331,7 @@ class AdamOptimizer(StrictModel):
         1e-8, gt=0.0, description="added to √v̂ in the update's denominator (a gradient whose RMS is below it gets a smaller update)"
     )
     weight_decay: float = Field(0.0, ge=0.0)
-    independent_weight_decay: bool = Field(
+    independent_weight_decay: Flag = Field(
         False,
         description="adamw: each step shrinks the weights by weight_decay × the schedule's factor, independent of the peak lr "
         "(Wortsman et al. 2023; torch's AdamW with weight_decay / lr), instead of by lr × weight_decay",

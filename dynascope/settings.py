@@ -6,7 +6,10 @@ are errors) so that a typo never silently computes the wrong thing.
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+
+# A boolean given as true or false, never a string or a number read as one ("TRUE", 1): the schema says boolean.
+Flag = Annotated[bool, Strict()]
 
 
 class StrictModel(BaseModel):
@@ -62,13 +65,13 @@ class HessianSettings(StrictModel):
         1024.0, gt=0.0, description="memory the kept graphs may take (auto), or one recomputed product (in eval mode)"
     )
     mode: Literal["eval", "train"] = "eval"
-    trace: bool = False
-    density: bool = False
+    trace: Flag = False
+    density: Flag = False
     density_probes: int = Field(10, ge=2, le=100)
     density_steps: int = Field(50, ge=5, le=500)
-    layerwise: bool = False
-    gauss_newton: bool = Field(False, description="per top eigenvector, the share vᵀGv/vᵀHv of its curvature")
-    save_eigenvectors: bool = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
+    layerwise: Flag = False
+    gauss_newton: Flag = Field(False, description="per top eigenvector, the share vᵀGv/vᵀHv of its curvature")
+    save_eigenvectors: Flag = Field(True, description="keep the top-k eigenvectors (safetensors) at each call")
 
 
 class HessianProbe(Schedule, HessianSettings):
@@ -99,14 +102,14 @@ class LandscapeSettings(StrictModel):
     )
     seed: int = Field(123, ge=0, le=2**31 - 1, description="seed of the random directions")
     normalization: Literal["filter", "layer", "none"] = "filter"
-    include_bias_bn: bool = Field(False, description="move biases and normalization parameters too (Li et al.: no)")
-    orthogonalize: bool = Field(False, description="make d2 orthogonal to d1 (random planes)")
+    include_bias_bn: Flag = Field(False, description="move biases and normalization parameters too (Li et al.: no)")
+    orthogonalize: Flag = Field(False, description="make d2 orthogonal to d1 (random planes)")
     examples: int = Field(1000, gt=0, le=1_000_000, description="size of the stratified sample (capped at the train set)")
     batch_norm: Literal["eval", "recompute"] = Field(
         "eval", description="eval: the centre's running statistics; recompute: each point's own, over the sample"
     )
-    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (2-D, ≥ 17 points)")
-    save_directions: bool = Field(True, description="keep the directions (safetensors)")
+    adaptive: Flag = Field(False, description="compute a fraction of the grid, interpolate the rest (2-D, ≥ 17 points)")
+    save_directions: Flag = Field(True, description="keep the directions (safetensors)")
 
     @model_validator(mode="after")
     def _adaptive_fits(self) -> "LandscapeSettings":
@@ -131,7 +134,7 @@ class TrajectorySettings(SurfaceSampling):
 
     resolution: Resolution = 25
     margin: float = Field(0.25, ge=0.0, le=10.0, description="the grid reaches this fraction beyond the path")
-    adaptive: bool = Field(False, description="compute a fraction of the grid, interpolate the rest (≥ 17 points)")
+    adaptive: Flag = Field(False, description="compute a fraction of the grid, interpolate the rest (≥ 17 points)")
 
     @model_validator(mode="after")
     def _adaptive_fits(self) -> "TrajectorySettings":
@@ -159,7 +162,7 @@ class GradStatsProbe(Schedule):
     pass, per layer and global (so it runs with an update: `last`, not `end`). Cosines compare successive due
     steps."""
 
-    spectra: bool = Field(True, description="singular values of each linear layer's batch gradient (low-rank route)")
+    spectra: Flag = Field(True, description="singular values of each linear layer's batch gradient (low-rank route)")
     histogram_examples: int = Field(
         8, ge=0, le=1024, description="per-example gradient histogram on a fixed sample of this many examples (0: none)"
     )
@@ -192,8 +195,8 @@ class SignalsProbe(StrictModel):
         1024, gt=0, le=100_000, description="size of the fixed stratified probe set (full-batch training: the training set)"
     )
     detect_every: int = Field(100, gt=0, description="steps between two scheduled searches")
-    on_rise: bool = Field(True, description="search also when the probe set's mean loss rises")
-    on_sharpness: bool = Field(
+    on_rise: Flag = Field(True, description="search also when the probe set's mean loss rises")
+    on_sharpness: Flag = Field(
         True, description="search also when the Hessian probe's sharpness reaches its stability threshold (2/lr under GD)"
     )
     min_gap: int = Field(10, ge=1, description="at least this many steps between two searches")

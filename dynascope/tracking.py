@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dynascope.settings import Probes
+from dynascope.settings import Flag, Probes
 
 SERIES_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,199}$"
 MAX_POINTS = 10_000  # per batch
@@ -28,7 +28,7 @@ class TrackedFacts(Wire):
     model: str = Field("", max_length=100, pattern=r"^[^\x00-\x1f]*$", description="the model's class name")
     parameters: int | None = Field(None, ge=0, le=10**13)
     optimizer: str = Field("", max_length=100, pattern=r"^[^\x00-\x1f]*$", description="the optimizer's class name")
-    adaptive: bool = Field(False, description="an Adam-like optimizer: the sharpness is read against its own threshold")
+    adaptive: Flag = Field(False, description="an Adam-like optimizer: the sharpness is read against its own threshold")
     total_steps: int | None = Field(None, ge=1, le=10**9, description="the steps the run plans (progress), if known")
 
 

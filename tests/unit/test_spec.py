@@ -110,3 +110,16 @@ def test_example_specs_are_valid(path):
     raw = parse_spec_text(path.read_text())
     for _, child in expand(raw, 100) if "sweep" in raw else [(None, JobSpec.model_validate(raw))]:
         assert isinstance(child, JobSpec)
+
+
+def test_a_flag_is_true_or_false_never_a_string_or_number_read_as_one():
+    """The schema says boolean: "TRUE" or 1 is refused, naming the field (the randomized fuzz, seed 2069591747,
+    found "TRUE" accepted on POST /runs)."""
+    import pydantic
+
+    from dynascope.settings import LandscapeSettings
+
+    for wrong in ("TRUE", "yes", 1):
+        with pytest.raises(pydantic.ValidationError, match="orthogonalize"):
+            LandscapeSettings.model_validate({"orthogonalize": wrong})
+    assert LandscapeSettings.model_validate({"orthogonalize": True}).orthogonalize is True
