@@ -92,3 +92,10 @@ def test_the_cli_client_commands_need_no_server_and_the_server_commands_say_what
         assert done.returncode == 0 and "--url" in done.stdout, done.stderr
     else:
         assert done.returncode == 2 and f"pip install 'dynascope[{extra}]'" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_api_imports_no_torch(tmp_path: Path):
+    """The API's image has no torch: importing the app (every route, figure and service) must not load it."""
+    code = "import sys, backend.main; backend.main.create_app(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "[]", out.stdout
