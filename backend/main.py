@@ -46,6 +46,7 @@ from backend.api import (
     teams,
     tokens,
 )
+from backend.api.events import stop_hub
 from backend.api.operator import RequestTimer
 from backend.api.results import DOCUMENTS
 from backend.config import get_settings
@@ -173,6 +174,7 @@ async def _reaper_loop(timeout: float) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     task = asyncio.create_task(_reaper_loop(get_settings().heartbeat_timeout))
     yield
+    await stop_hub(app)
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task

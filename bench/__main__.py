@@ -16,6 +16,7 @@ from rich.table import Table
 from bench import (
     bounded_memory,
     dashboard_first_chart,
+    event_streams,
     export_throughput,
     gradstats_overhead,
     hessian_topk,
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "probe_costs": probe_costs.run,
     "instability": instability_overhead.run,
     "dashboard": dashboard_first_chart.run,
+    "event_streams": event_streams.run,
     "job_history": job_history.run,
     "export": export_throughput.run,
 }

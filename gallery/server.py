@@ -23,11 +23,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def embedded(workdir: Path, workers: int) -> Iterator[tuple[str, str]]:
-    """(url, token) of a fresh embedded server in `workdir`, stopped on leaving. Each worker trains on one thread."""
+def embedded(workdir: Path, workers: int, settings: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """(url, token) of a fresh embedded server in `workdir` (with DYNASCOPE_* `settings` of its own), stopped on
+    leaving. Each worker trains on one thread."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")} | {"DYNASCOPE_TORCH_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASCOPE_")} | {"DYNASCOPE_TORCH_THREADS": "1", **(settings or {})}
     with open(workdir / "serve.log", "ab") as log:
         proc = subprocess.Popen(
             [*CLI, "serve", "--port", str(port), "--workers", str(workers)], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from backend.db import session_scope
 from backend.models import Artifact, Job, JobStatus, Result, utcnow
+from backend.services import notices
 from backend.services.artifacts import ArtifactStore
 from backend.services.downsample import json_safe
 from backend.services.series import append_points
@@ -113,6 +114,7 @@ class DbRecorder:
             if not session.execute(update(Job).where(self._ours()).values(**values)).rowcount:
                 self.lost.set()
                 return
+            notices.changed(session, self.job_id)
             for name, (steps, vals) in self._points.items():
                 if steps:
                     append_points(session, self.job_id, name, np.asarray(steps), np.asarray(vals))

@@ -8,6 +8,7 @@ import traceback
 from datetime import timedelta
 
 import torch
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
@@ -51,9 +52,10 @@ def _resume_state(session: Session, job_id: int, store: ArtifactStore) -> TrainS
         return None
 
 
-@celery_app.task(name=RUN_JOB_TASK)
-def run_job(job_id: int) -> str:
+@celery_app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self: Task, job_id: int) -> str:
     settings = get_settings()
+    worker = self.request.hostname or HOST  # its node name, name@host: several workers on one host told apart
     store = get_store(settings)
     device = pick_device(settings.device)
     with session_scope() as session:
@@ -65,7 +67,7 @@ def run_job(job_id: int) -> str:
             job.celery_task_id = enqueue_job(job_id, countdown=QUOTA_RETRY_SECONDS)
             return "waiting for the team's quota"
         stale_before = utcnow() - timedelta(seconds=settings.heartbeat_timeout)
-        claimed = job_service.claim_job(session, job_id, worker_host=HOST, device=str(device), stale_before=stale_before)
+        claimed = job_service.claim_job(session, job_id, worker_host=worker, device=str(device), stale_before=stale_before)
         if claimed is None:
             return "not claimable"
         attempt = claimed.attempts

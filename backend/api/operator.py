@@ -1,17 +1,18 @@
 """Operator metrics in Prometheus' text format: GET /api/v1/operator/metrics with `Authorization: Bearer
 <DYNASCOPE_METRICS_TOKEN>` (off, 404, while that setting is empty). Jobs and analyses by state, the broker queue's
 depth, the age of the last heartbeat of each worker's running jobs, and this API process's request latencies by
-route (from `RequestTimer`)."""
+route (from `RequestTimer`) and SQL statements."""
 
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import security
@@ -30,6 +31,14 @@ LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+STATEMENTS = Counter("dynascope_db_statements", "SQL statements this API process sent to the database", registry=REGISTRY)
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _count_statement(*_: Any) -> None:
+    STATEMENTS.inc()
 
 
 class RequestTimer:

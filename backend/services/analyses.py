@@ -16,7 +16,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Analysis, JobStatus, Result, utcnow
-from backend.services import lifecycle
+from backend.services import lifecycle, notices
 
 PLAN, CHUNK, CLAIM = "grid_plan", "grid_chunk", "grid_claim"  # result kinds that hold a split grid
 S = JobStatus
@@ -57,6 +57,8 @@ def set_stage(session: Session, analysis_id: int, attempt: int | None, stage: st
     """The stage text of a running analysis (`attempt` None: a chunk task's, which any attempt may write)."""
     mine = [ours(attempt)] if attempt is not None else []
     session.execute(update(Analysis).where(Analysis.id == analysis_id, Analysis.status == S.running.value, *mine).values(stage=stage[:200]))
+    if (analysis := session.get(Analysis, analysis_id)) is not None:
+        notices.changed(session, analysis.job_id)
 
 
 def cancel(session: Session, analysis: Analysis) -> None:

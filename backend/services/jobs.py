@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Job, JobStatus, JobTag, Result, Sweep, Team, User, utcnow
 from backend.config import Settings
-from backend.services import accounts, lifecycle
+from backend.services import accounts, lifecycle, notices
 from backend.services.artifacts import ArtifactStore
 from backend.services.series import truncate_series
 from backend.spec import JobSpec
@@ -170,6 +170,7 @@ def claim_job(session: Session, job_id: int, *, worker_host: str, device: str, s
     ).rowcount
     if claimed != 1:
         return None
+    notices.changed(session, job_id)
     session.commit()
     return session.get(Job, job_id, populate_existing=True)
 

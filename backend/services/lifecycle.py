@@ -9,6 +9,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from backend.models import JobStatus, utcnow
+from backend.services import notices
 
 Allowed = Mapping[JobStatus, frozenset[JobStatus]]
 
@@ -40,4 +41,6 @@ def transition(
     if new.terminal:
         values.setdefault("finished_at", utcnow())
     result = session.execute(update(model).where(model.id == row_id, model.status.in_(sources), *conditions).values(**values))
+    if result.rowcount == 1:
+        notices.changed(session, row_id if model.__tablename__ == "jobs" else session.get(model, row_id).job_id)
     return result.rowcount == 1

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.models import MetricChunk
+from backend.services import notices
 
 CHUNK_POINTS = 1024
 _STEP_DTYPE = np.dtype("<i8")
@@ -24,6 +25,7 @@ def summarize(chunk: MetricChunk) -> None:
 
 def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, values: np.ndarray) -> None:
     """Append points (steps increasing) to a series, filling the last chunk before opening a new one."""
+    notices.changed(session, job_id)
     steps = np.asarray(steps, dtype=_STEP_DTYPE)
     values = np.asarray(values, dtype=_VALUE_DTYPE)
     last = session.scalars(

@@ -36,6 +36,8 @@ def test_a_scrape_shows_jobs_by_state_the_queue_and_request_latencies(client, mo
     jobs = {s.labels["status"]: s.value for s in families["dynascope_jobs"].samples}
     assert jobs == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 1, "diverged": 0, "lost": 0}
     assert families["dynascope_queue_depth"].samples[0].value == 3  # no worker: every submission waits in Redis
+    before = families["dynascope_db_statements"].samples[0].value
+    assert before > 0 and _scrape(client)["dynascope_db_statements"].samples[0].value > before  # a scrape reads the database
     counts = {
         (s.labels["method"], s.labels["route"], s.labels["status"]): s.value
         for s in families["dynascope_request_duration_seconds"].samples

@@ -158,6 +158,50 @@ def test_events_stream_progress_and_every_point(stack: Stack):
     assert sum(1 for k in kinds if k == "metrics") >= 2, "points came in several pushes, live"
 
 
+def _statements(stack: Stack) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = stack.client.get("/operator/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
+    return next(f for f in text_string_to_metric_families(text) if f.name == "dynascope_db_statements").samples[0].value
+
+
+def _viewed_by(stack: Stack, viewers: int, steps: int) -> tuple[float, list[list[tuple[str, dict]]]]:
+    """A job followed by `viewers` streams from before it starts: the API's SQL statements meanwhile, and each
+    stream's events."""
+    import threading
+
+    job = stack.submit(spec(steps=steps, name=f"viewed-by-{viewers}"))
+    streams: list[list[tuple[str, dict]]] = []
+    threads = [threading.Thread(target=lambda: streams.append(read_events(stack, job["id"], 300))) for _ in range(viewers)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # every stream past its hello
+    before = _statements(stack)
+    worker = stack.start_worker(f"for-{viewers}")
+    for t in threads:
+        t.join(300)
+    Stack.kill(worker)
+    return _statements(stack) - before, streams
+
+
+METRICS_TOKEN = "a-metrics-token-for-the-worker-tests"
+
+
+def test_many_streams_of_one_job_share_its_reads_and_each_gets_every_point(make_stack, pg_url, redis_url):
+    """The streams of a job share one feed woken by the recorder's notices: 12 viewers cost the database about
+    what one does (each stream still reads its own snapshot and rechecks its credentials), and none misses a point."""
+    stack = make_stack(pg_url, redis_url, metrics_token=METRICS_TOKEN)
+    stack.migrate()
+    stack.start_api()
+    alone, [stream] = _viewed_by(stack, 1, 6000)
+    crowd, streams = _viewed_by(stack, 12, 6000)
+    for events in [stream, *streams]:
+        assert events[-1] == ("end", {"status": "succeeded"})
+        streamed = [s for k, e in events if k == "metrics" for s in e.get("train/loss", {}).get("steps", [])]
+        assert streamed == list(range(6000)), "every point arrives once, in order, at every viewer"
+    assert crowd < 4 * alone, f"12 viewers: {crowd:.0f} statements; 1 viewer: {alone:.0f} (a poll per stream: about 12×)"
+
+
 def test_cli_submit_watch_jobs_cancel(stack: Stack, tmp_path):
     import subprocess
     import sys
