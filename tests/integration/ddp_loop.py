@@ -54,6 +54,7 @@ def main(rank: int, world: int, port: int, url: str, token: str, name: str, step
     run.finish()
     if rank == 0:
         print(f"run {run.id}", flush=True)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it (an abort at exit, once in CI)
     dist.destroy_process_group()
 
 
