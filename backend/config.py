@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def broker_redis_url(self) -> str | None:
+        """The broker's Redis as redis-py names it (the embedded one's unix socket too); None without one."""
+        if self.broker_url.startswith("redis+socket://"):
+            return "unix://" + self.broker_url.removeprefix("redis+socket://")
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
+
+    @property
     def embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
 

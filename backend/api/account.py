@@ -19,7 +19,7 @@ router = APIRouter(prefix="/auth", tags=["account"])
 def check_sign_in_rate(settings: Settings, address: str, username: str) -> None:
     """A 429 past the sign-in attempts a minute of the client's address, then of the username. The address is
     counted first, so a spray of usernames makes at most that many username counters a minute."""
-    uri = storage_uri(settings.broker_url)
+    uri = storage_uri(settings)
     if (wait := limiter(uri, "sign-in-address").hit(address, settings.login_attempts_per_minute_per_address)) is not None:
         raise HTTPException(429, detail=f"too many sign-in attempts from this address: retry in {wait:.0f} s")
     if (wait := limiter(uri, "sign-in").hit(username.lower(), settings.login_attempts_per_minute)) is not None:

@@ -54,7 +54,7 @@ def authenticate(
         if token is None:
             raise _unauthorized("the API token is unknown or revoked")
         limit = token.rate_limit_per_minute or settings.token_rate_limit_per_minute
-        if (wait := limiter(storage_uri(settings.broker_url), "token").hit(token.token_hash, limit)) is not None:
+        if (wait := limiter(storage_uri(settings), "token").hit(token.token_hash, limit)) is not None:
             msg = f"rate limit of this token reached: {limit} requests per minute; retry in {wait:.0f} s"
             raise HTTPException(429, detail=msg, headers={"Retry-After": str(max(1, round(wait)))})
         accounts.touch_token(session, token)

@@ -123,8 +123,8 @@ class Feed:
 class Hub:
     """The feeds of this API process, woken by job change notices from the broker's Redis when it has one."""
 
-    def __init__(self, broker_url: str) -> None:
-        self.url = notices.redis_url(broker_url)
+    def __init__(self, redis_url: str | None) -> None:
+        self.url = redis_url
         self.feeds: dict[int, Feed] = {}
         self.listening = False
         self._listener: asyncio.Task[None] | None = None
@@ -220,7 +220,7 @@ def _newer(batch: Batch, seen: Seen) -> Batch:
 def _hub(app: Any) -> Hub:
     """The app's hub, started with its first stream (on the app's event loop)."""
     if getattr(app.state, "hub", None) is None:
-        app.state.hub = Hub(get_settings().broker_url)
+        app.state.hub = Hub(get_settings().broker_redis_url)
         app.state.hub.start()
     return app.state.hub
 

@@ -6,6 +6,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -135,5 +136,11 @@ def get_store(settings: Settings) -> ArtifactStore:
     """The deployment's artifact store (artifacts and uploads): the bucket of DYNASCOPE_ARTIFACT_URL, else the
     directory DYNASCOPE_ARTIFACT_DIR."""
     if settings.artifact_url:
-        return S3ArtifactStore(settings.artifact_url, settings.artifact_dir / "s3-cache")
+        return _bucket(settings.artifact_url, settings.artifact_dir / "s3-cache")
     return LocalArtifactStore(settings.artifact_dir)
+
+
+@cache
+def _bucket(url: str, cache: Path) -> S3ArtifactStore:
+    """One store (one S3 client, which is thread-safe and slow to make) per bucket and process."""
+    return S3ArtifactStore(url, cache)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from backend.models import JobStatus, utcnow
+from backend.models import Job, JobStatus, utcnow
 from backend.services import notices
 
 Allowed = Mapping[JobStatus, frozenset[JobStatus]]
@@ -42,5 +42,5 @@ def transition(
         values.setdefault("finished_at", utcnow())
     result = session.execute(update(model).where(model.id == row_id, model.status.in_(sources), *conditions).values(**values))
     if result.rowcount == 1:
-        notices.changed(session, row_id if model.__tablename__ == "jobs" else session.get(model, row_id).job_id)
+        notices.changed(session, row_id if model is Job else session.get(model, row_id).job_id)
     return result.rowcount == 1

@@ -11,17 +11,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
+from backend.models import Job
 
 log = logging.getLogger(__name__)
 CHANNEL = "dynascope:job-changed"
 PENDING = "dynascope_jobs_changed"
-
-
-def redis_url(broker_url: str) -> str | None:
-    """The broker's Redis as redis-py names it (the embedded one's unix socket too); None without one."""
-    if broker_url.startswith("redis+socket://"):
-        return "unix://" + broker_url.removeprefix("redis+socket://")
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else None
 
 
 @cache
@@ -30,7 +24,7 @@ def _client(url: str) -> redis.Redis:
 
 
 def publish(job_id: int) -> None:
-    url = redis_url(get_settings().broker_url)
+    url = get_settings().broker_redis_url
     if url is None:
         return
     try:
@@ -49,7 +43,7 @@ def changed(session: Session, job_id: int) -> None:
 def _rows_flushed(session: Session, _: Any) -> None:
     """Jobs whose own row, or a row of theirs (result, analysis, artifact), the ORM wrote."""
     for row in (*session.new, *session.dirty, *session.deleted):
-        job_id = row.id if type(row).__name__ == "Job" else getattr(row, "job_id", None)
+        job_id = row.id if isinstance(row, Job) else getattr(row, "job_id", None)
         if isinstance(job_id, int):
             changed(session, job_id)
 

@@ -11,17 +11,18 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from backend.config import Settings
+
 log = logging.getLogger(__name__)
 PREFIX = "dynascope-limits"
 
 
-def storage_uri(broker_url: str) -> str:
+def storage_uri(settings: Settings) -> str:
     """The broker's Redis (a TCP URL, or the embedded one's unix socket), else this process's memory."""
-    if broker_url.startswith("redis+socket://"):
-        return "redis+unix://" + broker_url.removeprefix("redis+socket://")
-    if broker_url.startswith(("redis://", "rediss://")):
-        return broker_url
-    return "memory://"
+    url = settings.broker_redis_url
+    if url is None:
+        return "memory://"
+    return "redis+" + url if url.startswith("unix://") else url
 
 
 class Limiter:

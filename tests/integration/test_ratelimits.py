@@ -38,7 +38,7 @@ def test_a_username_spray_keeps_the_sign_in_counters_bounded(store: str, redis_u
     limiter.cache_clear()
     names = 100_000 if store == "memory" else 10_000  # (Redis: a round trip each)
     passed = _spray(settings, names)
-    usernames = limiter(storage_uri(settings.broker_url), "sign-in")
+    usernames = limiter(storage_uri(settings), "sign-in")
     assert passed == 50
     assert usernames.size() <= 2 * 50 + 2, "a counter (this minute's, and last minute's) per admitted username, and the address's"
     limiter.cache_clear()
