@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # A tracked run (trained in the user's own loop) silent this long is `lost`; its tracker beats every few seconds
     # from a thread of its own, so a long probe in the loop does not count as silence.
     tracked_timeout: float = Field(90.0, gt=0)
+    # A worker whose database is away keeps training and buffers its points, retrying with backoff; past this many
+    # seconds the job fails with that reason (what was written before is kept).
+    database_outage_seconds: float = Field(120.0, gt=0)
     # Celery: soft/hard time limits of one job, and the Redis visibility timeout (must exceed the longest job).
     job_soft_time_limit: int = 24 * 3600
     job_hard_time_limit: int = 24 * 3600 + 300

@@ -5,9 +5,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import get_settings
+
+# What SQLAlchemy raises while the database cannot be reached (stopped, restarting, the network away; SQLite's
+# lock past its busy timeout too): worth waiting out, unlike a wrong statement.
+UNREACHABLE = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str) -> Engine:

@@ -11,12 +11,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +50,7 @@ from backend.api.events import stop_hub
 from backend.api.operator import RequestTimer
 from backend.api.results import DOCUMENTS
 from backend.config import get_settings
-from backend.db import session_scope
+from backend.db import UNREACHABLE, session_scope
 from backend.schemas import ErrorOut
 from backend.services.analyses import reap_stale_analyses
 from backend.services.jobs import reap_stale_jobs
@@ -69,7 +69,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "the body is over a limit (named in the message)"),
         (422, "invalid input: each item of detail names its field in loc"),
         (429, "over a quota or rate limit (named in the message)"),
-        (503, "the job queue is unreachable"),
+        (503, "the job queue or the database is unreachable (Retry-After says when to try again)"),
     )
 }
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
@@ -145,6 +145,19 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, with_headers)
 
 
+DATABASE_RETRY_AFTER = 5  # seconds
+
+
+async def _database_away(_: Request, exc: Exception) -> JSONResponse:
+    """While the database is away (stopped, restarting), a 503 a client may retry: the pool reconnects by itself."""
+    log.warning("database unreachable: %s", str(exc).splitlines()[0])
+    return JSONResponse(
+        {"detail": "the database is unreachable; try again shortly"},
+        status_code=503,
+        headers={"retry-after": str(DATABASE_RETRY_AFTER)},
+    )
+
+
 def _reap_once(timeout: float) -> None:
     # Sent before the commit: if the broker is down, the rollback leaves the job stale and the next pass
     # retries; a message that beats the commit still finds a claimable (stale) job.
@@ -216,6 +229,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestTimer)
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_away)
     for module in (
         health,
         account,

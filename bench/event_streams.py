@@ -2,7 +2,6 @@
 and then 50 event streams follow a job, and whether every stream received every point recorded after its `hello`.
 Against `dynascope serve` (SQLite, embedded Redis, one worker), in a fresh directory."""
 
-import json
 import tempfile
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.viewer import Viewer
 from gallery.server import embedded
 
 METRICS_TOKEN = "bench-operator-metrics-token"
@@ -29,23 +29,13 @@ def _statements(url: str) -> float:
     return next(f for f in text_string_to_metric_families(text) if f.name == "dynascope_db_statements").samples[0].value
 
 
-def _follow(url: str, token: str, job_id: int, out: list[dict]) -> None:
-    """One viewer: the stream's hello, then every train/loss step it sends, until `end`."""
-    got: dict = {"steps": []}
+def _follow(url: str, token: str, job_id: int, out: list[Viewer]) -> None:
+    viewer = Viewer()
     with httpx.stream("GET", f"{url}/api/v1/jobs/{job_id}/events", headers={"authorization": f"Bearer {token}"}, timeout=None) as events:
-        kind = None
         for line in events.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind in ("hello", "metrics", "end"):
-                data = json.loads(line.split(":", 1)[1])
-                if kind == "hello":
-                    got["after"] = data["last_steps"].get("train/loss", -1)
-                elif kind == "metrics":
-                    got["steps"] += data.get("train/loss", {}).get("steps", [])
-                else:
-                    break
-    out.append(got)
+            if viewer.line(line):
+                break
+    out.append(viewer)
 
 
 def _case(url: str, token: str, viewers: int) -> dict:
@@ -53,7 +43,7 @@ def _case(url: str, token: str, viewers: int) -> dict:
     job = api.post("/jobs", json=SPEC).json()
     while api.get(f"/jobs/{job['id']}").json()["status"] == "queued":
         time.sleep(0.05)
-    got: list[dict] = []
+    got: list[Viewer] = []
     threads = [threading.Thread(target=_follow, args=(url, token, job["id"], got)) for _ in range(viewers)]
     for t in threads:
         t.start()
@@ -64,7 +54,7 @@ def _case(url: str, token: str, viewers: int) -> dict:
     rate = (_statements(url) - counted) / (time.monotonic() - start)
     for t in threads:
         t.join(60)
-    complete = sum(g["steps"] == list(range(g.get("after", -1) + 1, STEPS)) for g in got)
+    complete = sum(g.complete(list(range(STEPS))) for g in got)
     return {"viewers": viewers, "statements_per_s": rate, "complete": complete}
 
 

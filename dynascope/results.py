@@ -53,6 +53,15 @@ class Resume(Document):
     from_step: int
 
 
+class Outage(Document):
+    """The database was away while the job trained: its points were kept by the worker and written once it was back."""
+
+    seconds: float
+    from_step: int
+    to_step: int
+    points: int
+
+
 # --- hessian ---
 
 
@@ -324,6 +333,7 @@ class LandscapeResult(Timed):
 RESULTS: dict[str, type[Document]] = {
     "summary": RunFacts,
     "resume": Resume,
+    "outage": Outage,
     "hessian": HessianResult,
     "gradstats": GradStatsDetails,
     "signals": SignalsPair,

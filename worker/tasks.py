@@ -14,12 +14,13 @@ from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import session_scope
+from backend.db import UNREACHABLE, session_scope
 from backend.models import Job, JobStatus, utcnow
 from backend.queue import RUN_JOB_TASK, enqueue_job, get_celery
 from backend.services import jobs as job_service
 from backend.services.artifacts import ArtifactStore, get_store
 from backend.spec import JobSpec
+from worker.outage import DatabaseUnreachable, Outage
 from worker.recorder import DbRecorder
 from worker.training import checkpoint
 from worker.training.checkpoint import TrainState, unpack
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 celery_app = get_celery()
 HOST = f"{socket.gethostname()}"
 QUOTA_RETRY_SECONDS = 3.0
+DATABASE_RETRY_SECONDS = 5.0
 
 
 @worker_process_init.connect
@@ -56,8 +58,18 @@ def _resume_state(session: Session, job_id: int, store: ArtifactStore) -> TrainS
 def run_job(self: Task, job_id: int) -> str:
     settings = get_settings()
     worker = self.request.hostname or HOST  # its node name, name@host: several workers on one host told apart
-    store = get_store(settings)
     device = pick_device(settings.device)
+    try:
+        return _run(job_id, worker, device)
+    except UNREACHABLE as exc:
+        # The job's row cannot be read: the message goes back to the queue rather than being dropped.
+        log.warning("job %s: the database is unreachable (%s); trying again in %s s", job_id, exc, DATABASE_RETRY_SECONDS)
+        raise self.retry(countdown=DATABASE_RETRY_SECONDS, max_retries=None) from None
+
+
+def _run(job_id: int, worker: str, device: torch.device) -> str:
+    settings = get_settings()
+    store = get_store(settings)
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).terminal:
@@ -79,21 +91,40 @@ def run_job(self: Task, job_id: int) -> str:
         job_service.rewind_outputs(session, job_id, store, resume.step if resume else 0)
     log.info("job %s attempt %s on %s from step %s", job_id, attempt, device, resume.step if resume else 0)
 
-    recorder = DbRecorder(job_id, attempt, store, settings.heartbeat_interval)
+    recorder = DbRecorder(job_id, attempt, store, settings.heartbeat_interval, outage_seconds=settings.database_outage_seconds)
     if resume is not None:
         recorder.result("resume", resume.step, {"attempt": attempt, "from_step": resume.step})
-    error: str | None = None
-    try:
-        outcome = train(spec, recorder, device, resume, uploads=store.path)
-    except SoftTimeLimitExceeded:
-        outcome, error = None, f"time limit of {settings.job_soft_time_limit} s reached"
-    except Exception:
-        outcome, error = None, traceback.format_exc(limit=20)
-    finally:
-        recorder.close()
+    outcome, error = _train(spec, recorder, device, resume, store, settings.job_soft_time_limit)
     if recorder.lost.is_set():
         return "lost"  # another worker owns this job now; write nothing
+    try:
+        Outage(settings.database_outage_seconds, f"job {job_id}'s end").persist(lambda: _finish(job_id, attempt, outcome, error))
+    except DatabaseUnreachable:
+        # The row stays `running` until its heartbeat is stale: then it is requeued and resumes from its checkpoint.
+        log.error("job %s: its end (%s) could not be written: the database stayed away", job_id, outcome or error)
+    return outcome.value if outcome else "failed"
 
+
+def _train(
+    spec: JobSpec, recorder: DbRecorder, device: torch.device, resume: TrainState | None, store: ArtifactStore, time_limit: int
+) -> tuple[Outcome | None, str | None]:
+    """The run's outcome, or None and why it failed; everything buffered is written (or the database gave up)."""
+    try:
+        outcome, error = train(spec, recorder, device, resume, uploads=store.path), None
+    except SoftTimeLimitExceeded:
+        outcome, error = None, f"time limit of {time_limit} s reached"
+    except DatabaseUnreachable as exc:
+        outcome, error = None, str(exc)
+    except Exception:
+        outcome, error = None, traceback.format_exc(limit=20)
+    try:
+        recorder.close()
+    except DatabaseUnreachable as exc:
+        outcome, error = None, str(exc)
+    return outcome, error
+
+
+def _finish(job_id: int, attempt: int, outcome: Outcome | None, error: str | None) -> None:
     ours = Job.attempts == attempt
     with session_scope() as session:
         if outcome is Outcome.finished:
@@ -104,7 +135,6 @@ def run_job(self: Task, job_id: int) -> str:
             job_service.transition(session, job_id, JobStatus.cancelled, ours, stage="cancelled")
         else:
             job_service.transition(session, job_id, JobStatus.failed, ours, error=error, stage="failed")
-    return outcome.value if outcome else "failed"
 
 
 # The analysis tasks live beside the job task, on the same app.

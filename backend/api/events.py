@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from backend.api.auth import Viewer, still_in_team
 from backend.api.deps import RowId, SessionDep, get_job_or_404
 from backend.config import get_settings
-from backend.db import get_sessionmaker
+from backend.db import UNREACHABLE, get_sessionmaker
 from backend.models import Analysis, Job, JobStatus, Result
 from backend.schemas import AnalysisOut, JobOut
 from backend.services import analyses as liveness
@@ -185,7 +185,14 @@ class Hub:
             with suppress(TimeoutError):
                 await asyncio.wait_for(feed.wake.wait(), FALLBACK_SECONDS if self.listening else POLL_SECONDS)
             feed.wake.clear()
-            batch = await run_in_threadpool(_poll, job_id, feed.seen)
+            seen = copy.deepcopy(feed.seen)  # taken up only once a read got through: a failed one loses nothing
+            try:
+                batch = await run_in_threadpool(_poll, job_id, seen)
+            except UNREACHABLE as exc:
+                log.warning("job %s's stream waits for the database: %s", job_id, str(exc).splitlines()[0])
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            feed.seen = seen
             for queue in feed.queues:
                 queue.put_nowait(batch)
 
@@ -246,8 +253,9 @@ async def _stream(request: Request, job_id: int, team_id: int) -> AsyncIterator[
         checked = time.monotonic()
         while not await request.is_disconnected():
             if time.monotonic() - checked >= RECHECK_SECONDS:
-                if not await run_in_threadpool(_allowed, request, team_id):
-                    return
+                with suppress(*UNREACHABLE):  # (checked again once the database is back)
+                    if not await run_in_threadpool(_allowed, request, team_id):
+                        return
                 checked = time.monotonic()
             # A getter kept across timeouts: cancelling one could drop the batch it had just taken.
             getter = getter or asyncio.ensure_future(queue.get())

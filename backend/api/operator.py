@@ -1,7 +1,7 @@
 """Operator metrics in Prometheus' text format: GET /api/v1/operator/metrics with `Authorization: Bearer
 <DYNASCOPE_METRICS_TOKEN>` (off, 404, while that setting is empty). Jobs and analyses by state, the broker queue's
-depth, the age of the last heartbeat of each worker's running jobs, and this API process's request latencies by
-route (from `RequestTimer`) and SQL statements."""
+depth, the age of the last heartbeat of each worker's running jobs, the workers' recorder flush latencies (from the
+broker), and this API process's request latencies by route (from `RequestTimer`) and SQL statements."""
 
 import time
 from collections.abc import Iterator
@@ -21,6 +21,7 @@ from backend.api.deps import SessionDep, SettingsDep
 from backend.config import Settings
 from backend.models import Analysis, Job, JobStatus, utcnow
 from backend.queue import JOB_QUEUE, get_celery
+from backend.services import flush_latency
 
 router = APIRouter(prefix="/operator", tags=["operator"])
 REGISTRY = CollectorRegistry()
@@ -96,6 +97,8 @@ class _State(Collector):
         yield beats
         if (depth := _queue_depth(self.settings)) is not None:
             yield GaugeMetricFamily("dynascope_queue_depth", "Tasks waiting in the broker's job queue", value=depth)
+        if (flushes := flush_latency.family()) is not None:
+            yield flushes
 
 
 def _queue_depth(settings: Settings) -> int | None:

@@ -18,17 +18,22 @@ CHANNEL = "dynascope:job-changed"
 PENDING = "dynascope_jobs_changed"
 
 
+def client() -> redis.Redis | None:
+    """This process's client of the broker's Redis (short timeouts: what it sends is best effort); None without one."""
+    url = get_settings().broker_redis_url
+    return None if url is None else _client(url)
+
+
 @cache
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
 
 def publish(job_id: int) -> None:
-    url = get_settings().broker_redis_url
-    if url is None:
+    if (broker := client()) is None:
         return
     try:
-        _client(url).publish(CHANNEL, str(job_id))
+        broker.publish(CHANNEL, str(job_id))
     except redis.RedisError as exc:
         log.debug("notice of job %s not sent: %s", job_id, exc)
 

@@ -23,14 +23,20 @@ def summarize(chunk: MetricChunk) -> None:
     )
 
 
-def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, values: np.ndarray) -> None:
-    """Append points (steps increasing) to a series, filling the last chunk before opening a new one."""
+def append_points(session: Session, job_id: int, name: str, steps: np.ndarray, values: np.ndarray, only_new: bool = False) -> None:
+    """Append points (steps increasing) to a series, filling the last chunk before opening a new one; `only_new`
+    skips those at or before the series' last stored step (a retried write that may have landed)."""
     notices.changed(session, job_id)
     steps = np.asarray(steps, dtype=_STEP_DTYPE)
     values = np.asarray(values, dtype=_VALUE_DTYPE)
     last = session.scalars(
         select(MetricChunk).where(MetricChunk.job_id == job_id, MetricChunk.name == name).order_by(MetricChunk.seq.desc()).limit(1)
     ).first()
+    if only_new and last is not None:
+        fresh = steps > last.last_step
+        steps, values = steps[fresh], values[fresh]
+        if not len(steps):
+            return
     pos = 0
     if last is not None and last.count < CHUNK_POINTS:
         take = min(CHUNK_POINTS - last.count, len(steps))
