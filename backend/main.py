@@ -4,7 +4,9 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
@@ -18,6 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -175,12 +178,27 @@ def _reap_once(timeout: float) -> None:
 
 
 async def _reaper_loop(timeout: float) -> None:
+    """Reaps what lost its worker or tracker. After a database outage it first waits out the longest heartbeat
+    timeout: heartbeats could not be written meanwhile, so their age is no sign of a lost worker."""
+    tracked_timeout = get_settings().tracked_timeout
+    back_since: float | None = -math.inf  # when the database was last seen coming back
     while True:
         try:
-            await run_in_threadpool(_reap_once, timeout)
+            if back_since is None:
+                await run_in_threadpool(_database_answers)
+                back_since = time.monotonic()
+            if time.monotonic() - back_since >= max(timeout, tracked_timeout):
+                await run_in_threadpool(_reap_once, timeout)
+        except UNREACHABLE:
+            back_since = None
         except Exception:
             log.exception("reaper pass failed")
-        await asyncio.sleep(max(1.0, min(timeout, get_settings().tracked_timeout) / 4))
+        await asyncio.sleep(max(1.0, min(timeout, tracked_timeout) / 4))
+
+
+def _database_answers() -> None:
+    with session_scope() as session:
+        session.execute(text("SELECT 1"))
 
 
 @asynccontextmanager

@@ -18,6 +18,6 @@ def test_viewers_and_clients_under_load_get_no_error_and_every_point(tmp_path, c
     assert load.errors == 0, load.statuses
     assert all(len(latencies) > 20 for latencies in load.latencies.values()), "the clients were answered throughout"
     assert len(load.viewers) == 12 and load.complete == 12, f"{12 - load.complete} viewers missed points"
-    assert len(load.recorded) > 1000, "the job ran under the load"
+    assert load.live and len(load.recorded) > 1000, "the job ran throughout the load"
     with capsys.disabled():
         print("\n" + "; ".join(f"{read}: p95 {load.percentile(read, 95) * 1e3:.0f} ms" for read in READS))

@@ -59,8 +59,9 @@ def test_a_broker_restart_under_a_running_job_loses_no_job(make_stack, pg_url: s
 def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg: OwnPostgres, redis_url: str):
     """PostgreSQL stopped for OUTAGE s: the API answers 503 with Retry-After meanwhile and recovers without a
     restart; the worker keeps training, buffers its points and writes them once the database is back; the job
-    succeeds with every step once and an `outage` result saying how long it was away."""
-    stack: Stack = make_stack(own_pg.url, redis_url, heartbeat_timeout=120, metrics_token="a-metrics-token-for-outages")
+    succeeds with every step once and an `outage` result saying how long it was away. The heartbeat timeout is
+    4 s here: the API's reaper must not take the outage's silence for a lost worker."""
+    stack: Stack = make_stack(own_pg.url, redis_url, metrics_token="a-metrics-token-for-outages")
     stack.migrate()
     stack.start_api()
     stack.start_worker()
@@ -85,7 +86,7 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
 
 
 def test_past_the_outage_limit_the_job_fails_with_the_reason_and_keeps_what_was_written(make_stack, own_pg: OwnPostgres, redis_url: str):
-    stack: Stack = make_stack(own_pg.url, redis_url, heartbeat_timeout=120, database_outage_seconds=5)
+    stack: Stack = make_stack(own_pg.url, redis_url, database_outage_seconds=5)
     stack.migrate()
     stack.start_api()
     stack.start_worker()
