@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -331,6 +332,9 @@ def _fail(error: ApiError) -> NoReturn:
     raise typer.Exit(1)
 
 
+WAIT_SECONDS = 2.0
+
+
 def _watch(client: Client, job_id: int) -> dict:
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -341,8 +345,22 @@ def _watch(client: Client, job_id: int) -> dict:
         console=console,
     ) as bar:
         task = bar.add_task(f"job {job_id}", total=1.0, stage="")
+        waiting = False
         while True:
-            job = client.job(job_id)
+            try:
+                job = client.job(job_id)
+            except (ApiError, httpx.TransportError) as exc:
+                if isinstance(exc, ApiError) and exc.status < 500 and exc.status != 429:
+                    raise
+                # The server (or its database) is away for a while: the job goes on without us, so wait for it.
+                reason = f"{exc.status}: {exc.detail}" if isinstance(exc, ApiError) else "the server is unreachable"
+                if not waiting:
+                    bar.console.print(f"job {job_id}: waiting for the server ({escape(reason)})")
+                waiting = True
+                bar.update(task, stage=f"waiting for the server ({reason})")
+                time.sleep(WAIT_SECONDS)
+                continue
+            waiting = False
             bar.update(task, completed=job["progress"], stage=f"{job['status']}: {job['stage']}")
             if job["status"] in TERMINAL:
                 return job

@@ -2,8 +2,11 @@
 test's own, stopped for OUTAGE seconds and started again. Nothing is lost, nothing runs or is written twice, and
 an outage past the operator's limit ends the job with that reason."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -65,7 +68,8 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
     stack.migrate()
     stack.start_api()
     stack.start_worker()
-    job_id = stack.submit(spec(steps=LONG, name="through-an-outage", checkpoint_every=5000))["id"]
+    watched = _submit_and_watch(stack, spec(steps=LONG, name="through-an-outage", checkpoint_every=5000))
+    job_id = stack.client.get("/jobs").json()["items"][0]["id"]
     _running_past(stack, job_id, 100)
     own_pg.stop()
     outage_ends = time.monotonic() + OUTAGE
@@ -83,6 +87,21 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
     assert outages[0]["data"]["to_step"] > outages[0]["data"]["from_step"], "training went on while the database was away"
     scrape = stack.client.get("/operator/metrics", headers={"authorization": "Bearer a-metrics-token-for-outages"}).text
     assert "dynascope_recorder_flush_seconds_count" in scrape
+    shown, _ = watched.communicate(timeout=60)
+    assert watched.returncode == 0 and f"job {job_id} succeeded" in shown, "the CLI's watch waited out the outage"
+    assert "waiting for the server (503: the database is unreachable" in shown
+
+
+def _submit_and_watch(stack: Stack, job: dict) -> subprocess.Popen:
+    """`dynascope submit --watch` of a job, running: its output once it ends."""
+    path = stack.workdir / f"{job['name']}.json"
+    path.write_text(json.dumps(job))
+    token = stack.client.headers["authorization"].removeprefix("Bearer ")
+    env = {**stack.env, "DYNASCOPE_URL": stack.url, "DYNASCOPE_TOKEN": token, "COLUMNS": "200"}
+    argv = [sys.executable, "-m", "dynascope.cli", "submit", str(path), "--watch"]
+    watched = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stack.wait(lambda: stack.client.get("/jobs").json()["total"] == 1, 60, "the CLI's job")
+    return watched
 
 
 def test_past_the_outage_limit_the_job_fails_with_the_reason_and_keeps_what_was_written(make_stack, own_pg: OwnPostgres, redis_url: str):
