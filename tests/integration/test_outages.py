@@ -59,7 +59,7 @@ def test_a_broker_restart_under_a_running_job_loses_no_job(make_stack, pg_url: s
         _series_are_whole(stack, job_id, 300)
 
 
-def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg: OwnPostgres, redis_url: str):
+def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg: OwnPostgres, redis_url: str, capsys):
     """PostgreSQL stopped for OUTAGE s: the API answers 503 with Retry-After meanwhile and recovers without a
     restart; the worker keeps training, buffers its points and writes them once the database is back; the job
     succeeds with every step once and an `outage` result saying how long it was away. The heartbeat timeout is
@@ -78,13 +78,17 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
     assert "database" in away.json()["detail"]
     time.sleep(max(0.0, outage_ends - time.monotonic()))
     own_pg.start()
+    restarted = time.monotonic()
     stack.wait(lambda: stack.client.get("/jobs").status_code == 200, 30, "the API back without a restart")
+    back_after = time.monotonic() - restarted
     job = stack.wait_job(job_id, lambda j: j["status"] in TERMINAL, 300)
     assert (job["status"], job["attempts"]) == ("succeeded", 1), job
     _series_are_whole(stack, job_id, LONG)
     outages = stack.client.get(f"/jobs/{job_id}/results/outage").json()
     assert len(outages) == 1 and outages[0]["data"]["seconds"] >= OUTAGE - 5, outages
     assert outages[0]["data"]["to_step"] > outages[0]["data"]["from_step"], "training went on while the database was away"
+    with capsys.disabled():
+        print(f"\noutage: {outages[0]['data']}; the API answered 200 again {back_after:.1f} s after the restart")
     scrape = stack.client.get("/operator/metrics", headers={"authorization": "Bearer a-metrics-token-for-outages"}).text
     assert "dynascope_recorder_flush_seconds_count" in scrape
     shown, _ = watched.communicate(timeout=60)
