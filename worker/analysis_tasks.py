@@ -6,7 +6,7 @@ every state change goes through backend.services.analyses (guarded by the attemp
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,23 @@ celery_app = get_celery()
 S = JobStatus
 
 
+class KeptCheckpoints(Mapping[tuple[int, int], Path]):
+    """The kept checkpoints by (job id, step), each one's file fetched from the store only when it is read: from an
+    object store, an analysis of one checkpoint downloads that one, not every checkpoint the job kept."""
+
+    def __init__(self, ids: dict[tuple[int, int], str], path: Callable[[str], Path]) -> None:
+        self.ids, self.path = ids, path
+
+    def __getitem__(self, at: tuple[int, int]) -> Path:
+        return self.path(self.ids[at])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class Loaded:
     """An analysis' row, read once: what it asks for, of which job, at which checkpoint, and the files kept."""
@@ -47,7 +64,7 @@ class Loaded:
     request: Any
     job_id: int
     step: int
-    kept: dict[tuple[int, int], Path]
+    kept: KeptCheckpoints
     specs: dict[int, JobSpec]  # of this job and of any other whose checkpoint the analysis reads
     uploads: Callable[[str], Path]
 
@@ -67,7 +84,7 @@ def _load(session: Session, analysis: Analysis, store: ArtifactStore) -> Loaded:
     assert job is not None
     jobs = {job.id} | ({analysis.params["to_job"]} if analysis.params.get("to_job") else set())
     query = select(Artifact).where(Artifact.kind == "checkpoint", Artifact.job_id.in_(jobs))
-    kept = {(a.job_id, a.step): store.path(a.id) for a in session.scalars(query)}
+    kept = KeptCheckpoints({(a.job_id, a.step): a.id for a in session.scalars(query)}, store.path)
     request = TypeAdapter(CheckpointAnalysis).validate_python(analysis.params)
     specs = {i: JobSpec.model_validate(row.spec) for i in jobs if (row := session.get(Job, i)) is not None}
     return Loaded(specs[job.id], request, job.id, analysis.step, kept, specs, store.path)

@@ -126,7 +126,7 @@ def _reader(path: Path) -> Callable[[str], Tensor]:
 
 
 def _trajectory(request: TrajectoryAnalysis, run: Run, site: Site, calls: Calls) -> GridPlan:
-    path = [(s, _reader(p)) for (j, s), p in sorted(site.kept.items()) if j == site.job_id and s <= site.step]
+    path = [(s, _reader(site.kept[(j, s)])) for j, s in sorted(site.kept) if j == site.job_id and s <= site.step]
     return plan_trajectory(request, run, path, calls)
 
 
