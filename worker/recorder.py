@@ -4,21 +4,24 @@ Metrics are buffered and written at most once per `flush_seconds`; a background 
 and reads the cancel flag, so a slow step never makes a live job look dead. Every write is guarded by the
 attempt number: a worker whose job was handed to another worker stops writing at once.
 
-While the database is away, training goes on: points stay buffered (up to `max_buffered` of them; past that the
-loop waits) and the flush is retried with backoff; checkpoints and results wait for it. Once it is back, the
-buffered points are written and an `outage` result says for how long it was away. Past the outage limit the
-loop stops with DatabaseUnreachable, which becomes the job's error.
+Checkpoints (their files already in the store) and results are written with the next flush, after the points
+before them, in one transaction: a resume from a checkpoint leaves no gap. While the database is away, training
+goes on: points and rows stay buffered (up to `max_buffered` points or MAX_PENDING_ROWS rows; past that the loop
+waits) and the flush is retried with backoff. Once it is back, everything buffered is written and an `outage`
+result says for how long it was away. Past the outage limit the loop stops with DatabaseUnreachable, which
+becomes the job's error.
 """
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from backend.db import UNREACHABLE, session_scope
 from backend.models import Artifact, Job, JobStatus, Result, utcnow
@@ -29,6 +32,7 @@ from backend.services.series import append_points
 from worker.outage import Outage
 
 MAX_BUFFERED_POINTS = 2_000_000
+MAX_PENDING_ROWS = 1_000
 
 
 class DbRecorder:
@@ -46,6 +50,7 @@ class DbRecorder:
         self.heartbeat_interval, self.flush_seconds, self.max_buffered = heartbeat_interval, flush_seconds, max_buffered
         self._points: dict[str, tuple[list[int], list[float]]] = {}
         self._buffered = 0
+        self._rows: list[Callable[[Session], None]] = []  # artifacts and results, written with the next flush
         self._outage = Outage(outage_seconds, f"job {job_id}")
         self._outage_from: int | None = None
         self._progress: tuple[int, float, str] | None = None
@@ -90,18 +95,15 @@ class DbRecorder:
         return self.cancelled.is_set() or self.lost.is_set()
 
     def save_tensors(self, kind: str, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-        if kind == "checkpoint":
-            # Every point before the checkpoint is written first: a resume from it leaves no gap.
-            self.flush(wait=True)
-            if self.lost.is_set():
-                return
+        if self.lost.is_set():
+            return
         stored = self.store.put(safetensors_bytes(tensors, metadata=metadata))
 
-        def add() -> None:
-            with session_scope() as session:
-                session.add(Artifact(id=stored.id, job_id=self.job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
+        def add(session: Session) -> None:  # (merged: a retried flush whose first commit landed writes it once)
+            session.merge(Artifact(id=stored.id, job_id=self.job_id, kind=kind, step=step, size=stored.size, sha256=stored.sha256))
 
-        self._outage.persist(add)
+        self._rows.append(add)
+        self.flush()
 
     def result(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         """A probe's result at a step; it replaces a partial one of the same kind and step (a surface published
@@ -109,15 +111,19 @@ class DbRecorder:
         if self.lost.is_set():
             return
 
-        def replace() -> None:
-            with session_scope() as session:
-                query = select(Result).where(Result.job_id == self.job_id, Result.kind == kind, Result.step == step)
-                for row in session.scalars(query):
-                    if row.data.get("partial"):
-                        session.delete(row)
-                session.add(Result(job_id=self.job_id, kind=kind, step=step, data=json_safe(payload)))
+        data = json_safe(payload)
 
-        self._outage.persist(replace)
+        def replace(session: Session) -> None:
+            query = select(Result).where(Result.job_id == self.job_id, Result.kind == kind, Result.step == step)
+            for row in session.scalars(query):
+                if row.data == data:
+                    return  # written by a retried flush whose first commit landed
+                if row.data.get("partial"):
+                    session.delete(row)
+            session.add(Result(job_id=self.job_id, kind=kind, step=step, data=data))
+
+        self._rows.append(replace)
+        self.flush()
 
     # Flushing.
 
@@ -131,7 +137,7 @@ class DbRecorder:
         if self.lost.is_set():
             return
         points, step = self._buffered, self._progress[0] if self._progress else 0
-        if wait or self._buffered >= self.max_buffered:
+        if wait or self._buffered >= self.max_buffered or len(self._rows) >= MAX_PENDING_ROWS:
             self._outage.persist(self._write)
         elif self._outage.due():
             try:
@@ -165,8 +171,10 @@ class DbRecorder:
                 if steps:
                     # A commit whose answer was lost with the connection may have landed: never write a step twice.
                     append_points(session, self.job_id, name, np.asarray(steps), np.asarray(vals), only_new=True)
+            for write in self._rows:  # after the points before them: a resume from a checkpoint leaves no gap
+                write(session)
         flush_latency.observe(time.perf_counter() - started)
-        self._points, self._buffered = {}, 0
+        self._points, self._buffered, self._rows = {}, 0, []
 
     def close(self) -> None:
         """Stop beating and write what is buffered (waiting out an outage up to its limit, unless it was passed)."""

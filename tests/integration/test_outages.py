@@ -17,7 +17,8 @@ from tests.conftest import TERMINAL, OwnPostgres, OwnRedis, Stack, spec
 
 pytestmark = pytest.mark.integration
 OUTAGE = 20.0
-LONG = 40_000  # steps: about a minute of training here, so the job outlives the outage
+LONG = 40_000  # steps: some 20 to 60 s of training here
+LONGER = 90_000  # steps: the job outlives the outage
 
 
 def _series_are_whole(stack: Stack, job_id: int, steps: int) -> None:
@@ -68,7 +69,7 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
     stack.migrate()
     stack.start_api()
     stack.start_worker()
-    watched = _submit_and_watch(stack, spec(steps=LONG, name="through-an-outage", checkpoint_every=5000))
+    watched = _submit_and_watch(stack, spec(steps=LONGER, name="through-an-outage", checkpoint_every=5000))
     job_id = stack.client.get("/jobs").json()["items"][0]["id"]
     _running_past(stack, job_id, 100)
     own_pg.stop()
@@ -83,12 +84,15 @@ def test_a_database_outage_under_a_running_job_is_ridden_out(make_stack, own_pg:
     back_after = time.monotonic() - restarted
     job = stack.wait_job(job_id, lambda j: j["status"] in TERMINAL, 300)
     assert (job["status"], job["attempts"]) == ("succeeded", 1), job
-    _series_are_whole(stack, job_id, LONG)
+    _series_are_whole(stack, job_id, LONGER)
     outages = stack.client.get(f"/jobs/{job_id}/results/outage").json()
     assert len(outages) == 1 and outages[0]["data"]["seconds"] >= OUTAGE - 5, outages
-    assert outages[0]["data"]["to_step"] > outages[0]["data"]["from_step"], "training went on while the database was away"
+    outage = outages[0]["data"]
+    assert outage["to_step"] > (outage["from_step"] // 5000 + 1) * 5000, "training went on past a checkpoint while the database was away"
+    kept = {a["step"] for a in stack.client.get(f"/jobs/{job_id}/artifacts").json() if a["kind"] == "checkpoint"}
+    assert kept == set(range(5000, LONGER + 1, 5000)), "every checkpoint recorded, those taken during the outage too"
     with capsys.disabled():
-        print(f"\noutage: {outages[0]['data']}; the API answered 200 again {back_after:.1f} s after the restart")
+        print(f"\noutage: {outage}; the API answered 200 again {back_after:.1f} s after the restart")
     scrape = stack.client.get("/operator/metrics", headers={"authorization": "Bearer a-metrics-token-for-outages"}).text
     assert "dynascope_recorder_flush_seconds_count" in scrape
     shown, _ = watched.communicate(timeout=60)
