@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from celery import Task
 from pydantic import TypeAdapter
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
@@ -31,6 +32,7 @@ from backend.spec import CheckpointAnalysis, JobSpec
 from dynascope.probes import Calls, ProbeStopped
 from dynascope.probes.grids import GridPlan, evaluate_points, finish
 from dynascope.results import Document
+from worker.outage import or_requeue
 from worker.training import checkpoint
 from worker.training.analyses import ANALYSES, Site, analyze, plan, run_at
 from worker.training.models import pick_device
@@ -156,8 +158,12 @@ class Owned:
                 _publish(session, analysis, kind, data)
 
 
-@celery_app.task(name=RUN_ANALYSIS_TASK)
-def run_analysis(analysis_id: int) -> str:
+@celery_app.task(name=RUN_ANALYSIS_TASK, bind=True)
+def run_analysis(self: Task, analysis_id: int) -> str:
+    return or_requeue(self, lambda: _run_analysis(analysis_id))
+
+
+def _run_analysis(analysis_id: int) -> str:
     settings = get_settings()
     store = get_store(settings)
     device = pick_device(settings.device)
@@ -211,8 +217,12 @@ def _split(owned: Owned, loaded: Loaded, site: Site, device: torch.device, store
     return "split"
 
 
-@celery_app.task(name=RUN_GRID_CHUNK_TASK)
-def run_grid_chunk(analysis_id: int, index: int) -> str:
+@celery_app.task(name=RUN_GRID_CHUNK_TASK, bind=True)
+def run_grid_chunk(self: Task, analysis_id: int, index: int) -> str:
+    return or_requeue(self, lambda: _run_grid_chunk(analysis_id, index))
+
+
+def _run_grid_chunk(analysis_id: int, index: int) -> str:
     settings = get_settings()
     store = get_store(settings)
     device = pick_device(settings.device)

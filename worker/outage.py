@@ -6,11 +6,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from celery import Task
+
 from backend.db import UNREACHABLE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_DELAY, MAX_DELAY = 0.25, 4.0
+REQUEUE_SECONDS = 5.0
 
 
 class DatabaseUnreachable(RuntimeError):
@@ -71,3 +74,13 @@ class Outage:
                 continue
             self.back()
             return result
+
+
+def or_requeue(task: Task, body: Callable[[], T]) -> T:
+    """A task's body; if the database cannot be reached to start it, its message goes back to the queue (tried
+    again after REQUEUE_SECONDS, for as long as it takes) instead of being dropped."""
+    try:
+        return body()
+    except UNREACHABLE as exc:
+        log.warning("%s: the database is unreachable (%s); queued again", task.request.id, str(exc).splitlines()[0])
+        raise task.retry(countdown=REQUEUE_SECONDS, max_retries=None) from None

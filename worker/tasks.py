@@ -14,13 +14,13 @@ from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import UNREACHABLE, session_scope
+from backend.db import session_scope
 from backend.models import Job, JobStatus, utcnow
 from backend.queue import RUN_JOB_TASK, enqueue_job, get_celery
 from backend.services import jobs as job_service
 from backend.services.artifacts import ArtifactStore, get_store
 from backend.spec import JobSpec
-from worker.outage import DatabaseUnreachable, Outage
+from worker.outage import DatabaseUnreachable, Outage, or_requeue
 from worker.recorder import DbRecorder
 from worker.training import checkpoint
 from worker.training.checkpoint import TrainState, unpack
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 celery_app = get_celery()
 HOST = f"{socket.gethostname()}"
 QUOTA_RETRY_SECONDS = 3.0
-DATABASE_RETRY_SECONDS = 5.0
 
 
 @worker_process_init.connect
@@ -59,12 +58,7 @@ def run_job(self: Task, job_id: int) -> str:
     settings = get_settings()
     worker = self.request.hostname or HOST  # its node name, name@host: several workers on one host told apart
     device = pick_device(settings.device)
-    try:
-        return _run(job_id, worker, device)
-    except UNREACHABLE as exc:
-        # The job's row cannot be read: the message goes back to the queue rather than being dropped.
-        log.warning("job %s: the database is unreachable (%s); trying again in %s s", job_id, exc, DATABASE_RETRY_SECONDS)
-        raise self.retry(countdown=DATABASE_RETRY_SECONDS, max_retries=None) from None
+    return or_requeue(self, lambda: _run(job_id, worker, device))
 
 
 def _run(job_id: int, worker: str, device: torch.device) -> str:

@@ -128,6 +128,20 @@ def test_past_the_outage_limit_the_job_fails_with_the_reason_and_keeps_what_was_
     assert len(loss["steps"]) > 500 and loss["steps"] == list(range(len(loss["steps"]))), "what was written before is kept"
 
 
+def test_a_job_a_worker_takes_while_the_database_is_away_goes_back_to_the_queue(make_stack, own_pg: OwnPostgres, redis_url: str):
+    stack: Stack = make_stack(own_pg.url, redis_url)
+    stack.migrate()
+    stack.start_api()
+    job_id = stack.submit(spec(steps=200, name="queued-through-an-outage"))["id"]
+    own_pg.stop()
+    stack.start_worker()
+    log = stack.workdir / "worker-w1.log"
+    stack.wait(lambda: log.exists() and log.read_text().count("queued again") >= 2, 90, "the worker to requeue the job twice")
+    own_pg.start()
+    job = stack.wait_job(job_id, lambda j: j["status"] in TERMINAL, 120)
+    assert (job["status"], job["attempts"]) == ("succeeded", 1), job
+
+
 def test_the_embedded_broker_keeps_its_queue_across_a_crash(tmp_path):
     """`dynascope serve`'s Redis logs every write: its queue survives kill -9, not only a clean shutdown."""
     from backend.queue import JOB_QUEUE, start_embedded_broker
