@@ -13,7 +13,7 @@ from backend.api.deps import OCTET_STREAM_BODY, RowId, SessionDep, SettingsDep, 
 from backend.models import Job, Team
 from backend.schemas import JobOut
 from backend.services import accounts, tracked
-from dynascope.tracking import Ack, ArtifactKind, Beat, BeatAck, Finish, Points, ResultIn, Resumed, RunCreate
+from dynascope.tracking import MAX_STEP, Ack, ArtifactKind, Beat, BeatAck, Finish, Points, ResultIn, Resumed, RunCreate
 
 router = APIRouter(prefix="/runs", tags=["tracked runs"])
 
@@ -66,7 +66,7 @@ async def add_artifact(
     settings: SettingsDep,
     store: StoreDep,
     kind: Annotated[ArtifactKind, Query(description="what the tensors are")],
-    step: Annotated[int, Query(ge=0, le=2**62)],
+    step: Annotated[int, Query(ge=0, le=MAX_STEP)],
 ) -> Ack:
     """A probe's tensors (Hessian eigenvectors, landscape directions) as the raw body, in safetensors format only
     (never unpickled), up to the team's upload limit; downloaded from GET /jobs/{id}/artifacts like a worker's."""

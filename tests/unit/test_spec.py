@@ -123,3 +123,20 @@ def test_a_flag_is_true_or_false_never_a_string_or_number_read_as_one():
         with pytest.raises(pydantic.ValidationError, match="orthogonalize"):
             LandscapeSettings.model_validate({"orthogonalize": wrong})
     assert LandscapeSettings.model_validate({"orthogonalize": True}).orthogonalize is True
+
+
+def test_a_tracked_step_is_at_most_the_largest_integer_a_float_holds_exactly():
+    """The randomized fuzz (seed 422389640) sent 2**62 written from a float: it read back as 4611686018427388000,
+    over the old bound of 2**62, and a schema-valid request was refused. Up to 2**53 - 1, a float's JSON reads back
+    as the integer it holds."""
+    import json
+
+    import pydantic
+
+    from dynascope.tracking import MAX_STEP, Point
+
+    assert MAX_STEP == 2**53 - 1 and float(MAX_STEP) == MAX_STEP
+    as_float = json.dumps({"name": "loss", "step": float(MAX_STEP), "value": 1.0})
+    assert Point.model_validate_json(as_float).step == MAX_STEP
+    with pytest.raises(pydantic.ValidationError, match="step"):
+        Point.model_validate({"name": "loss", "step": MAX_STEP + 1, "value": 1.0})
