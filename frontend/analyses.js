@@ -96,5 +96,7 @@ export function analysesSection(container, ctx) {
     }
   };
   refresh().catch(console.error);
-  return { refresh, onEvent, stop: () => {} };
+  // An analysis asked for just as the job's stream was ending can miss the stream: still running after a refresh.
+  const pending = () => [...rows.values()].some((a) => !TERMINAL.has(a.status));
+  return { refresh, onEvent, pending, stop: () => {} };
 }

@@ -354,7 +354,13 @@ function renderJob(id, params) {
     source = new EventSource(`${API}/jobs/${id}/events`);
     for (const type of ["metrics", "result", "analysis"]) source.addEventListener(type, (e) => dispatch(type, JSON.parse(e.data)));
     source.addEventListener("job", (e) => showJob(JSON.parse(e.data)));
-    source.addEventListener("end", () => { source.close(); summarize(); dispatch("end", {}); });
+    source.addEventListener("end", () => {
+      source.close();
+      summarize();
+      dispatch("end", {});
+      // The stream ends once the job and the analyses it knew of have ended; one asked for meanwhile is read again.
+      analyses.refresh().then(() => { if (analyses.pending()) listen(); }).catch(console.error);
+    });
   };
   const analyses = analysesSection(view.querySelector("#job-analyses"), ctx);
   // The views are drawn at once, not after the stream's hello: live points that arrive meanwhile only extend
